@@ -1,0 +1,194 @@
+"""The ``miner`` command line. Every subcommand is a thin wrapper over a Python call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from miner.errors import MinerError
+
+DEFAULT_STORAGE = os.environ.get("MINER_STORAGE", "sqlite:///miner.db")
+
+EPILOG = """examples:
+  miner run configs/quickstart.yaml                 run a mining job, print its leaderboard
+  miner leaderboard --task rotten_tomatoes          best prompts so far (by dev score)
+  miner export --task rotten_tomatoes -o best.json  write the best prompt as JSON
+  miner predict --prompt best.json --text "A gem."  apply it to new text
+  miner searchers                                   list the registered searchers
+"""
+
+
+def _k_arg(value: str) -> Any:
+    if value.lower() in ("full", "none", "null"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"k must be an integer or 'full', got {value!r}") from None
+
+
+def _add_filters(p: argparse.ArgumentParser, task_required: bool = False) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="leaderboard database URL or SQLite file (default: %(default)s; env MINER_STORAGE)")
+    p.add_argument("--task", required=task_required, help="task name")
+    p.add_argument("--model", help="model name as in the config")
+    p.add_argument("--searcher", help="searcher name")
+    p.add_argument("--seed", type=int, help="job seed")
+    p.add_argument("--k", type=_k_arg, default=..., help="shots per class ('full' for full data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="miner",
+        description="Automatic prompt mining and search for frozen language models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run a mining job from a YAML config", description="Run a mining job: every task x model x searcher x seed x k, scored on train/dev, best prompts scored on test, all rows written to the leaderboard.")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--storage", help="override the config's storage URL")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--limit", type=int, default=20, help="rows of the run's leaderboard to print (default: %(default)s)")
+
+    p = sub.add_parser("leaderboard", help="show the leaderboard (filterable)", description="Show evaluated prompts, best first.")
+    _add_filters(p)
+    p.add_argument("--run", dest="run_id", help="only this run id")
+    p.add_argument("--order", choices=["dev", "test", "time"], default="dev", help="sort order (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=20, help="rows to show (default: %(default)s; 0 = all)")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+    p = sub.add_parser("export", help="write the best prompt of a task/model as JSON", description="Write the best prompt (by dev score, ties by dev log-likelihood) as a JSON file with its scores and provenance.")
+    _add_filters(p, task_required=True)
+    p.add_argument("-o", "--output", required=True, help="output JSON file")
+
+    p = sub.add_parser("predict", help="apply an exported prompt to new text", description="Label new text with an exported prompt. Output: one tab-separated line per input: label, probability, text.")
+    p.add_argument("--prompt", required=True, help="JSON file written by 'miner export'")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a text to label (repeatable)")
+    src.add_argument("--input", help="a file: .txt (one text per line), .csv/.tsv/.jsonl (columns = the task's text fields)")
+    p.add_argument("--model", help="override the exported prompt's model")
+    p.add_argument("--json", action="store_true", help="print JSON lines with all label probabilities")
+
+    sub.add_parser("searchers", help="list the registered searchers", description="List the registered searchers, one line each.")
+    return parser
+
+
+def _cmd_run(args) -> int:
+    from miner.leaderboard import Leaderboard, format_table
+    from miner.runner import run
+
+    result = run(args.config, storage=args.storage, progress=False if args.no_progress else None)
+    print(f"run {result.run_id} -> {result.storage}")
+    for jr in result.jobs:
+        j = jr.job
+        best = jr.best
+        dev = f"{100 * best.dev.score:.1f}" if best and best.dev else "-"
+        test = f"{100 * jr.best_test:.1f}" if jr.best_test is not None else "-"
+        stop = f"  (budget: {jr.stopped_by_budget})" if jr.stopped_by_budget else ""
+        print(f"  {j.label}: {len(jr.evaluations)} prompts, best dev {dev}, test {test}, "
+              f"{jr.cost.forward_passes} forward passes, {jr.seconds:.1f}s{stop}")
+    board = Leaderboard(result.storage)
+    rows = board.rows(run_id=result.run_id, limit=args.limit or None)
+    print(format_table(rows))
+    return 0
+
+
+def _cmd_leaderboard(args) -> int:
+    from miner.leaderboard import Leaderboard, format_table
+
+    board = Leaderboard(args.storage)
+    rows = board.rows(task=args.task, model=args.model, searcher=args.searcher, seed=args.seed, k=args.k,
+                      run_id=args.run_id, limit=args.limit or None, order=args.order)
+    if args.json:
+        import dataclasses
+
+        for r in rows:
+            print(json.dumps(dataclasses.asdict(r), default=str, ensure_ascii=False))
+    elif not rows:
+        print("no rows match", file=sys.stderr)
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from miner.export import export_best
+
+    ex = export_best(args.storage, task=args.task, model=args.model, searcher=args.searcher, seed=args.seed, k=args.k, out=args.output)
+    s = ex.scores
+    fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    print(f"wrote {args.output}: {ex.prompt.describe()}  train {fmt(s['train'])} dev {fmt(s['dev'])} test {fmt(s['test'])}")
+    return 0
+
+
+def _read_inputs(path: str) -> list[Any]:
+    p = Path(path)
+    if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
+        from miner.tasks._files import read_table
+
+        table = read_table(p)
+        return [dict(zip(table.columns, row)) for row in table.rows]
+    from miner.tasks._files import decode_utf8
+
+    if not p.is_file():
+        raise MinerError(f"input file {path!r} does not exist")
+    return [line for line in decode_utf8(p.read_bytes(), path).splitlines() if line.strip()]
+
+
+def _cmd_predict(args) -> int:
+    from miner.export import load_exported, predict
+    from miner.models import load_backend
+
+    ex = load_exported(args.prompt)
+    inputs = args.text if args.text else _read_inputs(args.input)
+    backend = load_backend(args.model or ex.model)
+    for item in predict(ex, inputs, backend=backend, progress=True):
+        if args.json:
+            print(json.dumps(item, ensure_ascii=False))
+        else:
+            text = " | ".join(item["input"].values()).replace("\t", " ").replace("\n", " ")
+            print(f"{item['label']}\t{item['probabilities'][item['label']]:.3f}\t{text}")
+    return 0
+
+
+def _cmd_searchers(args) -> int:
+    from miner.search import searchers
+
+    for name, cls in searchers.items():
+        caps = cls.capabilities
+        kinds = "/".join(sorted(caps.model_kinds))
+        grad = ", gradients" if caps.needs_gradients else ""
+        print(f"{name:12s} {cls.summary}  [{caps.prompt_kind}; {kinds} LMs{grad}]")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "leaderboard": _cmd_leaderboard, "export": _cmd_export, "predict": _cmd_predict, "searchers": _cmd_searchers}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        return COMMANDS[args.command](args)
+    except MinerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Export the best prompt to JSON, load it back, and apply it to new text."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from miner.errors import MinerError
+from miner.prompts import Prompt
+
+FORMAT = "miner-prompt/1"
+
+
+@dataclass(frozen=True)
+class ExportedPrompt:
+    prompt: Prompt
+    model: str
+    task: dict[str, Any]  # name, text_fields, label_names, metric, k, seed
+    scores: dict[str, Any]
+    provenance: dict[str, Any]
+    leaderboard: dict[str, Any]
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(self.task["label_names"])
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        return tuple(self.task["text_fields"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "prompt": self.prompt.to_dict(),
+            "model": self.model,
+            "task": self.task,
+            "scores": self.scores,
+            "leaderboard": self.leaderboard,
+            "provenance": self.provenance,
+        }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_best(
+    storage: str,
+    *,
+    task: str,
+    model: str | None = None,
+    searcher: str | None = None,
+    seed: int | None = None,
+    k: Any = ...,
+    out: str | Path | None = None,
+) -> ExportedPrompt:
+    """Write the best leaderboard prompt (by dev score) of a task/model as JSON."""
+    from miner.leaderboard import Leaderboard
+    from miner.runner import code_version
+    from miner.tasks import TaskSpec  # noqa: F401  (keeps the import graph explicit)
+
+    board = Leaderboard(storage)
+    try:
+        if model is None:
+            models = sorted({r.model for r in board.rows(task=task)})
+            if not models:
+                raise MinerError(f"no leaderboard rows for task {task!r} in {board.display_url}")
+            if len(models) > 1:
+                raise MinerError(f"task {task!r} has rows for several models {models}; pick one with --model")
+            model = models[0]
+        row = board.best(task=task, model=model, searcher=searcher, seed=seed, k=k)
+        if row is None:
+            raise MinerError(f"no leaderboard rows match task={task!r} model={model!r}" + (f" searcher={searcher!r}" if searcher else ""))
+        runs = {r.run_id: r for r in board.runs()}
+        run = runs.get(row.run_id)
+        cfg = run.config if run else {}
+    finally:
+        board.close()
+    labels = list(row.prompt["verbalizer"].keys())
+    task_cfg = cfg.get("task", {})
+    from miner.prompts import parse_template
+
+    fields = list(parse_template(row.prompt["template"]).fields)
+    exported = ExportedPrompt(
+        prompt=Prompt.from_dict(row.prompt, labels),
+        model=model,
+        task={
+            "name": task,
+            "text_fields": task_cfg.get("text_fields") or fields,
+            "label_names": labels,
+            "metric": row.metric,
+            "k": row.k,
+            "seed": row.seed,
+            "spec": task_cfg,
+        },
+        scores={
+            "metric": row.metric,
+            "train": row.train_score,
+            "dev": row.dev_score,
+            "dev_loglik": row.dev_loglik,
+            "test": row.test_score,
+            "n_train": row.n_train,
+            "n_dev": row.n_dev,
+            "n_test": row.n_test,
+        },
+        provenance={
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "exported_by": code_version(),
+            "searcher": row.searcher,
+            "created_at": str(row.created_at),
+            "versions": row.versions,
+            "run_config": cfg,
+        },
+        leaderboard={"storage": board.display_url, "row_id": row.id, "run_id": row.run_id},
+    )
+    if out is not None:
+        _atomic_write(Path(out), json.dumps(exported.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    return exported
+
+
+def load_exported(path: str | Path) -> ExportedPrompt:
+    p = Path(path)
+    if not p.is_file():
+        raise MinerError(f"prompt file {str(p)!r} does not exist")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MinerError(f"prompt file {str(p)!r} is not valid JSON: {exc}") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise MinerError(f"prompt file {str(p)!r} is not a miner export (expected format {FORMAT!r})")
+    try:
+        task = d["task"]
+        prompt = Prompt.from_dict(d["prompt"], task["label_names"])
+        return ExportedPrompt(prompt, d["model"], task, d.get("scores", {}), d.get("provenance", {}), d.get("leaderboard", {}))
+    except KeyError as exc:
+        raise MinerError(f"prompt file {str(p)!r} lacks the key {exc.args[0]!r}") from None
+
+
+def predict(
+    exported: ExportedPrompt | str | Path,
+    inputs: Iterable[str | Mapping[str, str]],
+    *,
+    backend: Any = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Apply an exported prompt: each input is a text (single-field task) or a field mapping."""
+    from miner.models import load_backend
+    from miner.scoring import Scorer
+
+    ex = exported if isinstance(exported, ExportedPrompt) else load_exported(exported)
+    rows = _as_rows(inputs, ex.text_fields)
+    if backend is None:
+        backend = load_backend(ex.model)
+    result = Scorer(backend, batch_size=batch_size, progress=progress).score(ex.prompt, rows)
+    labels = ex.label_names
+    out = []
+    for row, pred, scores in zip(rows, result.preds, result.scores):
+        probs = {label: float(p) for label, p in zip(labels, _softmax(scores))}
+        out.append({"label": labels[int(pred)], "probabilities": probs, "input": row})
+    return out
+
+
+def _softmax(logps: Sequence[float]) -> list[float]:
+    import math
+
+    m = max(logps)
+    e = [math.exp(x - m) for x in logps]
+    s = sum(e)
+    return [x / s for x in e]
+
+
+def _as_rows(inputs: Iterable[str | Mapping[str, str]], text_fields: Sequence[str]) -> list[dict[str, str]]:
+    rows = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            if len(text_fields) != 1:
+                raise MinerError(f"this prompt needs the fields {list(text_fields)}; give each input as a mapping (JSON Lines or CSV)")
+            rows.append({text_fields[0]: item})
+        else:
+            missing = [f for f in text_fields if f not in item]
+            if missing:
+                raise MinerError(f"input {i + 1} lacks the field {missing[0]!r} (needs {list(text_fields)})")
+            rows.append({f: str(item[f]) for f in text_fields})
+    if not rows:
+        raise MinerError("no input text given")
+    return rows

@@ -1,0 +1,282 @@
+"""The :class:`Leaderboard`: append-only storage of evaluated prompts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, RowMapping
+
+from miner.errors import ConfigError, DataError
+from miner.leaderboard._engine import (
+    LeaderboardError,
+    create_tables,
+    normalize_url,
+    open_engine,
+    run_read,
+    run_write,
+    safe_url,
+)
+from miner.leaderboard._records import (
+    EvaluationRecord,
+    LeaderboardRow,
+    RunRow,
+    check_float,
+    check_int,
+    record_to_row,
+    to_json_dict,
+)
+from miner.leaderboard._schema import evaluations, metadata, runs, test_scores
+from miner.leaderboard._versions import library_versions
+
+logger = logging.getLogger(__name__)
+
+ORDERS = ("dev", "test", "time")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back the naive UTC datetime we wrote; PostgreSQL an aware one in the
+    # session's time zone. Both become aware UTC.
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _desc_nulls_last(column: Any) -> list[Any]:
+    # PostgreSQL sorts NULL first under DESC, SQLite last; "IS NULL" first makes both agree.
+    return [column.is_(None), column.desc()]
+
+
+class Leaderboard:
+    """Evaluations, runs and test scores in a SQL database (SQLite file or any SQLAlchemy URL).
+
+    ``url`` is ``"sqlite:///path.db"``, ``"postgresql+psycopg://user:pw@host/db"`` or a bare
+    file path (a SQLite file; its parent folder is created). Tables are created if missing.
+    Safe to open from several processes at once; writes are single transactions.
+    """
+
+    def __init__(self, url: str):
+        parsed = normalize_url(url)
+        # ``url`` keeps the password so that Leaderboard(board.url) reconnects; anything
+        # written to files or logs should use ``display_url`` instead.
+        self.url: str = parsed.render_as_string(hide_password=False)
+        self.display_url: str = safe_url(parsed)
+        self._shown = safe_url(url)
+        self._engine = open_engine(parsed, self._shown)
+        self._pid = os.getpid()
+        self._closed = False
+        try:
+            create_tables(self._engine, metadata, self._shown)
+        except BaseException:
+            self._engine.dispose()
+            raise
+        logger.debug("opened leaderboard %s", self._shown)
+
+    def __repr__(self) -> str:
+        return f"Leaderboard({self._shown!r})"
+
+    def __enter__(self) -> Leaderboard:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connections. Further calls raise LeaderboardError."""
+        if not self._closed:
+            self._engine.dispose()
+            self._closed = True
+
+    @property
+    def _db(self) -> sa.Engine:
+        if self._closed:
+            raise LeaderboardError(f"leaderboard {self._shown!r} is closed")
+        if os.getpid() != self._pid:
+            # Forked child: never reuse the parent's pooled connections (SQLAlchemy's advice).
+            self._engine.dispose(close=False)
+            self._pid = os.getpid()
+        return self._engine
+
+    # ----------------------------------------------------------------- runs
+    def start_run(self, config: dict, provenance: dict) -> str:
+        """Record a new run; returns its id (uuid4 hex). Library versions are added to provenance."""
+        run_id = uuid.uuid4().hex
+        values = {
+            "run_id": run_id,
+            "created_at": _utc_now(),
+            "finished_at": None,
+            "status": "running",
+            "config": to_json_dict(config, "run config"),
+            "provenance": {"versions": library_versions(), **to_json_dict(provenance, "run provenance")},
+        }
+        run_write(self._db, lambda conn: conn.execute(sa.insert(runs), values))
+        return run_id
+
+    def finish_run(self, run_id: str, status: str = "finished") -> None:
+        """Mark a run finished (or "failed", "interrupted", ...) and stamp finished_at."""
+        if not isinstance(status, str) or not status:
+            raise DataError(f"run status must be a non-empty string, got {status!r}")
+        stmt = sa.update(runs).where(runs.c.run_id == run_id).values(status=status, finished_at=_utc_now())
+
+        def work(conn: Connection) -> None:
+            if conn.execute(stmt).rowcount == 0:
+                raise LeaderboardError(f"unknown run_id {run_id!r}")
+
+        run_write(self._db, work)
+
+    def runs(self) -> list[RunRow]:
+        """All runs, oldest first, with how many evaluations each wrote."""
+        counts = (
+            sa.select(evaluations.c.run_id, sa.func.count().label("n"))
+            .group_by(evaluations.c.run_id)
+            .subquery()
+        )
+        stmt = (
+            sa.select(runs, sa.func.coalesce(counts.c.n, 0).label("n_evaluations"))
+            .select_from(runs.outerjoin(counts, counts.c.run_id == runs.c.run_id))
+            .order_by(runs.c.created_at, runs.c.run_id)
+        )
+        found = run_read(self._db, lambda conn: conn.execute(stmt).mappings().all())
+        return [
+            RunRow(
+                run_id=m["run_id"],
+                created_at=_utc(m["created_at"]),
+                finished_at=_utc(m["finished_at"]),
+                status=m["status"],
+                config=m["config"],
+                provenance=m["provenance"],
+                n_evaluations=int(m["n_evaluations"]),
+            )
+            for m in found
+        ]
+
+    # ----------------------------------------------------------- evaluations
+    def add_evaluations(self, records: Sequence[EvaluationRecord]) -> list[int]:
+        """Append records in ONE transaction; returns their ids in order. All or nothing."""
+        rows = [record_to_row(record, i) for i, record in enumerate(records)]
+        if not rows:
+            return []
+        now, versions = _utc_now(), library_versions()
+        for row in rows:
+            row["created_at"] = now
+            row["versions"] = versions
+        run_ids = sorted({row["run_id"] for row in rows})
+
+        def work(conn: Connection) -> list[int]:
+            known = set(conn.execute(sa.select(runs.c.run_id).where(runs.c.run_id.in_(run_ids))).scalars())
+            missing = [r for r in run_ids if r not in known]
+            if missing:
+                raise LeaderboardError(f"unknown run_id {missing[0]!r}: call start_run first")
+            if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+                stmt = sa.insert(evaluations).returning(evaluations.c.id, sort_by_parameter_order=True)
+                return [int(i) for i in conn.execute(stmt, rows).scalars()]
+            # Older SQLite without RETURNING: one statement per row, still one transaction.
+            return [int(conn.execute(sa.insert(evaluations), row).inserted_primary_key[0]) for row in rows]
+
+        return run_write(self._db, work)
+
+    def add_test_score(self, evaluation_id: int, test_score: float, n_test: int, metrics: dict) -> None:
+        """Append a test score for a stored evaluation (the latest one wins in ``rows``)."""
+        values = {
+            "evaluation_id": check_int(evaluation_id, "evaluation_id"),
+            "created_at": _utc_now(),
+            "test_score": check_float(test_score, "test_score", optional=False),
+            "n_test": check_int(n_test, "n_test", minimum=0),
+            "metrics": to_json_dict(metrics, "test metrics"),
+        }
+
+        def work(conn: Connection) -> None:
+            exists = conn.execute(sa.select(evaluations.c.id).where(evaluations.c.id == values["evaluation_id"]))
+            if exists.first() is None:
+                raise LeaderboardError(f"no evaluation with id {values['evaluation_id']} in the leaderboard")
+            conn.execute(sa.insert(test_scores), values)
+
+        run_write(self._db, work)
+
+    def rows(
+        self,
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        searcher: str | None = None,
+        seed: int | None = None,
+        k: Any = ...,
+        run_id: str | None = None,
+        limit: int | None = None,
+        order: str = "dev",
+    ) -> list[LeaderboardRow]:
+        """Stored evaluations joined with their latest test score.
+
+        ``None`` filters mean "any", except ``k`` where ``...`` means any and ``None`` means
+        full data. ``order``: "dev" (dev_score, dev_loglik, train_score, all descending
+        with missing values last, then id), "test" (test_score first, then as "dev"),
+        "time" (newest first).
+        """
+        if order not in ORDERS:
+            raise ConfigError(f"unknown leaderboard order {order!r}; expected one of: {', '.join(ORDERS)}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ConfigError(f"leaderboard limit must be a non-negative int, got {limit!r}")
+
+        latest = (
+            sa.select(test_scores.c.evaluation_id, sa.func.max(test_scores.c.id).label("latest_id"))
+            .group_by(test_scores.c.evaluation_id)
+            .subquery("latest")
+        )
+        ts = test_scores.alias("ts")
+        e = evaluations.c
+        stmt = sa.select(
+            evaluations, ts.c.test_score, ts.c.n_test, ts.c.metrics.label("test_metrics")
+        ).select_from(
+            evaluations.outerjoin(latest, latest.c.evaluation_id == e.id).outerjoin(ts, ts.c.id == latest.c.latest_id)
+        )
+        for column, wanted in ((e.task, task), (e.model, model), (e.searcher, searcher), (e.seed, seed),
+                               (e.run_id, run_id)):
+            if wanted is not None:
+                stmt = stmt.where(column == wanted)
+        if k is not ...:
+            stmt = stmt.where(e.k.is_(None) if k is None else e.k == k)
+
+        by_dev = [*_desc_nulls_last(e.dev_score), *_desc_nulls_last(e.dev_loglik),
+                  *_desc_nulls_last(e.train_score), e.id.asc()]
+        if order == "dev":
+            stmt = stmt.order_by(*by_dev)
+        elif order == "test":
+            stmt = stmt.order_by(*_desc_nulls_last(ts.c.test_score), *by_dev)
+        else:
+            stmt = stmt.order_by(e.created_at.desc(), e.id.desc())
+        if limit is not None:
+            stmt = stmt.limit(limit)
+
+        found = run_read(self._db, lambda conn: conn.execute(stmt).mappings().all())
+        return [_to_row(m) for m in found]
+
+    def best(
+        self,
+        *,
+        task: str,
+        model: str,
+        searcher: str | None = None,
+        seed: int | None = None,
+        k: Any = ...,
+        run_id: str | None = None,
+    ) -> LeaderboardRow | None:
+        """The top row by dev order for these filters, or None when there is none."""
+        top = self.rows(task=task, model=model, searcher=searcher, seed=seed, k=k, run_id=run_id, limit=1)
+        return top[0] if top else None
+
+
+def _to_row(m: RowMapping) -> LeaderboardRow:
+    values = dict(m)
+    values["created_at"] = _utc(values["created_at"])
+    return LeaderboardRow(**values)

@@ -1,0 +1,157 @@
+"""The frozen model backend: a transformers model and its tokenizer, no global state.
+
+A :class:`Backend` is passed around explicitly. It knows whether the model is a causal
+or masked LM, pads batches the right way for each (left padding with explicit position
+ids for causal LMs, so that batched scores equal one-at-a-time scores), and exposes the
+input embedding matrix and an ``inputs_embeds`` path for gradient and soft-prompt work.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["causal", "masked"]
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    position_ids: torch.Tensor | None  # [B, T] (causal only)
+    lengths: list[int]
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, preference: str = "auto") -> torch.dtype:
+    if preference != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[preference]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class Backend:
+    """A frozen causal or masked LM with its tokenizer."""
+
+    def __init__(self, model, tokenizer, kind: ModelKind, name: str, max_length: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind: ModelKind = kind
+        self.name = name
+        model.requires_grad_(False)
+        model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
+        n_pos = getattr(model.config, "max_position_embeddings", None) or 2048
+        # RoBERTa-style models reserve position slots for padding; stay clear of the edge.
+        self.max_length = int(max_length or min(n_pos - 2 if kind == "masked" else n_pos, 1024))
+        self.pad_id = self._pad_id()
+        self.mask_id = tokenizer.mask_token_id if kind == "masked" else None
+        if kind == "masked" and self.mask_id is None:
+            from miner.errors import ModelLoadError
+
+            raise ModelLoadError(f"model {name!r} is a masked LM but its tokenizer has no mask token")
+        self.lead_ids, self.trail_ids = self._special_wrapping()
+        self._tokenize = lru_cache(maxsize=200_000)(self._tokenize_uncached)
+
+    # ----------------------------------------------------------------- tokenizer
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, 0):
+            if cand is not None:
+                return int(cand)
+        return 0
+
+    def _special_wrapping(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Special tokens the tokenizer puts before and after a text (BOS, [CLS]/[SEP])."""
+        probe = "hello world"
+        plain = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
+        full = self.tokenizer(probe, add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                lead, trail = tuple(full[:start]), tuple(full[start + len(plain) :])
+                break
+        else:  # pragma: no cover - exotic tokenizer
+            lead, trail = (), ()
+        # A causal LM must not see EOS after the prompt: it would predict after the end.
+        if self.kind == "causal":
+            trail = ()
+        return lead, trail
+
+    def _tokenize_uncached(self, text: str) -> tuple[int, ...]:
+        if not text:
+            return ()
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def tokenize(self, text: str) -> tuple[int, ...]:
+        """Token ids of ``text`` without special tokens (memoised)."""
+        return self._tokenize(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    # ----------------------------------------------------------------- model
+    def input_embeddings(self) -> torch.Tensor:
+        """The input embedding matrix ``[vocab, hidden]`` (frozen)."""
+        return self.model.get_input_embeddings().weight
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def pad(self, seqs: Sequence[Sequence[int]]) -> Batch:
+        """Pad token sequences: left for causal LMs (with position ids), right for masked LMs."""
+        lengths = [len(s) for s in seqs]
+        width = max(lengths)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            if self.kind == "causal":
+                ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+                mask[r, width - len(s) :] = 1
+            else:
+                ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+                mask[r, : len(s)] = 1
+        pos = None
+        if self.kind == "causal":
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return Batch(ids.to(self.device), mask.to(self.device), None if pos is None else pos.to(self.device), lengths)
+
+    def forward(
+        self,
+        batch: Batch,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """Logits ``[B, T', V]``; ``logits_to_keep`` > 0 keeps only the last positions (causal)."""
+        kwargs = {"attention_mask": batch.attention_mask}
+        if inputs_embeds is not None:
+            kwargs["inputs_embeds"] = inputs_embeds
+        else:
+            kwargs["input_ids"] = batch.input_ids
+        if self.kind == "causal":
+            kwargs["position_ids"] = batch.position_ids
+            kwargs["use_cache"] = False
+            if logits_to_keep:
+                kwargs["logits_to_keep"] = logits_to_keep
+        out = self.model(**kwargs)
+        return out.logits
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}, kind={self.kind}, device={self.device}, dtype={self.dtype})"

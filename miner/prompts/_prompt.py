@@ -1,0 +1,141 @@
+"""Prompts as plain data: a template, a verbalizer and a few options.
+
+A :class:`Prompt` round-trips through JSON (``to_dict`` / ``from_dict``) and has a
+stable ``key`` used to deduplicate candidates across a search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from miner.errors import PromptError
+from miner.prompts._template import Template, parse_template
+
+
+@dataclass(frozen=True)
+class Verbalizer:
+    """Label -> answer words, in the task's label order. Each word may be several tokens."""
+
+    labels: tuple[str, ...]
+    words: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], label_names: Sequence[str] | None = None) -> "Verbalizer":
+        if not isinstance(mapping, Mapping) or not mapping:
+            raise PromptError("verbalizer is empty: map every label to at least one answer word")
+        labels = tuple(label_names) if label_names is not None else tuple(mapping)
+        unknown = [k for k in mapping if k not in labels]
+        if unknown:
+            raise PromptError(f"verbalizer names unknown label {unknown[0]!r}; the labels are {list(labels)}")
+        words = []
+        for label in labels:
+            if label not in mapping:
+                raise PromptError(f"verbalizer has no words for label {label!r}")
+            value = mapping[label]
+            ws = (value,) if isinstance(value, str) else tuple(value)
+            if not ws or any(not isinstance(w, str) for w in ws):
+                raise PromptError(f"verbalizer label {label!r} needs a list of words, got {value!r}")
+            if any(not w.strip() for w in ws):
+                raise PromptError(f"verbalizer label {label!r} has an empty word")
+            if len(set(ws)) != len(ws):
+                raise PromptError(f"verbalizer label {label!r} repeats a word: {list(ws)}")
+            words.append(tuple(ws))
+        return cls(labels=labels, words=tuple(words))
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {label: list(ws) for label, ws in zip(self.labels, self.words)}
+
+    def short(self) -> str:
+        return " | ".join(f"{label}: {'/'.join(ws)}" for label, ws in zip(self.labels, self.words))
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A discrete prompt (or the discrete part of a soft prompt).
+
+    ``triggers`` holds token ids for the template's ``{trigger}`` slots; ``soft`` names a
+    stored soft-prompt tensor for its ``{soft}`` slots; ``calibrate`` applies content-free
+    calibration (Zhao et al. 2021) when scoring.
+    """
+
+    template: str
+    verbalizer: Verbalizer
+    triggers: tuple[int, ...] = ()
+    calibrate: bool = False
+    soft: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        parsed = self.parsed  # validates
+        if parsed.n_triggers != len(self.triggers):
+            raise PromptError(
+                f"template {self.template!r} has {parsed.n_triggers} trigger slots but {len(self.triggers)} trigger tokens were given"
+            )
+        if parsed.n_soft and self.soft is None:
+            raise PromptError(f"template {self.template!r} has soft-token slots but no soft prompt tensor")
+
+    @property
+    def parsed(self) -> Template:
+        return _parse_cached(self.template)
+
+    @classmethod
+    def create(cls, template: str, verbalizer: Mapping[str, Any], label_names: Sequence[str] | None = None, **kw: Any) -> "Prompt":
+        return cls(template=template, verbalizer=Verbalizer.from_mapping(verbalizer, label_names), **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"template": self.template, "verbalizer": self.verbalizer.to_dict()}
+        if self.triggers:
+            d["triggers"] = list(self.triggers)
+        if self.calibrate:
+            d["calibrate"] = True
+        if self.soft is not None:
+            d["soft"] = self.soft
+        if self.meta:
+            d["meta"] = dict(self.meta)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], label_names: Sequence[str] | None = None) -> "Prompt":
+        known = {"template", "verbalizer", "triggers", "calibrate", "soft", "meta"}
+        extra = set(d) - known
+        if extra:
+            raise PromptError(f"prompt has unknown key {sorted(extra)[0]!r} (known: {sorted(known)})")
+        if "template" not in d or "verbalizer" not in d:
+            raise PromptError("prompt needs both 'template' and 'verbalizer'")
+        return cls.create(
+            d["template"],
+            d["verbalizer"],
+            label_names,
+            triggers=tuple(int(t) for t in d.get("triggers", ())),
+            calibrate=bool(d.get("calibrate", False)),
+            soft=d.get("soft"),
+            meta=dict(d.get("meta", {})),
+        )
+
+    @property
+    def key(self) -> str:
+        """Stable identity for deduplication (ignores ``meta``)."""
+        d = self.to_dict()
+        d.pop("meta", None)
+        blob = json.dumps(d, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+    def with_(self, **changes: Any) -> "Prompt":
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        cal = " [calibrated]" if self.calibrate else ""
+        return f"{self.template!r} ({self.verbalizer.short()}){cal}"
+
+
+from functools import lru_cache  # noqa: E402
+
+
+@lru_cache(maxsize=4096)
+def _parse_cached(text: str) -> Template:
+    return parse_template(text)

@@ -1,0 +1,354 @@
+"""The runner: expands a config into jobs and owns evaluation.
+
+Jobs are task x model x searcher x seed x k. For each job the runner builds the data
+(the searcher never sees the test split), a scorer with its own cost counter, and the
+``evaluate`` callable that searchers propose prompts to. ``evaluate`` deduplicates,
+checks the budget *before* spending (the scorer plans the forward passes a prompt would
+need), scores on train and dev, and writes one leaderboard row per new prompt. After the
+search, the best prompts by dev score (ties broken by dev log-likelihood, then train)
+get their held-out test score.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from miner.config import BudgetSpec, RunConfig, parse_config
+from miner.errors import BudgetExhausted, ConfigError
+from miner.leaderboard import EvaluationRecord, Leaderboard, library_versions
+from miner.models import Backend, load_backend
+from miner.prompts import Prompt
+from miner.scoring import Cost, CostCounter, Scorer, ScoreResult
+from miner.search import Evaluation, SearchContext, Searcher, SplitScore, searchers
+from miner.tasks import TaskData, load_task
+
+logger = logging.getLogger(__name__)
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    from miner import __version__
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def provenance() -> dict[str, Any]:
+    return {
+        "code_version": code_version(),
+        "versions": library_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "host": socket.gethostname(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+class Budget:
+    """A job's budget, checked before each evaluation so it is never exceeded."""
+
+    def __init__(self, spec: BudgetSpec, counter: CostCounter) -> None:
+        self.spec = spec
+        self.counter = counter
+        self.start = time.perf_counter()
+        self.evaluations = 0
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def forward_passes_left(self) -> float:
+        m = self.spec.max_forward_passes
+        return float("inf") if m is None else m - self.counter.total.forward_passes
+
+    @property
+    def seconds_left(self) -> float:
+        m = self.spec.max_seconds
+        return float("inf") if m is None else m - self.elapsed
+
+    def check(self, planned_passes: int) -> None:
+        s = self.spec
+        if s.max_evaluations is not None and self.evaluations >= s.max_evaluations:
+            raise BudgetExhausted(f"max_evaluations={s.max_evaluations} reached")
+        if planned_passes > self.forward_passes_left:
+            raise BudgetExhausted(f"max_forward_passes={s.max_forward_passes} would be exceeded")
+        if self.seconds_left <= 0:
+            raise BudgetExhausted(f"max_seconds={s.max_seconds} reached")
+
+    def exhausted(self) -> bool:
+        s = self.spec
+        return (
+            (s.max_evaluations is not None and self.evaluations >= s.max_evaluations)
+            or self.forward_passes_left <= 0
+            or self.seconds_left <= 0
+        )
+
+
+def _split_score(res: ScoreResult, metric: str) -> SplitScore | None:
+    if res.gold is None or len(res.gold) == 0:
+        return None
+    return SplitScore(res.metrics[metric], res.metrics, float(res.loglik), len(res.gold))
+
+
+@dataclass
+class Job:
+    task: TaskData
+    model: str
+    searcher_name: str
+    seed: int
+    k: int | None
+
+    @property
+    def label(self) -> str:
+        k = "full" if self.k is None else f"k={self.k}"
+        return f"{self.task.name} | {self.model} | {self.searcher_name} | seed={self.seed} | {k}"
+
+
+class JobEvaluator:
+    """The ``evaluate`` callable handed to a searcher for one job."""
+
+    def __init__(self, job: Job, scorer: Scorer, board: Leaderboard | None, run_id: str, budget: Budget, score_train: bool):
+        self.job = job
+        self.scorer = scorer
+        self.board = board
+        self.run_id = run_id
+        self.budget = budget
+        self.score_train = score_train
+        self.seen: dict[str, Evaluation] = {}
+        self.evaluations: list[Evaluation] = []
+        self._last = scorer.counter.snapshot()
+        self.best: Evaluation | None = None
+
+    def _splits(self) -> list[tuple[str, Sequence[Any]]]:
+        splits = [("dev", self.job.task.dev)]
+        if self.score_train:
+            splits.insert(0, ("train", self.job.task.train))
+        return splits
+
+    def __call__(self, prompts: Sequence[Prompt], *, extra: dict[str, Any] | None = None) -> list[Evaluation]:
+        out = []
+        for prompt in prompts:
+            if prompt.key in self.seen:
+                prev = self.seen[prompt.key]
+                out.append(Evaluation(prompt, prev.train, prev.dev, Cost(), prev.row_id, duplicate=True))
+                continue
+            planned = sum(self.scorer.plan(prompt, data) for _, data in self._splits())
+            self.budget.check(planned)
+            results = {name: self.scorer.score(prompt, data, desc=name) for name, data in self._splits()}
+            metric = self.job.task.metric
+            train = _split_score(results["train"], metric) if "train" in results else None
+            dev = _split_score(results["dev"], metric)
+            now = self.scorer.counter.snapshot()
+            cost, self._last = now - self._last, now
+            row_id = self._record(prompt, train, dev, cost, extra)
+            ev = Evaluation(prompt, train, dev, cost, row_id)
+            self.budget.evaluations += 1
+            self.seen[prompt.key] = ev
+            self.evaluations.append(ev)
+            if self.best is None or ev.rank_key > self.best.rank_key:
+                self.best = ev
+            out.append(ev)
+        return out
+
+    def _record(self, prompt, train, dev, cost: Cost, extra) -> int | None:
+        if self.board is None:
+            return None
+        job = self.job
+        rec = EvaluationRecord(
+            run_id=self.run_id,
+            task=job.task.name,
+            model=job.model,
+            searcher=job.searcher_name,
+            seed=job.seed,
+            k=job.k,
+            prompt_key=prompt.key,
+            prompt=prompt.to_dict(),
+            metric=job.task.metric,
+            train_score=train.score if train else None,
+            dev_score=dev.score if dev else None,
+            dev_loglik=dev.loglik if dev else None,
+            n_train=train.n if train else 0,
+            n_dev=dev.n if dev else 0,
+            forward_passes=cost.forward_passes,
+            tokens=cost.tokens,
+            seconds=cost.seconds,
+            extra={
+                **(extra or {}),
+                "cost": cost.to_dict(),
+                "train_loglik": train.loglik if train else None,
+                "train_metrics": train.metrics if train else None,
+                "dev_metrics": dev.metrics if dev else None,
+            },
+        )
+        return self.board.add_evaluations([rec])[0]
+
+
+@dataclass
+class JobResult:
+    job: Job
+    evaluations: list[Evaluation]
+    best: Evaluation | None
+    test: dict[int, ScoreResult] = field(default_factory=dict)  # row id -> test result
+    cost: Cost = field(default_factory=Cost)
+    seconds: float = 0.0
+    stopped_by_budget: str | None = None
+
+    @property
+    def best_test(self) -> float | None:
+        if self.best is None or self.best.row_id not in self.test:
+            return None
+        return self.test[self.best.row_id].metrics.get(self.job.task.metric)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    storage: str
+    jobs: list[JobResult]
+
+
+def build_searchers(cfg: RunConfig) -> list[Searcher]:
+    return [searchers.build(s.name, s.params, f"searchers[{i}].params") for i, s in enumerate(cfg.searchers)]
+
+
+def build_prompts(cfg: RunConfig, label_names: Sequence[str]) -> list[Prompt]:
+    from miner.errors import PromptError
+
+    out = []
+    for i, p in enumerate(cfg.prompts):
+        try:
+            out.append(
+                Prompt.create(p.template, p.verbalizer, label_names, calibrate=p.calibrate, triggers=tuple(p.triggers))
+            )
+        except PromptError as exc:
+            raise PromptError(f"prompts[{i}]: {exc}") from None
+    return out
+
+
+def run(
+    config: RunConfig | dict | str | Path,
+    *,
+    storage: str | None = None,
+    backend: Backend | None = None,
+    progress: bool | None = None,
+) -> RunResult:
+    """Run a mining job. Everything is validated before the first leaderboard row is written."""
+    if isinstance(config, (str, Path)):
+        from miner.config import load_config
+
+        cfg = load_config(config)
+    else:
+        cfg = parse_config(config)
+    if storage is not None:
+        cfg = cfg.model_copy(update={"storage": storage})
+    show = cfg.progress if progress is None else progress
+
+    # 1. Validate everything that can fail before touching the leaderboard.
+    searcher_objs = build_searchers(cfg)
+    datasets = {(k, seed): load_task(cfg.task, k, seed) for k in cfg.k for seed in cfg.seeds}
+    first = next(iter(datasets.values()))
+    prompts = build_prompts(cfg, first.label_names)
+    for s in searcher_objs:
+        if s.capabilities.needs_seed_prompts and not prompts and not getattr(s, "prompts", None):
+            raise ConfigError(f"searcher {s.name!r} needs hand-written prompts: add a 'prompts' list to the config")
+    if backend is None:
+        m = cfg.model
+        backend = load_backend(m.name, kind=m.kind, device=m.device, dtype=m.dtype, max_length=m.max_length)
+    for s in searcher_objs:
+        if backend.kind not in s.capabilities.model_kinds:
+            raise ConfigError(f"searcher {s.name!r} does not support {backend.kind} LMs (model {backend.name!r})")
+    probe = Scorer(backend, progress=False)
+    for i, p in enumerate(prompts):
+        try:
+            probe.compile(p)
+        except Exception as exc:
+            from miner.errors import PromptError
+
+            if isinstance(exc, PromptError):
+                raise PromptError(f"prompts[{i}]: {exc}") from None
+            raise
+
+    # 2. Run the jobs.
+    board = Leaderboard(cfg.storage)
+    run_id = board.start_run(cfg.model_dump(mode="json"), provenance())
+    results: list[JobResult] = []
+    status = "failed"
+    try:
+        jobs = [(d, s) for d in datasets.values() for s in searcher_objs]
+        for data, searcher in tqdm(jobs, desc="jobs", disable=not show or len(jobs) < 2):
+            results.append(_run_job(cfg, data, searcher, backend, prompts, board, run_id, show))
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        board.finish_run(run_id, status)
+    return RunResult(run_id, board.url, results)
+
+
+def _run_job(cfg, data: TaskData, searcher: Searcher, backend: Backend, prompts, board, run_id, show) -> JobResult:
+    job = Job(data, cfg.model.name, searcher.name, data.seed, data.k)
+    logger.info("job %s", job.label)
+    torch.manual_seed(data.seed)
+    counter = CostCounter()
+    m = cfg.model
+    scorer = Scorer(
+        backend, batch_size=m.batch_size, max_batch_tokens=m.max_batch_tokens, progress=show,
+        content_free=cfg.content_free, counter=counter,
+    )
+    budget = Budget(cfg.budget, counter)
+    evaluator = JobEvaluator(job, scorer, board, run_id, budget, cfg.score_train)
+    ctx = SearchContext(
+        task=data.without_test(), backend=backend, scorer=scorer, seed=data.seed, prompts=tuple(prompts),
+        budget=budget, logger=logging.getLogger(f"miner.search.{searcher.name}"), progress=show,
+    )
+    start = time.perf_counter()
+    stopped = None
+    try:
+        searcher.search(ctx, evaluator)
+    except BudgetExhausted as exc:
+        stopped = str(exc)
+        logger.info("%s: budget exhausted (%s)", job.label, exc)
+    result = JobResult(job, evaluator.evaluations, evaluator.best, cost=counter.snapshot(), stopped_by_budget=stopped)
+    result.seconds = time.perf_counter() - start
+
+    # 3. Held-out test scores for the best prompts (not charged to the searcher's budget).
+    if data.test and evaluator.evaluations:
+        ranked = sorted(evaluator.evaluations, key=lambda e: e.rank_key, reverse=True)
+        top = ranked if cfg.test_top == "all" else ranked[: cfg.test_top]
+        test_scorer = Scorer(backend, batch_size=m.batch_size, max_batch_tokens=m.max_batch_tokens,
+                             progress=show, content_free=cfg.content_free)
+        for ev in top:
+            res = test_scorer.score(ev.prompt, data.test, desc="test")
+            result.test[ev.row_id] = res
+            if ev.row_id is not None:
+                board.add_test_score(ev.row_id, res.metrics[data.metric], len(data.test), res.metrics)
+    return result
+
+
+def score_prompt(prompt: Prompt, examples: Sequence[Any], backend: Backend, **scorer_kw: Any) -> ScoreResult:
+    """Score one prompt on examples: the plain-Python way to re-check a leaderboard number."""
+    return Scorer(backend, **scorer_kw).score(prompt, examples)

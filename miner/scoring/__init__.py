@@ -1,0 +1,11 @@
+"""Scoring prompts on a frozen model: batching, caching, calibration, metrics, cost."""
+
+from miner.scoring._cost import Cost, CostCounter
+from miner.scoring._encode import CompiledPrompt, compile_prompt, encode
+from miner.scoring._metrics import METRICS, compute_metrics
+from miner.scoring._scorer import CONTENT_FREE, Request, Scorer, ScoreResult, calibrate
+
+__all__ = [
+    "CONTENT_FREE", "CompiledPrompt", "Cost", "CostCounter", "METRICS", "Request", "ScoreResult", "Scorer",
+    "calibrate", "compile_prompt", "compute_metrics", "encode",
+]

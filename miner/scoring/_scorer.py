@@ -1,0 +1,318 @@
+"""The scorer: (prompt, examples) -> per-label log-probabilities, metrics and cost.
+
+Every prompt is reduced to *requests* the model has to answer:
+
+- ``next``: the next-token distribution after a prefix (causal LM, answer slot at the
+  end, single-token words). One pass with ``logits_to_keep=1`` serves every label word.
+- ``cont``: the summed log-probability of the last ``n`` tokens given the rest (causal
+  LM; multi-token words with teacher forcing, or an answer slot followed by more text,
+  scored as the likelihood of the filled-in text after the shared prefix).
+- ``mask``: the distributions at ``n`` mask tokens (masked LM). A word of ``n`` tokens is
+  scored in a sequence with ``n`` masks as the sum of its tokens' log-probabilities at
+  their positions, all masks predicted in one pass (the PET/LM-BFF style "independent
+  masks" approximation; exact for single-token words).
+
+Identical requests are answered once: requests are deduplicated within a call and
+cached across calls (a byte-bounded LRU), so re-scoring a template with another
+verbalizer costs no forward pass. Uncached requests are sorted by length and packed
+into batches bounded by ``batch_size`` sequences and ``max_batch_tokens`` padded tokens.
+A label's score is the log of the summed probability of its words.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from miner.errors import PromptError
+from miner.models import Backend
+from miner.prompts import Prompt
+from miner.scoring._cost import Cost, CostCounter
+from miner.scoring._encode import CompiledPrompt, Encoded, compile_prompt, encode
+from miner.scoring._metrics import compute_metrics
+
+logger = logging.getLogger(__name__)
+
+CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str  # "next" | "cont" | "mask"
+    ids: tuple[int, ...]
+    n: int = 0  # cont: number of scored tokens at the end
+    mask_pos: tuple[int, ...] = ()
+    soft: tuple[tuple[int, int], ...] = ()  # (position, soft index)
+
+
+@dataclass
+class ScoreResult:
+    scores: np.ndarray  # [N, L] label log-probs normalised over labels (calibrated if asked)
+    raw: np.ndarray  # [N, L] log of the summed word probabilities, before normalisation
+    preds: np.ndarray  # [N]
+    gold: np.ndarray | None
+    metrics: dict[str, float]
+    loglik: float | None  # mean log-prob of the gold label under ``scores``
+    cost: Cost = field(default_factory=Cost)
+
+    def metric(self, name: str) -> float | None:
+        return self.metrics.get(name)
+
+
+def _fields_of(example: Any) -> Mapping[str, str]:
+    return example.fields if hasattr(example, "fields") else example
+
+
+class Scorer:
+    """Scores prompts on a frozen backend, charging every model call to ``counter``."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        batch_size: int = 32,
+        max_batch_tokens: int = 8192,
+        cache_mb: int = 512,
+        progress: bool = True,
+        content_free: Sequence[str] = CONTENT_FREE,
+        counter: CostCounter | None = None,
+    ) -> None:
+        self.backend = backend
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.cache_bytes = cache_mb * 2**20
+        self.progress = progress
+        self.content_free = tuple(content_free)
+        self.counter = counter or CostCounter()
+        self._cache: OrderedDict[Request, Any] = OrderedDict()
+        self._cache_size = 0
+        self._compiled: dict[str, CompiledPrompt] = {}
+
+    # ------------------------------------------------------------------ public
+    def compile(self, prompt: Prompt) -> CompiledPrompt:
+        cp = self._compiled.get(prompt.key)
+        if cp is None:
+            cp = compile_prompt(prompt, self.backend)
+            self._compiled[prompt.key] = cp
+        return cp
+
+    def plan(self, prompt: Prompt, examples: Sequence[Any]) -> int:
+        """Forward passes that scoring ``prompt`` on ``examples`` would spend now."""
+        cp = self.compile(prompt)
+        reqs = self._requests(cp, self._all_fields(cp, examples))[0]
+        todo = [r for r in dict.fromkeys(reqs) if r not in self._cache]
+        return len(self._batches(todo))
+
+    def score(
+        self,
+        prompt: Prompt,
+        examples: Sequence[Any],
+        *,
+        desc: str | None = None,
+        soft_embeds: torch.Tensor | None = None,
+    ) -> ScoreResult:
+        before = self.counter.snapshot()
+        cp = self.compile(prompt)
+        n_labels = len(prompt.verbalizer.labels)
+        if not examples:
+            empty = np.zeros((0, n_labels))
+            return ScoreResult(empty, empty, np.zeros(0, dtype=int), None, {}, None)
+        all_fields = self._all_fields(cp, examples)
+        with torch.inference_mode():
+            raw_all = self._label_scores(cp, all_fields, soft_embeds, grad=False, desc=desc).float().cpu()
+        raw = raw_all[: len(examples)]
+        scores = torch.log_softmax(raw, dim=-1)
+        if prompt.calibrate:
+            scores = calibrate(scores, raw_all[len(examples) :])
+        gold = None
+        metrics: dict[str, float] = {}
+        loglik = None
+        preds = scores.argmax(-1).numpy()
+        labels = [getattr(e, "label", None) for e in examples]
+        if all(label is not None for label in labels):
+            gold = np.asarray(labels, dtype=int)
+            metrics = compute_metrics(gold, preds, n_labels)
+            loglik = float(scores[torch.arange(len(gold)), torch.as_tensor(gold)].mean())
+        return ScoreResult(scores.numpy(), raw.numpy(), preds, gold, metrics, loglik, self.counter.snapshot() - before)
+
+    def label_logprobs(self, prompt: Prompt, examples: Sequence[Any], soft_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Differentiable ``[N, L]`` raw label log-probs (no cache), for gradient searchers."""
+        cp = self.compile(prompt)
+        return self._label_scores(cp, [dict(_fields_of(e)) for e in examples], soft_embeds, grad=True)
+
+    # ------------------------------------------------------------------ internals
+    def _all_fields(self, cp: CompiledPrompt, examples: Sequence[Any]) -> list[Mapping[str, str]]:
+        rows = [_fields_of(e) for e in examples]
+        missing = [f for f in cp.template.fields if f not in rows[0]] if rows else []
+        if missing:
+            raise PromptError(
+                f"template {cp.prompt.template!r} uses field {{{missing[0]}}} but the examples have fields {sorted(rows[0])}"
+            )
+        if cp.prompt.calibrate:
+            rows = rows + [{f: text for f in cp.template.fields} for text in self.content_free]
+        return rows
+
+    def _requests(self, cp: CompiledPrompt, rows: Sequence[Mapping[str, str]]):
+        """All requests plus, per example, per label, per word, the request that scores it."""
+        be = self.backend
+        reqs: list[Request] = []
+        plan: list[list[list[tuple[Request, tuple[int, ...]]]]] = []
+        for fields in rows:
+            enc = encode(cp, be, fields)
+            per_label = []
+            for words in cp.word_ids:
+                per_word = []
+                for w in words:
+                    req = self._request_for(cp, enc, w)
+                    reqs.append(req)
+                    per_word.append((req, w))
+                per_label.append(per_word)
+            plan.append(per_label)
+        return reqs, plan
+
+    def _request_for(self, cp: CompiledPrompt, enc: Encoded, w: tuple[int, ...]) -> Request:
+        pre_soft = tuple(zip(enc.prefix_soft_pos, enc.prefix_soft))
+        if self.backend.kind == "masked":
+            ids = enc.prefix + (self.backend.mask_id,) * len(w) + enc.suffix
+            off = len(enc.prefix) + len(w)
+            soft = pre_soft + tuple((p + off, i) for p, i in zip(enc.suffix_soft_pos, enc.suffix_soft))
+            return Request("mask", ids, 0, tuple(range(len(enc.prefix), len(enc.prefix) + len(w))), soft)
+        if cp.answer_at_end and len(w) == 1:
+            return Request("next", enc.prefix, 0, (), pre_soft)
+        tail = w if cp.answer_at_end else w + enc.suffix
+        off = len(enc.prefix) + len(w)
+        soft = pre_soft + (() if cp.answer_at_end else tuple((p + off, i) for p, i in zip(enc.suffix_soft_pos, enc.suffix_soft)))
+        return Request("cont", enc.prefix + tail, len(tail), (), soft)
+
+    def _label_scores(self, cp, rows, soft_embeds, grad: bool, desc: str | None = None) -> torch.Tensor:
+        reqs, plan = self._requests(cp, rows)
+        if any(r.soft for r in reqs) and soft_embeds is None:
+            raise PromptError(f"template {cp.prompt.template!r} has soft tokens but no soft embeddings were given")
+        use_cache = not grad and soft_embeds is None
+        unique = list(dict.fromkeys(reqs))
+        results: dict[Request, Any] = {}
+        todo = []
+        for r in unique:
+            if use_cache and r in self._cache:
+                self._cache.move_to_end(r)
+                results[r] = self._cache[r]
+                self.counter.total.cache_hits += 1
+            else:
+                todo.append(r)
+        batches = self._batches(todo)
+        show = self.progress and len(batches) >= 4
+        for batch in tqdm(batches, desc=desc or "scoring", leave=False, disable=not show, unit="batch"):
+            for r, value in zip(batch, self._run(batch, soft_embeds, grad)):
+                results[r] = value
+                if use_cache:
+                    self._remember(r, value)
+        out = []
+        for per_label in plan:
+            label_scores = []
+            for per_word in per_label:
+                word_scores = [self._word_score(results[r], r, w) for r, w in per_word]
+                label_scores.append(torch.logsumexp(torch.stack(word_scores), 0))
+            out.append(torch.stack(label_scores))
+        return torch.stack(out)
+
+    @staticmethod
+    def _word_score(value: Any, req: Request, w: tuple[int, ...]) -> torch.Tensor:
+        if req.kind == "next":
+            return value[w[0]]
+        if req.kind == "cont":
+            return value
+        return value[torch.arange(len(w)), torch.as_tensor(w)].sum()
+
+    def _remember(self, r: Request, value: Any) -> None:
+        size = value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 8
+        self._cache[r] = value
+        self._cache_size += size + 64
+        while self._cache_size > self.cache_bytes and self._cache:
+            old_r, old_v = self._cache.popitem(last=False)
+            self._cache_size -= (old_v.numel() * old_v.element_size() if isinstance(old_v, torch.Tensor) else 8) + 64
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._cache_size = 0
+
+    def _batches(self, reqs: Iterable[Request]) -> list[list[Request]]:
+        by_kind: dict[str, list[Request]] = {}
+        for r in reqs:
+            by_kind.setdefault(r.kind, []).append(r)
+        batches = []
+        for kind in sorted(by_kind):
+            # Longest first: a too-large batch fails at once, and similar lengths share padding.
+            items = sorted(by_kind[kind], key=lambda r: (-len(r.ids), r.ids))
+            cur: list[Request] = []
+            for r in items:
+                width = len(cur[0].ids) if cur else len(r.ids)
+                if cur and (len(cur) >= self.batch_size or width * (len(cur) + 1) > self.max_batch_tokens):
+                    batches.append(cur)
+                    cur = []
+                cur.append(r)
+            if cur:
+                batches.append(cur)
+        return batches
+
+    def _run(self, batch: list[Request], soft_embeds: torch.Tensor | None, grad: bool) -> list[Any]:
+        be = self.backend
+        padded = be.pad([r.ids for r in batch])
+        inputs_embeds = None
+        if any(r.soft for r in batch):
+            inputs_embeds = _inject_soft(be, padded, batch, soft_embeds)
+        kind = batch[0].kind
+        keep = 0
+        if kind == "next":
+            keep = 1
+        elif kind == "cont":
+            keep = max(r.n for r in batch) + 1
+        width = padded.input_ids.shape[1]
+        with self.counter.forward(len(batch), int(padded.attention_mask.sum()), width * len(batch)):
+            logits = be.forward(padded, inputs_embeds=inputs_embeds, logits_to_keep=keep)
+            logits = logits.float()
+            if kind == "next":
+                lp = torch.log_softmax(logits[:, -1, :], dim=-1)
+                out = [lp[i] if grad else lp[i].cpu().clone() for i in range(len(batch))]
+            elif kind == "cont":
+                lp = torch.log_softmax(logits, dim=-1)
+                k = lp.shape[1]
+                out = []
+                for i, r in enumerate(batch):
+                    targets = torch.as_tensor(r.ids[-r.n :], device=lp.device)
+                    rows = lp[i, k - r.n - 1 : k - 1]
+                    val = rows.gather(-1, targets[:, None]).sum()
+                    out.append(val if grad else val.cpu())
+            else:
+                out = []
+                for i, r in enumerate(batch):
+                    rows = torch.log_softmax(logits[i, list(r.mask_pos)], dim=-1)
+                    out.append(rows if grad else rows.cpu().clone())
+        return out
+
+
+def _inject_soft(be: Backend, padded, batch: list[Request], soft_embeds: torch.Tensor | None) -> torch.Tensor:
+    if soft_embeds is None:
+        raise PromptError("prompt has soft tokens but no soft embeddings were given")
+    embeds = be.embed(padded.input_ids).clone()
+    width = padded.input_ids.shape[1]
+    rows, cols, idx = [], [], []
+    for i, r in enumerate(batch):
+        offset = width - len(r.ids) if be.kind == "causal" else 0
+        for pos, j in r.soft:
+            rows.append(i)
+            cols.append(pos + offset)
+            idx.append(j)
+    embeds[rows, cols] = soft_embeds[idx].to(embeds.dtype)
+    return embeds
+
+
+def calibrate(scores: torch.Tensor, cf_raw: torch.Tensor) -> torch.Tensor:
+    """Content-free calibration (Zhao et al. 2021): divide by the mean content-free label probability."""
+    p_cf = torch.softmax(cf_raw, dim=-1).mean(0)
+    return torch.log_softmax(scores - torch.log(p_cf), dim=-1)

@@ -1,0 +1,106 @@
+"""The searcher contract.
+
+A searcher is a small dataclass whose fields are its hyperparameters, with one method,
+``search(context, evaluate)``, the same for all. It only *proposes* prompts: the runner
+owns ``evaluate`` (deduplication, scoring on train/dev, budget, leaderboard rows), as
+scikit-learn's ``BaseSearchCV`` owns ``evaluate_candidates``. Run state lives in local
+variables of ``search``, never on ``self``, so one searcher object can run many jobs.
+
+Capabilities are declared on the class, so the core never special-cases a searcher by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, Sequence
+
+from pydantic import ConfigDict
+
+from miner.models import Backend
+from miner.prompts import Prompt
+from miner.scoring import Cost, Scorer
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    needs_gradients: bool = False  # uses backward passes through the (frozen) model
+    model_kinds: frozenset[str] = frozenset({"causal", "masked"})  # model families it supports
+    prompt_kind: str = "discrete"  # "discrete" or "soft"
+    needs_seed_prompts: bool = False  # starts from the config's hand-written prompts
+
+
+@dataclass(frozen=True)
+class SplitScore:
+    """A prompt's score on one split."""
+
+    score: float  # the task metric
+    metrics: dict[str, float]
+    loglik: float  # mean log-prob of the gold label (smooth tie-breaker)
+    n: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate`` returns for one proposed prompt."""
+
+    prompt: Prompt
+    train: SplitScore | None
+    dev: SplitScore | None
+    cost: Cost
+    row_id: int | None = None  # leaderboard row (None for a duplicate)
+    duplicate: bool = False  # already evaluated in this job: no new cost, no new row
+
+    @property
+    def rank_key(self) -> tuple[float, float, float]:
+        """Higher is better: dev metric, then dev log-likelihood, then train metric."""
+        neg = float("-inf")
+        return (
+            self.dev.score if self.dev else neg,
+            self.dev.loglik if self.dev else neg,
+            self.train.score if self.train else neg,
+        )
+
+
+class Evaluate(Protocol):
+    def __call__(self, prompts: Sequence[Prompt], *, extra: dict[str, Any] | None = None) -> list[Evaluation]:
+        """Score prompts (train and dev), record them, and return their evaluations.
+
+        Raises :class:`miner.errors.BudgetExhausted` when the next prompt would exceed the
+        job's budget; earlier prompts of the same call are recorded.
+        """
+
+
+@dataclass
+class SearchContext:
+    """Everything a searcher may look at. There is no test split here, by construction."""
+
+    task: Any  # miner.tasks.TaskData with test=()
+    backend: Backend
+    scorer: Scorer  # charges the job's cost counter; use it for any model call
+    seed: int
+    prompts: tuple[Prompt, ...] = ()  # the config's hand-written prompts
+    budget: Any = None  # miner.runner.Budget view (remaining forward passes / seconds)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("miner.search"))
+    progress: bool = True
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(self.task.label_names)
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        return tuple(self.task.text_fields)
+
+
+class Searcher:
+    """Base class of all searchers. Subclasses are dataclasses of hyperparameters."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    # Validated by pydantic at the config edge: an unknown parameter is an error.
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    def search(self, context: SearchContext, evaluate: Evaluate) -> None:
+        raise NotImplementedError

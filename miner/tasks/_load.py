@@ -1,0 +1,109 @@
+"""``load_task``: turn a TaskSpec plus (k, seed) into one job's TaskData."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+from miner.errors import ConfigError, DataError
+from miner.tasks._builtin import read_builtin
+from miner.tasks._files import read_table
+from miner.tasks._hub import read_hub
+from miner.tasks._known import known_task
+from miner.tasks._kshot import read_kshot
+from miner.tasks._rows import RawSplit, infer_label_names, to_examples
+from miner.tasks._sampling import fill_missing_splits, sample_k_per_class, subsample
+from miner.tasks._spec import TaskSpec
+from miner.tasks._types import TaskData
+
+logger = logging.getLogger(__name__)
+
+
+def _read_raw(spec: TaskSpec, k: int | None, seed: int) -> tuple[dict[str, RawSplit | None], tuple[str, ...] | None]:
+    if spec.source == "kshot":
+        return read_kshot(spec.root, spec.name, k, seed), None
+    if spec.source == "files":
+        paths = {"train": spec.train, "dev": spec.dev, "test": spec.test}
+        return {split: read_table(path) if path else None for split, path in paths.items()}, None
+    if spec.source == "hub":
+        return read_hub(spec.name, spec.hub_config, spec.hub_splits, spec.label_column)
+    return {"train": read_builtin(spec.name, spec.label_column), "dev": None, "test": None}, None
+
+
+def load_task(spec: TaskSpec, k: int | None, seed: int) -> TaskData:
+    """Materialise one job's data.
+
+    ``k`` is shots per class for train and for dev (the LM-BFF convention);
+    None means all data and 0 means zero-shot (no train, no dev). The test
+    split depends only on the spec (``split_seed``), never on ``seed``.
+    """
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ConfigError(f"k must be a non-negative integer or None, got {k!r}")
+    # The default name "rotten_tomatoes" belongs to the builtin source; a files or
+    # hub spec only takes known-task defaults when it names the task on purpose.
+    named = spec.source in ("builtin", "kshot") or "name" in spec.model_fields_set
+    known = known_task(spec.name) if named else None
+    name = spec.name if named or not spec.train else Path(spec.train).stem
+    text_fields = tuple(spec.text_fields) if spec.text_fields else (known.text_fields if known else ("sentence",))
+    label_base = known.label_base if known else 0
+
+    raw, declared_names = _read_raw(spec, k, seed)
+    present = [split for split in raw.values() if split is not None]
+    if spec.label_names:
+        label_names = tuple(spec.label_names)
+    elif known:
+        label_names = known.label_names
+    elif declared_names:
+        label_names = declared_names
+    else:
+        label_names = infer_label_names(present, spec.label_column)
+    if len(label_names) < 2:
+        raise DataError(f"task '{name}' has a single label {list(label_names)}; classification needs two or more")
+
+    splits = {
+        split_name: None if split is None else to_examples(
+            split, text_fields, spec.label_column, label_names, label_base
+        )
+        for split_name, split in raw.items()
+    }
+    where = raw["train"].where if raw["train"] is not None else name
+    if spec.source == "kshot":
+        # The folder already is the seeded k-shot sample; nothing to draw.
+        train, dev, test = splits["train"] or (), splits["dev"] or (), splits["test"]
+    else:
+        train, dev, test = fill_missing_splits(
+            splits["train"],
+            splits["dev"],
+            splits["test"],
+            dev_fraction=spec.dev_fraction,
+            test_fraction=spec.test_fraction,
+            split_seed=spec.split_seed,
+            where=where,
+        )
+        if k == 0:
+            train, dev = (), ()
+        elif k is not None:
+            rng = random.Random(seed)
+            train = sample_k_per_class(train, k, rng, label_names, f"the train split of task '{name}'")
+            dev = sample_k_per_class(dev, k, rng, label_names, f"the dev split of task '{name}'")
+    if spec.max_test is not None:
+        test = subsample(test, spec.max_test, spec.split_seed, f"test of task '{name}'")
+    if not test:
+        raise DataError(f"task '{name}' has an empty test split")
+    logger.debug(
+        "task %s (k=%s, seed=%d): %d train, %d dev, %d test",
+        name, k, seed, len(train), len(dev), len(test),
+    )
+    return TaskData(
+        name=name,
+        text_fields=text_fields,
+        label_names=tuple(label_names),
+        metric=spec.metric,
+        train=tuple(train),
+        dev=tuple(dev),
+        test=tuple(test),
+        k=k,
+        seed=seed,
+    )
+

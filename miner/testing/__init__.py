@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package: tiny models and the searcher conformance suite."""

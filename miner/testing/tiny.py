@@ -1,0 +1,60 @@
+"""Tiny models built in memory from a config, with the default model's real tokenizer.
+
+Used by the unit tests and the conformance suite: two layers, random weights, a few
+seconds to build, but real tokenization (SmolLM2's BPE tokenizer; the masked LM gets
+the same tokenizer plus a ``<mask>`` token, as RoBERTa-style BPE masked LMs have).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+import torch
+
+from miner.models import Backend
+
+
+@lru_cache(maxsize=1)
+def default_tokenizer():
+    from transformers import AutoTokenizer
+
+    from miner.models._default import default_model_dir
+
+    return AutoTokenizer.from_pretrained(default_model_dir())
+
+
+@lru_cache(maxsize=1)
+def masked_tokenizer():
+    tok = copy.deepcopy(default_tokenizer())
+    tok.add_special_tokens({"mask_token": "<mask>"})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_causal(seed: int = 0, hidden: int = 64, layers: int = 2) -> Backend:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = default_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    return Backend(model, tok, "causal", name="tiny-causal")
+
+
+def tiny_masked(seed: int = 0, hidden: int = 64, layers: int = 2) -> Backend:
+    from transformers import BertConfig, BertForMaskedLM
+
+    tok = masked_tokenizer()
+    cfg = BertConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(cfg)
+    return Backend(model, tok, "masked", name="tiny-masked")
