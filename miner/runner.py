@@ -352,3 +352,40 @@ def _run_job(cfg, data: TaskData, searcher: Searcher, backend: Backend, prompts,
 def score_prompt(prompt: Prompt, examples: Sequence[Any], backend: Backend, **scorer_kw: Any) -> ScoreResult:
     """Score one prompt on examples: the plain-Python way to re-check a leaderboard number."""
     return Scorer(backend, **scorer_kw).score(prompt, examples)
+
+
+def run_searcher(
+    searcher: Searcher,
+    backend: Backend,
+    data: TaskData,
+    *,
+    prompts: Sequence[Prompt] = (),
+    budget: BudgetSpec | dict | None = None,
+    board: Leaderboard | None = None,
+    run_id: str = "",
+    score_train: bool = True,
+    progress: bool = False,
+    model_name: str | None = None,
+) -> JobResult:
+    """Run one searcher on one dataset without a config (notebooks, tests).
+
+    With ``board=None`` nothing is written. The searcher receives ``data`` without its test split.
+    """
+    spec = budget if isinstance(budget, BudgetSpec) else BudgetSpec(**(budget or {}))
+    counter = CostCounter()
+    scorer = Scorer(backend, progress=progress, counter=counter)
+    job = Job(data, model_name or backend.name, searcher.name, data.seed, data.k)
+    b = Budget(spec, counter)
+    evaluator = JobEvaluator(job, scorer, board, run_id, b, score_train)
+    ctx = SearchContext(task=data.without_test(), backend=backend, scorer=scorer, seed=data.seed,
+                        prompts=tuple(prompts), budget=b, progress=progress)
+    torch.manual_seed(data.seed)
+    stopped = None
+    start = time.perf_counter()
+    try:
+        searcher.search(ctx, evaluator)
+    except BudgetExhausted as exc:
+        stopped = str(exc)
+    res = JobResult(job, evaluator.evaluations, evaluator.best, cost=counter.snapshot(), stopped_by_budget=stopped)
+    res.seconds = time.perf_counter() - start
+    return res

@@ -1,0 +1,107 @@
+"""The searcher conformance suite, packaged so every searcher is checked the same way.
+
+Usage in a test module (one fixture, as Optuna's ``pytest_samplers`` does for samplers)::
+
+    from miner.testing.conformance import SearcherConformance
+
+    class TestMySearcher(SearcherConformance):
+        @pytest.fixture
+        def searcher(self):
+            return MySearcher(steps=3)
+
+Optionally override the ``backend`` fixture (default: a tiny causal LM, and the tiny
+masked LM too when the searcher supports it) or ``budget``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+
+from miner.config import BudgetSpec
+from miner.prompts import Prompt
+from miner.runner import run_searcher
+from miner.scoring import Scorer
+from miner.search import Searcher
+
+
+def _seed_prompts(label_names):
+    return [
+        Prompt.create("{sentence} It was {answer}", {label_names[0]: ["terrible"], label_names[1]: ["great"]}, label_names),
+        Prompt.create("Review: {sentence}\nSentiment: {answer}", {label_names[0]: ["negative"], label_names[1]: ["positive"]}, label_names),
+    ]
+
+
+@pytest.fixture(scope="session")
+def conformance_data():
+    from miner.tasks import TaskSpec, load_task
+
+    return load_task(TaskSpec(source="builtin", name="rotten_tomatoes", max_test=16), 4, 13)
+
+
+@pytest.fixture(scope="session", params=["causal", "masked"])
+def conformance_backend(request):
+    from miner.testing.tiny import tiny_causal, tiny_masked
+
+    return tiny_causal() if request.param == "causal" else tiny_masked()
+
+
+class SearcherConformance:
+    """Contract checks every searcher must pass."""
+
+    budget = BudgetSpec(max_evaluations=6, max_forward_passes=40)
+
+    @pytest.fixture
+    def searcher(self) -> Searcher:  # pragma: no cover - must be overridden
+        raise NotImplementedError("define a 'searcher' fixture returning the searcher under test")
+
+    @pytest.fixture
+    def backend(self, conformance_backend, searcher):
+        if conformance_backend.kind not in searcher.capabilities.model_kinds:
+            pytest.skip(f"{searcher.name} does not support {conformance_backend.kind} LMs")
+        return conformance_backend
+
+    def _run(self, searcher, backend, data, budget=None):
+        return run_searcher(searcher, backend, data, prompts=_seed_prompts(data.label_names), budget=budget or self.budget)
+
+    def test_is_registered_with_capabilities(self, searcher):
+        from miner.search import searchers
+
+        assert searchers.get(searcher.name) is type(searcher)
+        assert searcher.summary, "searchers need a one-line summary for 'miner searchers'"
+        assert searcher.capabilities.model_kinds <= {"causal", "masked"}
+
+    def test_budget_respected(self, searcher, backend, conformance_data):
+        res = self._run(searcher, backend, conformance_data)
+        assert len(res.evaluations) >= 1, "a searcher must evaluate at least one prompt within a modest budget"
+        assert len(res.evaluations) <= self.budget.max_evaluations
+        assert res.cost.forward_passes <= self.budget.max_forward_passes
+
+    def test_tight_budget_respected(self, searcher, backend, conformance_data):
+        tight = BudgetSpec(max_forward_passes=3)
+        res = self._run(searcher, backend, conformance_data, budget=tight)
+        assert res.cost.forward_passes <= 3
+
+    def test_same_seed_same_result(self, searcher, backend, conformance_data):
+        a = self._run(copy.deepcopy(searcher), backend, conformance_data)
+        b = self._run(copy.deepcopy(searcher), backend, conformance_data)
+        assert [e.prompt.key for e in a.evaluations] == [e.prompt.key for e in b.evaluations]
+        assert [e.rank_key for e in a.evaluations] == pytest.approx([e.rank_key for e in b.evaluations], abs=1e-5)
+
+    def test_only_valid_prompts(self, searcher, backend, conformance_data):
+        res = self._run(searcher, backend, conformance_data)
+        scorer = Scorer(backend, progress=False)
+        for ev in res.evaluations:
+            p = ev.prompt
+            assert p.verbalizer.labels == conformance_data.label_names
+            p.parsed.check_fields(conformance_data.text_fields)
+            scorer.compile(p)  # raises on words that tokenize to nothing, bad triggers, ...
+            assert Prompt.from_dict(p.to_dict(), conformance_data.label_names).key == p.key
+
+    def test_no_run_state_on_self(self, searcher, backend, conformance_data):
+        before = dataclasses.asdict(searcher) if dataclasses.is_dataclass(searcher) else vars(searcher).copy()
+        self._run(searcher, backend, conformance_data)
+        after = dataclasses.asdict(searcher) if dataclasses.is_dataclass(searcher) else vars(searcher).copy()
+        assert before == after, "search() must keep its state in local variables, not on self"

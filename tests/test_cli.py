@@ -1,0 +1,159 @@
+"""End-to-end CLI tests on a tiny model saved to disk (so it loads by local path, like any model)."""
+
+import json
+import sqlite3
+
+import pytest
+import yaml
+
+from miner.cli import main
+from miner.export import load_exported
+from miner.leaderboard import Leaderboard
+from miner.models import load_backend
+from miner.scoring import Scorer
+from miner.tasks import TaskSpec, load_task
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from miner.testing.tiny import tiny_causal
+
+    be = tiny_causal()
+    d = tmp_path_factory.mktemp("tiny-model")
+    be.model.save_pretrained(d)
+    be.tokenizer.save_pretrained(d)
+    return d
+
+
+def _config(tmp_path, tiny_dir, **over):
+    cfg = {
+        "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 40},
+        "model": {"name": str(tiny_dir)},
+        "prompts": [
+            {"template": "{sentence} It was {answer}", "verbalizer": {"negative": ["terrible"], "positive": ["great"]}},
+            {"template": "Review: {sentence}\nSentiment: {answer}", "verbalizer": {"negative": "negative", "positive": "positive"}},
+        ],
+        "searchers": [{"name": "manual", "params": {"with_calibration": True}}],
+        "seeds": [1, 2],
+        "k": 4,
+        "storage": f"sqlite:///{tmp_path / 'lb.db'}",
+        "test_top": 2,
+        "progress": False,
+    }
+    cfg.update(over)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, cfg
+
+
+def test_run_leaderboard_export_predict(tmp_path, tiny_dir, capsys):
+    path, cfg = _config(tmp_path, tiny_dir)
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "rotten_tomatoes" in out and "4 prompts" in out
+
+    board = Leaderboard(cfg["storage"])
+    rows = board.rows(task="rotten_tomatoes")
+    assert len(rows) == 8  # 2 prompts x 2 calibration settings x 2 seeds
+    assert sum(r.test_score is not None for r in rows) == 4  # test_top=2 per job
+    assert all(r.n_train == 8 and r.n_dev == 8 and r.forward_passes >= 0 for r in rows)
+
+    assert main(["leaderboard", "--storage", cfg["storage"], "--task", "rotten_tomatoes", "--seed", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "Review:" in table and "manual" in table
+
+    out_json = tmp_path / "best.json"
+    assert main(["export", "--storage", cfg["storage"], "--task", "rotten_tomatoes", "--seed", "2", "-o", str(out_json)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    ex = load_exported(out_json)
+    best = board.best(task="rotten_tomatoes", model=str(tiny_dir), seed=2)
+    assert ex.prompt.to_dict() == best.prompt and ex.scores["dev"] == best.dev_score
+
+    # Re-scoring the exported prompt reproduces its leaderboard scores exactly.
+    data = load_task(TaskSpec(**cfg["task"]), 4, 2)
+    be = load_backend(ex.model)
+    scorer = Scorer(be, progress=False)
+    assert scorer.score(ex.prompt, data.dev).metrics["accuracy"] == best.dev_score
+    assert scorer.score(ex.prompt, data.train).metrics["accuracy"] == best.train_score
+    assert scorer.score(ex.prompt, data.test).metrics["accuracy"] == best.test_score
+
+    assert main(["predict", "--prompt", str(out_json), "--text", "A gem of a movie.", "--text", "Dull."]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.split("\t")[0] in ("negative", "positive") for line in lines)
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"sentence": "Great fun."}) + "\n")
+    assert main(["predict", "--prompt", str(out_json), "--input", str(inp), "--json"]) == 0
+    item = json.loads(capsys.readouterr().out.strip())
+    assert set(item["probabilities"]) == {"negative", "positive"}
+
+
+def test_budget_is_enforced_and_recorded(tmp_path, tiny_dir, capsys):
+    path, cfg = _config(tmp_path, tiny_dir, seeds=[1], budget={"max_evaluations": 3})
+    assert main(["run", str(path)]) == 0
+    assert "budget: max_evaluations=3" in capsys.readouterr().out
+    assert len(Leaderboard(cfg["storage"]).rows()) == 3
+
+
+def test_searchers_lists_manual(capsys):
+    assert main(["searchers"]) == 0
+    assert capsys.readouterr().out.startswith("manual")
+
+
+def _rows_in(db):
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        try:
+            return con.execute("select count(*) from evaluations").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def _bad_files(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "nolabel.csv").write_text("sentence,polarity\ngood,1\nbad,0\n")
+    (d / "empty.csv").write_text("")
+    (d / "outside.csv").write_text("sentence,label\ngood,positive\nbad,neutral\n")
+    (d / "latin1.csv").write_bytes("sentence,label\ncaf\xe9 ok,positive\nbad,negative\n".encode("latin-1"))
+    return d
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"taks": {}}, "unknown key"),
+        ({"task": {"source": "builtin", "colour": 1}}, "task.colour: unknown key"),
+        ({"seeds": "x"}, "seeds"),
+        ({"prompts": [{"template": "{sentence} It was", "verbalizer": {"negative": "bad", "positive": "good"}}]}, "no answer slot"),
+        ({"prompts": [{"template": "{sentence} {answer}", "verbalizer": {"negative": [], "positive": "good"}}]}, "label 'negative'"),
+        ({"prompts": [{"template": "{sentence} {answer}", "verbalizer": {"negative": "bad"}}]}, "no words for label 'positive'"),
+        ({"model": {"name": "no-such-org/no-such-model"}}, "cannot load model"),
+        ({"model": {"name": "./missing-model-dir"}}, "does not exist"),
+        ({"searchers": [{"name": "nope"}]}, "unknown searcher 'nope'"),
+        ({"searchers": [{"name": "manual", "params": {"nope": 1}}]}, "searchers[0].params.nope"),
+        ({"task": {"source": "files", "name": "t", "train": "DATA/nolabel.csv", "label_names": ["negative", "positive"]}}, "label"),
+        ({"task": {"source": "files", "name": "t", "train": "DATA/empty.csv", "label_names": ["negative", "positive"]}}, "empty"),
+        ({"task": {"source": "files", "name": "t", "train": "DATA/outside.csv", "label_names": ["negative", "positive"]}}, "neutral"),
+        ({"task": {"source": "files", "name": "t", "train": "DATA/latin1.csv", "label_names": ["negative", "positive"]}}, "UTF-8"),
+    ],
+)
+def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, tiny_dir, capsys, monkeypatch, change, needle):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    d = _bad_files(tmp_path)
+    change = json.loads(json.dumps(change).replace("DATA", str(d)))
+    path, cfg = _config(tmp_path, tiny_dir, **change)
+    code = main(["run", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert needle in err
+    assert _rows_in(tmp_path / "lb.db") == 0
+
+
+def test_unparsable_yaml(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("task: [unclosed\n")
+    assert main(["run", str(p)]) == 2
+    assert "not valid YAML at line" in capsys.readouterr().err

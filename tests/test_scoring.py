@@ -1,0 +1,148 @@
+"""Scorer invariants on tiny in-memory models with the default model's real tokenizer."""
+
+import numpy as np
+import pytest
+import torch
+
+from miner.errors import PromptError
+from miner.prompts import Prompt
+from miner.scoring import Scorer
+from miner.tasks import Example
+from miner.testing.tiny import tiny_causal, tiny_masked
+
+LABELS = ("negative", "positive")
+TEXTS = [
+    "a gorgeous, witty, seductive movie.",
+    "the plot is nothing but boilerplate clichés from start to finish, and the script assumes that not only would subtlety be lost on the target audience, but that it's also too stupid to realize that they've already seen this exact same movie a hundred times",
+    "bad.",
+    "an utterly charming and hilarious film that reminded me of why i love movies",
+    "it's a mess.",
+]
+EXAMPLES = [Example({"sentence": t}, i % 2) for i, t in enumerate(TEXTS)]
+
+
+@pytest.fixture(scope="module")
+def causal():
+    return tiny_causal()
+
+
+@pytest.fixture(scope="module")
+def masked():
+    return tiny_masked()
+
+
+TEMPLATES = [
+    "{sentence} It was {answer}",  # next-token path
+    "{sentence} It was {answer}.",  # answer mid-template: likelihood of the filled text
+    "Review: {sentence}\nSentiment:{answer}",  # no space moved onto the word
+]
+VERBALIZERS = [
+    {"negative": ["terrible"], "positive": ["great"]},
+    {"negative": ["terrible", "not good at all"], "positive": ["great", "wonderful film"]},  # multi-token words
+]
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("verbalizer", VERBALIZERS)
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_batched_equals_one_at_a_time(kind, template, verbalizer, request):
+    be = request.getfixturevalue(kind)
+    p = Prompt.create(template, verbalizer, LABELS)
+    batched = Scorer(be, batch_size=8, progress=False).score(p, EXAMPLES)
+    single = Scorer(be, batch_size=1, progress=False).score(p, EXAMPLES)
+    np.testing.assert_allclose(batched.raw, single.raw, atol=1e-4)
+    assert batched.cost.forward_passes < single.cost.forward_passes
+
+
+def test_scores_match_a_hand_written_loop(causal):
+    """Next-token and teacher-forced multi-token scores equal direct computation without padding."""
+    p = Prompt.create("{sentence} It was {answer}", {"negative": ["not good at all"], "positive": ["great"]}, LABELS)
+    res = Scorer(causal, progress=False).score(p, EXAMPLES)
+    tok = causal.tokenizer
+    for i, ex in enumerate(EXAMPLES):
+        prefix = tok(ex.fields["sentence"] + " It was", add_special_tokens=False)["input_ids"]
+        expected = []
+        for word in (" not good at all", " great"):
+            w = tok(word, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prefix + w])
+            with torch.no_grad():
+                lp = torch.log_softmax(causal.model(ids).logits[0].float(), -1)
+            expected.append(sum(lp[len(prefix) - 1 + j, t].item() for j, t in enumerate(w)))
+        np.testing.assert_allclose(res.raw[i], expected, atol=1e-4)
+
+
+def test_multiple_words_sum_probabilities(causal):
+    one = Scorer(causal, progress=False).score(Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS), EXAMPLES)
+    two = Scorer(causal, progress=False).score(Prompt.create("{sentence} It was {answer}", {"negative": ["bad", "awful"], "positive": "great"}, LABELS), EXAMPLES)
+    other = Scorer(causal, progress=False).score(Prompt.create("{sentence} It was {answer}", {"negative": "awful", "positive": "great"}, LABELS), EXAMPLES)
+    np.testing.assert_allclose(two.raw[:, 0], np.logaddexp(one.raw[:, 0], other.raw[:, 0]), atol=1e-5)
+
+
+def test_cache_answers_a_new_verbalizer_without_forward_passes(causal):
+    s = Scorer(causal, progress=False)
+    a = s.score(Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS), EXAMPLES)
+    p2 = Prompt.create("{sentence} It was {answer}", {"negative": "awful", "positive": "good"}, LABELS)
+    assert s.plan(p2, EXAMPLES) == 0
+    b = s.score(p2, EXAMPLES)
+    assert a.cost.forward_passes > 0 and b.cost.forward_passes == 0 and b.cost.cache_hits == len(EXAMPLES)
+    fresh = Scorer(causal, progress=False).score(p2, EXAMPLES)
+    np.testing.assert_allclose(b.raw, fresh.raw, atol=1e-6)
+
+
+def test_plan_predicts_forward_passes(causal, masked):
+    for be in (causal, masked):
+        for tpl in TEMPLATES:
+            s = Scorer(be, batch_size=2, progress=False)
+            p = Prompt.create(tpl, VERBALIZERS[1], LABELS, calibrate=True)
+            planned = s.plan(p, EXAMPLES)
+            assert s.score(p, EXAMPLES).cost.forward_passes == planned
+
+
+def test_calibration_divides_by_content_free_probabilities(causal):
+    s = Scorer(causal, progress=False)
+    p = Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS)
+    raw = s.score(p, EXAMPLES)
+    cal = s.score(p.with_(calibrate=True), EXAMPLES)
+    cf = s.score(p, [{"sentence": t} for t in ("N/A", "", "[MASK]")])
+    p_cf = np.exp(cf.scores).mean(0)
+    expected = raw.scores - np.log(p_cf)
+    expected = expected - np.logaddexp.reduce(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(cal.scores, expected, atol=1e-5)
+
+
+def test_metrics_and_loglik(causal):
+    res = Scorer(causal, progress=False).score(Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS), EXAMPLES)
+    gold = np.array([e.label for e in EXAMPLES])
+    assert res.metrics["accuracy"] == pytest.approx((res.preds == gold).mean())
+    assert res.loglik == pytest.approx(res.scores[np.arange(len(gold)), gold].mean())
+    assert np.allclose(np.exp(res.scores).sum(1), 1.0, atol=1e-5)
+
+
+def test_word_that_tokenizes_to_nothing(causal, monkeypatch):
+    # Byte-level BPE encodes everything; WordPiece-style tokenizers drop e.g. control characters.
+    orig = causal.tokenize
+    monkeypatch.setattr(causal, "tokenize", lambda t: () if "\x07" in t else orig(t))
+    s = Scorer(causal, progress=False)
+    with pytest.raises(PromptError, match="tokenizes to nothing"):
+        s.compile(Prompt.create("{sentence}{answer}", {"negative": "bad", "positive": "\x07"}, LABELS))
+
+
+def test_long_inputs_are_truncated_to_fit(causal):
+    be = tiny_causal()
+    be.max_length = 32
+    p = Prompt.create("{sentence} It was {answer}.", {"negative": "bad", "positive": "great"}, LABELS)
+    res = Scorer(be, progress=False).score(p, [Example({"sentence": "word " * 200}, 0)])
+    assert np.isfinite(res.raw).all()
+
+
+def test_triggers_and_soft_tokens(causal):
+    great = causal.tokenize(" great")[0]
+    p = Prompt.create("{sentence} {trigger:2} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS, triggers=(great, great))
+    res = Scorer(causal, progress=False).score(p, EXAMPLES)
+    assert np.isfinite(res.raw).all()
+    soft_p = Prompt.create("{soft:3} {sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS, soft="t")
+    soft = torch.zeros(3, causal.input_embeddings().shape[1], requires_grad=True)
+    out = Scorer(causal, progress=False).label_logprobs(soft_p, EXAMPLES, soft_embeds=soft)
+    out[:, 1].sum().backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0
+    assert all(p.grad is None for p in causal.model.parameters())  # the model stays frozen
