@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("--storage", help="override the config's storage URL")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--resume", action="store_true", help="continue a killed run: reuse the rows (and searcher state) of identical jobs already in storage")
     p.add_argument("--limit", type=int, default=20, help="rows of the run's leaderboard to print (default: %(default)s)")
 
     p = sub.add_parser("leaderboard", help="show the leaderboard (filterable)", description="Show evaluated prompts, best first.")
@@ -85,7 +86,7 @@ def _cmd_run(args) -> int:
     from miner.leaderboard import Leaderboard, format_table
     from miner.runner import run
 
-    result = run(args.config, storage=args.storage, progress=False if args.no_progress else None)
+    result = run(args.config, storage=args.storage, progress=False if args.no_progress else None, resume=args.resume or None)
     print(f"run {result.run_id} -> {result.storage}")
     for jr in result.jobs:
         j = jr.job

@@ -62,6 +62,8 @@ class RunConfig(_Strict):
     k: list[int | None] = Field(default_factory=lambda: [16])  # shots per class; null = full data; 0 = zero-shot
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     storage: str = "sqlite:///miner.db"
+    artifacts: str | None = None  # soft-prompt tensors; default: beside a SQLite file, else ./miner-artifacts
+    resume: bool = False  # reuse rows of identical jobs already in storage (continue a killed run)
     test_top: PositiveInt | Literal["all"] = 1  # how many of each job's best prompts get a test score
     score_train: bool = True
     content_free: list[str] = Field(default_factory=lambda: ["N/A", "", "[MASK]"])

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from miner.artifacts import artifacts_for_storage
 from miner.config import BudgetSpec, RunConfig, parse_config
 from miner.errors import BudgetExhausted, ConfigError
 from miner.leaderboard import EvaluationRecord, Leaderboard, library_versions
@@ -74,6 +75,7 @@ class Budget:
         self.counter = counter
         self.start = time.perf_counter()
         self.evaluations = 0
+        self.previous_passes = 0  # spent by an earlier, resumed attempt at the same job
 
     @property
     def elapsed(self) -> float:
@@ -82,7 +84,7 @@ class Budget:
     @property
     def forward_passes_left(self) -> float:
         m = self.spec.max_forward_passes
-        return float("inf") if m is None else m - self.counter.total.forward_passes
+        return float("inf") if m is None else m - self.counter.total.forward_passes - self.previous_passes
 
     @property
     def seconds_left(self) -> float:
@@ -127,10 +129,29 @@ class Job:
         return f"{self.task.name} | {self.model} | {self.searcher_name} | seed={self.seed} | {k}"
 
 
+def job_key(cfg: RunConfig, searcher_index: int, seed: int, k: int | None) -> str:
+    """Stable identity of a job: everything in the config that determines its results."""
+    import hashlib
+    import json
+
+    ident = {
+        "task": cfg.task.model_dump(mode="json"),
+        "model": cfg.model.name,
+        "searcher": cfg.searchers[searcher_index].model_dump(mode="json"),
+        "prompts": [p.model_dump(mode="json") for p in cfg.prompts],
+        "seed": seed,
+        "k": k,
+        "score_train": cfg.score_train,
+        "content_free": cfg.content_free,
+    }
+    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class JobEvaluator:
     """The ``evaluate`` callable handed to a searcher for one job."""
 
-    def __init__(self, job: Job, scorer: Scorer, board: Leaderboard | None, run_id: str, budget: Budget, score_train: bool):
+    def __init__(self, job: Job, scorer: Scorer, board: Leaderboard | None, run_id: str, budget: Budget, score_train: bool, key: str = ""):
+        self.key = key
         self.job = job
         self.scorer = scorer
         self.board = board
@@ -197,6 +218,7 @@ class JobEvaluator:
             seconds=cost.seconds,
             extra={
                 **(extra or {}),
+                "job_key": self.key,
                 "cost": cost.to_dict(),
                 "train_loglik": train.loglik if train else None,
                 "train_metrics": train.metrics if train else None,
@@ -204,6 +226,27 @@ class JobEvaluator:
             },
         )
         return self.board.add_evaluations([rec])[0]
+
+    def resume_from(self, board: Leaderboard) -> int:
+        """Load this job's rows from an earlier attempt: they count as evaluated, at no new cost."""
+        job = self.job
+        rows = board.rows(task=job.task.name, model=job.model, searcher=job.searcher_name, seed=job.seed, k=job.k, order="time")
+        rows = [r for r in reversed(rows) if (r.extra or {}).get("job_key") == self.key]
+        for r in rows:
+            prompt = Prompt.from_dict(r.prompt, job.task.label_names)
+            if prompt.key in self.seen:
+                continue
+            ex = r.extra or {}
+            train = SplitScore(r.train_score, ex.get("train_metrics") or {}, ex.get("train_loglik"), r.n_train) if r.train_score is not None else None
+            dev = SplitScore(r.dev_score, ex.get("dev_metrics") or {}, r.dev_loglik, r.n_dev) if r.dev_score is not None else None
+            ev = Evaluation(prompt, train, dev, Cost(forward_passes=r.forward_passes, tokens=r.tokens, seconds=r.seconds), r.id)
+            self.seen[prompt.key] = ev
+            self.evaluations.append(ev)
+            self.budget.evaluations += 1
+            self.budget.previous_passes += r.forward_passes
+            if self.best is None or ev.rank_key > self.best.rank_key:
+                self.best = ev
+        return len(rows)
 
 
 @dataclass
@@ -254,6 +297,7 @@ def run(
     storage: str | None = None,
     backend: Backend | None = None,
     progress: bool | None = None,
+    resume: bool | None = None,
 ) -> RunResult:
     """Run a mining job. Everything is validated before the first leaderboard row is written."""
     if isinstance(config, (str, Path)):
@@ -264,6 +308,8 @@ def run(
         cfg = parse_config(config)
     if storage is not None:
         cfg = cfg.model_copy(update={"storage": storage})
+    if resume is not None:
+        cfg = cfg.model_copy(update={"resume": resume})
     show = cfg.progress if progress is None else progress
 
     # 1. Validate everything that can fail before touching the leaderboard.
@@ -293,13 +339,14 @@ def run(
 
     # 2. Run the jobs.
     board = Leaderboard(cfg.storage)
+    artifacts = artifacts_for_storage(cfg.storage, cfg.artifacts)
     run_id = board.start_run(cfg.model_dump(mode="json"), provenance())
     results: list[JobResult] = []
     status = "failed"
     try:
-        jobs = [(d, s) for d in datasets.values() for s in searcher_objs]
-        for data, searcher in tqdm(jobs, desc="jobs", disable=not show or len(jobs) < 2):
-            results.append(_run_job(cfg, data, searcher, backend, prompts, board, run_id, show))
+        jobs = [(d, i, s) for d in datasets.values() for i, s in enumerate(searcher_objs)]
+        for data, i, searcher in tqdm(jobs, desc="jobs", disable=not show or len(jobs) < 2):
+            results.append(_run_job(cfg, i, data, searcher, backend, prompts, board, run_id, show, artifacts))
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -309,44 +356,55 @@ def run(
     return RunResult(run_id, board.url, results)
 
 
-def _run_job(cfg, data: TaskData, searcher: Searcher, backend: Backend, prompts, board, run_id, show) -> JobResult:
-    job = Job(data, cfg.model.name, searcher.name, data.seed, data.k)
-    logger.info("job %s", job.label)
-    torch.manual_seed(data.seed)
-    counter = CostCounter()
+def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backend, prompts, board, run_id, show, artifacts) -> JobResult:
     m = cfg.model
-    scorer = Scorer(
-        backend, batch_size=m.batch_size, max_batch_tokens=m.max_batch_tokens, progress=show,
-        content_free=cfg.content_free, counter=counter,
+    scorer_kw = dict(batch_size=m.batch_size, max_batch_tokens=m.max_batch_tokens, progress=show,
+                     content_free=cfg.content_free, soft_resolver=artifacts.get_tensor)
+    result = _search(
+        searcher, backend, data, Scorer(backend, counter=CostCounter(), **scorer_kw),
+        prompts=prompts, budget=cfg.budget, board=board, run_id=run_id, score_train=cfg.score_train,
+        progress=show, model_name=m.name, artifacts=artifacts, key=job_key(cfg, index, data.seed, data.k),
+        resume=cfg.resume,
     )
-    budget = Budget(cfg.budget, counter)
-    evaluator = JobEvaluator(job, scorer, board, run_id, budget, cfg.score_train)
-    ctx = SearchContext(
-        task=data.without_test(), backend=backend, scorer=scorer, seed=data.seed, prompts=tuple(prompts),
-        budget=budget, logger=logging.getLogger(f"miner.search.{searcher.name}"), progress=show,
-    )
-    start = time.perf_counter()
-    stopped = None
-    try:
-        searcher.search(ctx, evaluator)
-    except BudgetExhausted as exc:
-        stopped = str(exc)
-        logger.info("%s: budget exhausted (%s)", job.label, exc)
-    result = JobResult(job, evaluator.evaluations, evaluator.best, cost=counter.snapshot(), stopped_by_budget=stopped)
-    result.seconds = time.perf_counter() - start
-
-    # 3. Held-out test scores for the best prompts (not charged to the searcher's budget).
-    if data.test and evaluator.evaluations:
-        ranked = sorted(evaluator.evaluations, key=lambda e: e.rank_key, reverse=True)
+    # Held-out test scores for the best prompts (not charged to the searcher's budget).
+    if data.test and result.evaluations:
+        ranked = sorted(result.evaluations, key=lambda e: e.rank_key, reverse=True)
         top = ranked if cfg.test_top == "all" else ranked[: cfg.test_top]
-        test_scorer = Scorer(backend, batch_size=m.batch_size, max_batch_tokens=m.max_batch_tokens,
-                             progress=show, content_free=cfg.content_free)
+        test_scorer = Scorer(backend, **scorer_kw)
         for ev in top:
             res = test_scorer.score(ev.prompt, data.test, desc="test")
             result.test[ev.row_id] = res
             if ev.row_id is not None:
                 board.add_test_score(ev.row_id, res.metrics[data.metric], len(data.test), res.metrics)
     return result
+
+
+def _search(searcher, backend, data, scorer, *, prompts, budget, board, run_id, score_train, progress,
+            model_name, artifacts, key, resume) -> JobResult:
+    job = Job(data, model_name, searcher.name, data.seed, data.k)
+    logger.info("job %s", job.label)
+    b = Budget(budget, scorer.counter)
+    evaluator = JobEvaluator(job, scorer, board, run_id, b, score_train, key)
+    if resume and board is not None:
+        n = evaluator.resume_from(board)
+        if n:
+            logger.info("%s: resumed %d evaluations from storage", job.label, n)
+    ctx = SearchContext(
+        task=data.without_test(), backend=backend, scorer=scorer, seed=data.seed, prompts=tuple(prompts),
+        budget=b, logger=logging.getLogger(f"miner.search.{searcher.name}"), progress=progress,
+        artifacts=artifacts, storage_url=board.url if board is not None else None, job_key=key,
+    )
+    torch.manual_seed(data.seed)
+    stopped = None
+    start = time.perf_counter()
+    try:
+        searcher.search(ctx, evaluator)
+    except BudgetExhausted as exc:
+        stopped = str(exc)
+        logger.info("%s: budget exhausted (%s)", job.label, exc)
+    res = JobResult(job, evaluator.evaluations, evaluator.best, cost=scorer.counter.snapshot(), stopped_by_budget=stopped)
+    res.seconds = time.perf_counter() - start
+    return res
 
 
 def score_prompt(prompt: Prompt, examples: Sequence[Any], backend: Backend, **scorer_kw: Any) -> ScoreResult:
@@ -366,26 +424,19 @@ def run_searcher(
     score_train: bool = True,
     progress: bool = False,
     model_name: str | None = None,
+    artifacts: Any = None,
 ) -> JobResult:
     """Run one searcher on one dataset without a config (notebooks, tests).
 
     With ``board=None`` nothing is written. The searcher receives ``data`` without its test split.
     """
+    import tempfile
+
+    from miner.artifacts import ArtifactStore
+
     spec = budget if isinstance(budget, BudgetSpec) else BudgetSpec(**(budget or {}))
-    counter = CostCounter()
-    scorer = Scorer(backend, progress=progress, counter=counter)
-    job = Job(data, model_name or backend.name, searcher.name, data.seed, data.k)
-    b = Budget(spec, counter)
-    evaluator = JobEvaluator(job, scorer, board, run_id, b, score_train)
-    ctx = SearchContext(task=data.without_test(), backend=backend, scorer=scorer, seed=data.seed,
-                        prompts=tuple(prompts), budget=b, progress=progress)
-    torch.manual_seed(data.seed)
-    stopped = None
-    start = time.perf_counter()
-    try:
-        searcher.search(ctx, evaluator)
-    except BudgetExhausted as exc:
-        stopped = str(exc)
-    res = JobResult(job, evaluator.evaluations, evaluator.best, cost=counter.snapshot(), stopped_by_budget=stopped)
-    res.seconds = time.perf_counter() - start
-    return res
+    store = artifacts or ArtifactStore(tempfile.mkdtemp(prefix="miner-artifacts-"))
+    scorer = Scorer(backend, progress=progress, counter=CostCounter(), soft_resolver=store.get_tensor)
+    return _search(searcher, backend, data, scorer, prompts=prompts, budget=spec, board=board, run_id=run_id,
+                   score_train=score_train, progress=progress, model_name=model_name or backend.name,
+                   artifacts=store, key="", resume=False)

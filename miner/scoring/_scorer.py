@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -82,8 +82,10 @@ class Scorer:
         progress: bool = True,
         content_free: Sequence[str] = CONTENT_FREE,
         counter: CostCounter | None = None,
+        soft_resolver: Callable[[str], torch.Tensor] | None = None,
     ) -> None:
         self.backend = backend
+        self.soft_resolver = soft_resolver  # soft-prompt reference -> tensor [n_soft, hidden]
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.cache_bytes = cache_mb * 2**20
@@ -117,15 +119,61 @@ class Scorer:
         desc: str | None = None,
         soft_embeds: torch.Tensor | None = None,
     ) -> ScoreResult:
+        """Score one prompt on examples (labels, if the examples have them, give metrics)."""
         before = self.counter.snapshot()
         cp = self.compile(prompt)
-        n_labels = len(prompt.verbalizer.labels)
         if not examples:
-            empty = np.zeros((0, n_labels))
+            empty = np.zeros((0, len(prompt.verbalizer.labels)))
             return ScoreResult(empty, empty, np.zeros(0, dtype=int), None, {}, None)
-        all_fields = self._all_fields(cp, examples)
+        if soft_embeds is None and prompt.soft is not None:
+            soft_embeds = self._resolve_soft(prompt.soft)
         with torch.inference_mode():
-            raw_all = self._label_scores(cp, all_fields, soft_embeds, grad=False, desc=desc).float().cpu()
+            raw_all = self._label_scores(cp, self._all_fields(cp, examples), soft_embeds, grad=False, desc=desc)
+        return self._finish(prompt, raw_all.float().cpu(), examples, self.counter.snapshot() - before)
+
+    def score_many(self, prompts: Sequence[Prompt], examples: Sequence[Any], *, desc: str | None = None) -> list[ScoreResult]:
+        """Score several discrete prompts with their requests pooled into shared batches.
+
+        Cheaper than one ``score`` call per prompt when prompts share work (the same
+        template with other verbalizers) or are many and small (trigger candidates).
+        The call's cost is reported on the first result; the others carry none.
+        """
+        before = self.counter.snapshot()
+        cps = [self.compile(p) for p in prompts]
+        if any(p.soft is not None or p.parsed.n_soft for p in prompts):
+            raise PromptError("score_many scores discrete prompts only; score soft prompts one at a time")
+        collected = [self._requests(cp, self._all_fields(cp, examples)) for cp in cps]
+        with torch.inference_mode():
+            results = self._execute([r for reqs, _ in collected for r in reqs], None, False, desc)
+            raws = [self._assemble(plan, results).float().cpu() for _, plan in collected]
+        cost = self.counter.snapshot() - before
+        return [self._finish(p, raw, examples, cost if i == 0 else Cost()) for i, (p, raw) in enumerate(zip(prompts, raws))]
+
+    def distributions(self, prompt: Prompt, examples: Sequence[Any], *, desc: str | None = None) -> torch.Tensor:
+        """Log-probabilities ``[N, V]`` of every vocabulary token as the first answer token.
+
+        One forward pass per batch serves every single-token verbalizer at once (causal LM
+        with the answer at the end, or a masked LM with one mask). Cached like any request.
+        """
+        cp = self.compile(prompt)
+        be = self.backend
+        if be.kind == "causal" and not cp.answer_at_end:
+            raise PromptError(f"answer-slot distributions need the answer at the end of the template for causal LMs: {prompt.template!r}")
+        reqs = []
+        for fields in (_fields_of(e) for e in examples):
+            enc = encode(cp, be, fields)
+            if be.kind == "causal":
+                reqs.append(Request("next", enc.prefix))
+            else:
+                ids = enc.prefix + (be.mask_id,) + enc.suffix
+                reqs.append(Request("mask", ids, 0, (len(enc.prefix),)))
+        with torch.inference_mode():
+            results = self._execute(reqs, None, False, desc)
+        rows = [results[r] if r.kind == "next" else results[r][0] for r in reqs]
+        return torch.stack(rows) if rows else torch.zeros(0, be.vocab_size)
+
+    def _finish(self, prompt: Prompt, raw_all: torch.Tensor, examples: Sequence[Any], cost: Cost) -> ScoreResult:
+        n_labels = len(prompt.verbalizer.labels)
         raw = raw_all[: len(examples)]
         scores = torch.log_softmax(raw, dim=-1)
         if prompt.calibrate:
@@ -139,7 +187,12 @@ class Scorer:
             gold = np.asarray(labels, dtype=int)
             metrics = compute_metrics(gold, preds, n_labels)
             loglik = float(scores[torch.arange(len(gold)), torch.as_tensor(gold)].mean())
-        return ScoreResult(scores.numpy(), raw.numpy(), preds, gold, metrics, loglik, self.counter.snapshot() - before)
+        return ScoreResult(scores.numpy(), raw.numpy(), preds, gold, metrics, loglik, cost)
+
+    def _resolve_soft(self, ref: str) -> torch.Tensor:
+        if self.soft_resolver is None:
+            raise PromptError(f"prompt refers to soft prompt {ref!r} but no artifact store was given to load it")
+        return self.soft_resolver(ref).to(self.backend.device)
 
     def label_logprobs(self, prompt: Prompt, examples: Sequence[Any], soft_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Differentiable ``[N, L]`` raw label log-probs (no cache), for gradient searchers."""
@@ -194,11 +247,15 @@ class Scorer:
         reqs, plan = self._requests(cp, rows)
         if any(r.soft for r in reqs) and soft_embeds is None:
             raise PromptError(f"template {cp.prompt.template!r} has soft tokens but no soft embeddings were given")
+        results = self._execute(reqs, soft_embeds, grad, desc)
+        return self._assemble(plan, results)
+
+    def _execute(self, reqs: Sequence[Request], soft_embeds, grad: bool, desc: str | None = None) -> dict[Request, Any]:
+        """Answer requests: from the cache where possible, the rest in length-sorted batches."""
         use_cache = not grad and soft_embeds is None
-        unique = list(dict.fromkeys(reqs))
         results: dict[Request, Any] = {}
         todo = []
-        for r in unique:
+        for r in dict.fromkeys(reqs):
             if use_cache and r in self._cache:
                 self._cache.move_to_end(r)
                 results[r] = self._cache[r]
@@ -212,6 +269,9 @@ class Scorer:
                 results[r] = value
                 if use_cache:
                     self._remember(r, value)
+        return results
+
+    def _assemble(self, plan, results: dict[Request, Any]) -> torch.Tensor:
         out = []
         for per_label in plan:
             label_scores = []

@@ -1,8 +1,14 @@
 """Searchers: the contract, the registry and the built-in plugins."""
 
+import importlib
+
 from miner.search._base import Capabilities, Evaluate, Evaluation, SearchContext, Searcher, SplitScore
 from miner.search._registry import Registry, register_searcher, searchers
-from miner.search import manual as _manual  # noqa: F401  (registers)
+
+# Built-in plugins register themselves on import. Adding a searcher = one module + its name here.
+_BUILTIN = ("manual",)
+for _name in _BUILTIN:
+    importlib.import_module(f"miner.search.{_name}")
 
 __all__ = [
     "Capabilities", "Evaluate", "Evaluation", "Registry", "SearchContext", "Searcher", "SplitScore",

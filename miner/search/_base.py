@@ -83,6 +83,9 @@ class SearchContext:
     budget: Any = None  # miner.runner.Budget view (remaining forward passes / seconds)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("miner.search"))
     progress: bool = True
+    artifacts: Any = None  # miner.artifacts.ArtifactStore for tensors (soft prompts)
+    storage_url: str | None = None  # the leaderboard's database URL (searchers may keep state there, e.g. an Optuna study)
+    job_key: str = ""  # stable identity of this job (same config -> same key), for resumable searcher state
 
     @property
     def label_names(self) -> tuple[str, ...]:
