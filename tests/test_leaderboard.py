@@ -415,7 +415,7 @@ def test_format_table_cells_and_alignment():
     lines = text.splitlines()
     assert len(lines) == 4
     assert lines[0].split() == ["id", "task", "model", "searcher", "seed", "k", "template", "verbalizer",
-                                "train", "dev", "test", "fwd", "passes", "seconds"]
+                                "options", "train", "dev", "test", "fwd", "passes", "seconds"]
     assert set(lines[1].replace(" ", "")) == {"-"}
     first, second = lines[2], lines[3]
     assert "Review: {text}⏎In summary" in first and "\n" not in first.split("Review")[1]
@@ -431,6 +431,12 @@ def test_format_table_cells_and_alignment():
     assert len(first.rstrip()) == len(lines[0])
     test_col_end = lines[0].index("test") + len("test")
     assert first[test_col_end - 1] == "-" and second[test_col_end - 4:test_col_end] == "81.2"
+
+
+def test_format_table_options_column():
+    cal = {"template": "{t} {trigger:2} {answer}", "verbalizer": {"a": "x", "b": "y"}, "calibrate": True, "triggers": [5, 6]}
+    line = format_table([_row(prompt=cal)], columns=["id", "options"]).splitlines()[2]
+    assert line.split() == ["7", "cal,2", "trig"]
 
 
 def test_format_table_columns_and_edge_cases():

@@ -38,6 +38,19 @@ def _verbalizer(row: Any) -> str:
     return _shorten("|".join(parts), VERBALIZER_WIDTH)
 
 
+def _options(row: Any) -> str:
+    """What else shapes the prompt: calibration, trigger tokens, a soft prompt."""
+    prompt = row.prompt or {}
+    parts = []
+    if prompt.get("calibrate"):
+        parts.append("cal")
+    if prompt.get("triggers"):
+        parts.append(f"{len(prompt['triggers'])} trig")
+    if prompt.get("soft"):
+        parts.append("soft")
+    return ",".join(parts) or "-"
+
+
 # name -> (cell formatter, right-aligned?)
 _COLUMNS: dict[str, tuple[Callable[[Any], str], bool]] = {
     "id": (lambda r: str(r.id), True),
@@ -48,6 +61,7 @@ _COLUMNS: dict[str, tuple[Callable[[Any], str], bool]] = {
     "k": (lambda r: "full" if r.k is None else str(r.k), True),
     "template": (_template, False),
     "verbalizer": (_verbalizer, False),
+    "options": (_options, False),
     "train": (lambda r: _percent(r.train_score), True),
     "dev": (lambda r: _percent(r.dev_score), True),
     "test": (lambda r: _percent(r.test_score), True),
