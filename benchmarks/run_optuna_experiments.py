@@ -1,0 +1,208 @@
+"""Experiments for the ``optuna`` searcher: test accuracy over seeds next to the manual baselines.
+
+For one config (``configs/optuna_sst2.yaml`` or ``configs/optuna_rt.yaml``) this script
+
+1. scores the three manual baseline prompts, each with and without content-free
+   calibration, on the config's test sample (the same sample for every seed and method:
+   ``max_test`` is drawn with the task's fixed ``split_seed``; the baselines use no training
+   data, so one scoring serves all seeds);
+2. runs ``miner.runner.run(config, resume=True)`` (the searcher's jobs; a killed experiment
+   continues where it stopped), which test-scores only each job's best prompt by dev score
+   (ties by dev log-likelihood);
+3. writes ``results/optuna_<name>.json`` (every number, provenance) and ``.md`` (tables).
+
+``--report`` merges the JSON files present into ``results/optuna_results.md``.
+
+Usage::
+
+    python benchmarks/run_optuna_experiments.py configs/optuna_sst2.yaml
+    python benchmarks/run_optuna_experiments.py configs/optuna_rt.yaml
+    python benchmarks/run_optuna_experiments.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINES = [
+    ("{sentence} Overall, the movie was {answer}", ["terrible"], ["great"]),
+    ("{sentence} It was {answer}", ["terrible"], ["great"]),
+    ("Review: {sentence}\nSentiment: {answer}", ["negative"], ["positive"]),
+]
+
+
+def _machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_avg": os.getloadavg(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "host": platform.node(), "python": platform.python_version()}
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else (float("nan"), float("nan"))
+
+
+def score_baselines(cfg) -> list[dict]:
+    from miner.models import load_backend
+    from miner.prompts import Prompt
+    from miner.scoring import Scorer
+    from miner.tasks import load_task
+
+    backend = load_backend(cfg.model.name)
+    data = load_task(cfg.task, cfg.k[0], cfg.seeds[0])
+    labels = data.label_names
+    scorer = Scorer(backend, progress=False, content_free=cfg.content_free)
+    out = []
+    for template, neg, pos in BASELINES:
+        for calibrate in (False, True):
+            p = Prompt.create(template, {labels[0]: neg, labels[1]: pos}, labels, calibrate=calibrate)
+            t0 = time.time()
+            r = scorer.score(p, data.test)
+            out.append({"template": template, "verbalizer": p.verbalizer.to_dict(), "calibrate": calibrate,
+                        "test": r.metrics[data.metric], "n_test": len(data.test), "seconds": time.time() - t0})
+            logging.info("baseline %s: %.3f", p.describe(), r.metrics[data.metric])
+    return out
+
+
+def collect(cfg, storage: str) -> list[dict]:
+    """Each job's best prompt (dev score, then dev log-likelihood, then train) and its test score, from the database."""
+    from miner.leaderboard import Leaderboard
+
+    board = Leaderboard(storage)
+    jobs = []
+    for seed in cfg.seeds:
+        rows = [r for r in board.rows(searcher="optuna", seed=seed, order="time") if r.extra and r.extra.get("optuna")
+                and r.task == _task_name(cfg)]
+        if not rows:
+            continue
+        neg = float("-inf")
+        best = max(rows, key=lambda r: (r.dev_score if r.dev_score is not None else neg,
+                                        r.dev_loglik if r.dev_loglik is not None else neg,
+                                        r.train_score if r.train_score is not None else neg))
+        jobs.append({
+            "seed": seed, "k": best.k, "best_prompt": best.prompt, "dev": best.dev_score, "dev_loglik": best.dev_loglik,
+            "train": best.train_score, "test": best.test_score, "n_test": best.n_test, "evaluations": len(rows),
+            "verbalizers_examined": sum(r.extra["optuna"].get("verbalizers_examined", 0) for r in rows),
+            "forward_passes": sum(r.forward_passes for r in rows), "model_seconds": sum(r.seconds for r in rows),
+            "seconds": sum(r.seconds for r in rows),
+        })
+    return jobs
+
+
+def _task_name(cfg) -> str:
+    return cfg.task.name.replace("sst-2", "sst-2")
+
+
+def run_config(path: Path, out_dir: Path, *, search: bool = True, baselines_only: bool = False) -> dict:
+    from miner.config import load_config
+    from miner.runner import run
+
+    import miner.search.optuna_search  # noqa: F401  (registers the searcher)
+
+    cfg = load_config(path)
+    name = cfg.name or path.stem
+    started = time.time()
+    base_file = out_dir / f"{name}_baselines.json"
+    if baselines_only:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        base_file.write_text(json.dumps(score_baselines(cfg), indent=2))
+        return {}
+    storage = cfg.storage
+    if search:
+        storage = run(cfg, progress=False, resume=True).storage
+    baselines = json.loads(base_file.read_text()) if base_file.exists() else score_baselines(cfg)
+    base_file.write_text(json.dumps(baselines, indent=2))
+    jobs = collect(cfg, storage)
+    tests = [j["test"] for j in jobs if j["test"] is not None]
+    mean, std = _mean_std(tests)
+    best_base = max(baselines, key=lambda b: b["test"])
+    summary = {
+        "name": name, "config": str(path), "config_data": cfg.model_dump(mode="json"), "task": cfg.task.name,
+        "metric": cfg.task.metric, "n_test": baselines[0]["n_test"], "baselines": baselines, "jobs": jobs,
+        "searcher_test_mean": mean, "searcher_test_std": std, "best_baseline": best_base,
+        "beats_best_baseline": mean > best_base["test"], "storage": storage,
+        "machine": _machine(), "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "wall_seconds": time.time() - started,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / f"{name}.md").write_text(markdown([summary]))
+    return summary
+
+
+def markdown(summaries: list[dict]) -> str:
+    lines = []
+    for s in summaries:
+        m = s["machine"]
+        lines += [f"## {s['task']} ({s['name']})", "",
+                  f"Test: {s['n_test']} examples ({s['metric']}), the same sample for every row. Command: `{s['command']}`, "
+                  f"{s['date']}, {m['cpu']} ({m['cores']} cores, load {m['load_avg'][0]:.1f}), torch threads {m['torch_threads']}.", "",
+                  "| method | calibrated | test |", "| --- | --- | --- |"]
+        for b in s["baselines"]:
+            words = " / ".join("/".join(w) for w in b["verbalizer"].values())
+            lines.append(f"| manual `{b['template']!r}` ({words}) | {'yes' if b['calibrate'] else 'no'} | {100 * b['test']:.1f} |")
+        lines.append(f"| **optuna** (mean ± std over {len(s['jobs'])} seeds) | searched | "
+                     f"**{100 * s['searcher_test_mean']:.1f} ± {100 * s['searcher_test_std']:.1f}** |")
+        lines += ["", "| seed | best prompt (by dev) | train | dev | test | trials scored | verbalizers examined | forward passes | model s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for j in s["jobs"]:
+            p = j["best_prompt"] or {}
+            words = " / ".join("/".join(w) for w in (p.get("verbalizer") or {}).values())
+            cal = " [cal]" if p.get("calibrate") else ""
+            fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+            j = {**j, "seconds": j.get("seconds") or 0.0}
+            lines.append(f"| {j['seed']} | `{p.get('template', '')!r}` ({words}){cal} | {fmt(j['train'])} | {fmt(j['dev'])} | "
+                         f"{fmt(j['test'])} | {j['evaluations']} | {j['verbalizers_examined']} | {j['forward_passes']} | {j['seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", type=Path)
+    ap.add_argument("--out", type=Path, default=REPO / "results")
+    ap.add_argument("--report", action="store_true", help="merge results/optuna_*.json into results/optuna_results.md")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--baselines-only", action="store_true", help="only score the manual baselines (a parallel process)")
+    ap.add_argument("--collect", action="store_true", help="no search: build the results from the database")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("miner.scoring").setLevel(logging.WARNING)
+    if args.report:
+        files = sorted(p for p in args.out.glob("optuna_*.json") if not p.stem.endswith("_baselines"))
+        summaries = [json.loads(p.read_text()) for p in files]
+        summaries = [s for s in summaries if isinstance(s, dict) and "baselines" in s]
+        (args.out / "optuna_results.md").write_text("# optuna searcher: results\n\n" + markdown(summaries))
+        return 0
+    if args.config is None:
+        ap.error("give a config or --report")
+    s = run_config(args.config, args.out, search=not args.collect, baselines_only=args.baselines_only)
+    if not s:
+        return 0
+    print(f"{s['task']}: optuna {100 * s['searcher_test_mean']:.1f} ± {100 * s['searcher_test_std']:.1f}; best baseline "
+          f"{100 * s['best_baseline']['test']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The trial loop of the ``optuna`` searcher (ask -> distributions -> inner search -> evaluate -> tell)."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from miner.errors import BudgetExhausted, ConfigError, PromptError
+from miner.prompts import Prompt
+from miner.search._base import Evaluate, SearchContext
+from miner.search._labelwords import candidate_pool, decoded_vocab, search_verbalizers, word_mask
+from miner.search._optuna_space import TemplateSpace, build_space
+from miner.search._optuna_study import (
+    finished_count, heartbeat, make_pruner, make_sampler, mark_worker, open_study, recover_stale,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _Pruned(Exception):
+    pass
+
+
+@dataclass
+class _Job:
+    """Run state of one search call (never stored on the searcher)."""
+
+    s: Any  # the searcher (hyperparameters)
+    ctx: SearchContext
+    evaluate: Evaluate
+    space: TemplateSpace
+    order: list[Any]  # train examples, stratified by label, seeded
+    user_words: list[list[str]]  # per label
+    vocabulary: frozenset[str] | None = None
+    masks: dict[bool, torch.Tensor] = field(default_factory=dict)
+    multi: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # (template, word) -> [N_all] scores
+    multi_objective: bool = False
+
+
+def _stratified(train: Sequence[Any], n_labels: int, seed: int) -> list[Any]:
+    """Round-robin over labels of a seeded shuffle: every prefix has every label, balanced."""
+    rng = random.Random(seed)
+    groups = [[e for e in train if e.label == c] for c in range(n_labels)]
+    for g in groups:
+        rng.shuffle(g)
+    out = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        out += [g[i] for g in groups if i < len(g)]
+    return out
+
+
+def _single_token(be, word: str, space: bool) -> int | None:
+    ids = be.tokenize((" " if space else "") + word)
+    return ids[0] if len(ids) == 1 else None
+
+
+def _placeholder(be, space: bool, vocab) -> str:
+    """A word that is one token in this context (for planning 'next'-token passes)."""
+    for w in ("a", "the", "x", "I"):
+        if _single_token(be, w, space) is not None:
+            return w
+    for s in vocab:
+        w = s.strip()
+        if w and re.match(r"^\w+$", w) and _single_token(be, w, space) is not None:
+            return w
+    raise PromptError("no single-token word found in the vocabulary")  # pragma: no cover
+
+
+def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
+    labels = ctx.label_names
+    be = ctx.backend
+    space = build_space(s, be.kind, ctx.text_fields, ctx.prompts, ctx.logger)
+    unknown = [k for k in s.label_words if k not in labels]
+    if unknown:
+        raise ConfigError(f"optuna searcher: label_words names unknown label {unknown[0]!r}; the labels are {list(labels)}")
+    try:
+        re.compile(s.word_pattern)
+    except re.error as exc:
+        raise ConfigError(f"optuna searcher: word_pattern is not a valid regular expression: {exc}") from None
+    user_words = [list(dict.fromkeys(s.label_words.get(lab, []))) for lab in labels]
+    for p in ctx.prompts:
+        if p.verbalizer.labels == tuple(labels):
+            for c, ws in enumerate(p.verbalizer.words):
+                user_words[c] = list(dict.fromkeys(user_words[c] + list(ws)))
+    seed = s.seed if s.seed is not None else ctx.seed
+    job = _Job(s, ctx, evaluate, space, _stratified(ctx.task.train, len(labels), seed), user_words)
+    job.multi_objective = s.sampler == "nsga2"
+    job.vocabulary = _vocabulary(s.vocabulary)
+    if not job.order:
+        raise ConfigError("optuna searcher: the task has no training examples to find label words with")
+
+    persistent = ctx.storage_url is not None and bool(ctx.job_key or s.study_name)
+    name = s.study_name or f"miner-{ctx.job_key}"
+    resumed = bool(ctx.budget is not None and getattr(ctx.budget, "evaluations", 0) > 0)
+    directions = ["maximize", "minimize"] if job.multi_objective else ["maximize"]
+    study = open_study(ctx.storage_url if persistent else None, name, directions,
+                       make_sampler(s.sampler, seed, s.n_startup_trials), make_pruner(s.pruner, s.n_startup_trials),
+                       s.n_trials, resumed)
+    study.set_user_attr("miner", {"job_key": ctx.job_key, "task": ctx.task.name, "model": be.name,
+                                  "objective": "dev score + tie_weight * exp(dev loglik)", "tie_weight": s.tie_weight})
+    ctx.logger.info("optuna: study %r (%s), %d finished trials", study.study_name,
+                    "in the leaderboard database" if persistent else "in memory", finished_count(study))
+    while True:
+        recover_stale(study, s.heartbeat_grace_s)
+        if finished_count(study) >= s.n_trials:
+            break
+        trial = study.ask()
+        mark_worker(study, trial)
+        try:
+            values = _trial(job, study, trial)
+        except _Pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
+        except BaseException:
+            # Budget exhausted, interrupted or a real error: the trial did not finish.
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        study.tell(trial, values)
+
+
+def _vocabulary(value) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        from pathlib import Path
+
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(f"optuna searcher: vocabulary file {value!r} does not exist")
+        try:
+            value = path.read_text(encoding="utf-8").split()
+        except UnicodeDecodeError:
+            raise ConfigError(f"optuna searcher: vocabulary file {value!r} is not UTF-8") from None
+    words = frozenset(w.strip() for w in value if w.strip())
+    if not words:
+        raise ConfigError("optuna searcher: vocabulary is empty")
+    return words
+
+
+def _choose(s, trial: optuna.Trial):
+    def choose(name: str, options: Sequence[Any]) -> Any:
+        options = list(options)
+        if len(options) == 1:
+            return options[0]
+        if s.sampler == "cmaes":  # CMA-ES models integers, not categories
+            return options[trial.suggest_int(name, 0, len(options) - 1)]
+        return trial.suggest_categorical(name, options)
+    return choose
+
+
+def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
+    s, ctx = job.s, job.ctx
+    be, scorer = ctx.backend, ctx.scorer
+    choose = _choose(s, trial)
+    template = job.space.sample(choose)
+    calibrate = bool(choose("calibrate", s.calibration))
+    n_words = trial.suggest_int("n_words", 1, s.max_words) if s.max_words > 1 else 1
+    pool_size = int(choose("pool_size", sorted(set(s.pool_sizes))))
+    select = choose("select", s.select)
+
+    labels = ctx.label_names
+    probe = Prompt.create(template, {lab: ["x"] for lab in labels}, labels)
+    space = scorer.compile(probe).space_to_word
+    vocab = decoded_vocab(be)
+    ph = _placeholder(be, space, vocab)
+    plan_prompt = Prompt.create(template, {lab: [ph] for lab in labels}, labels)
+    cf_rows = [{f: text for f in plan_prompt.parsed.fields} for text in scorer.content_free]
+
+    # Plan the whole trial's forward passes first: a trial that cannot finish is not started.
+    n = len(job.order)
+    cuts = sorted({max(1, min(n, math.ceil(share * n))) for share in s.train_shares})
+    chunks = [job.order[a:b] for a, b in zip([0] + cuts[:-1], cuts)]
+    planned = sum(scorer.plan(plan_prompt, c) for c in chunks) + scorer.plan(plan_prompt, ctx.task.dev)
+    if calibrate:
+        planned += scorer.plan(plan_prompt, cf_rows)
+    multi = [(c, w) for c, ws in enumerate(job.user_words) for w in ws if _single_token(be, w, space) is None]
+    for c, w in multi:
+        mp = _multi_prompt(template, labels, c, w, ph)
+        planned += scorer.plan(mp, job.order) + (scorer.plan(mp, cf_rows) if calibrate else 0)
+    budget = ctx.budget
+    if budget is not None:
+        if planned > budget.forward_passes_left:
+            raise BudgetExhausted(f"the next optuna trial needs {planned} forward passes; {budget.forward_passes_left:g} left")
+        if budget.seconds_left <= 0:
+            raise BudgetExhausted("max_seconds reached")
+
+    if space not in job.masks:
+        job.masks[space] = word_mask(be, s.word_pattern, space, job.vocabulary)
+    allowed = job.masks[space]
+    gold_all = torch.as_tensor([e.label for e in job.order])
+    multiobj = job.multi_objective
+    seen = 0
+    dists = []
+    res = pool = None
+    for step, chunk in enumerate(chunks):
+        dists.append(scorer.distributions(plan_prompt, chunk, desc="answer distributions"))
+        seen += len(chunk)
+        D = torch.cat(dists)  # [seen, V]
+        gold = gold_all[:seen]
+        X, user_cols = _with_multi(job, template, D, multi, space, seen)
+        pool = candidate_pool(D, gold, len(labels), allowed, pool_size, s.likely_top,
+                              lambda w: _single_token(be, w, space), vocab, _user_pool(job, be, space, user_cols))
+        if any(not ws for ws in pool.words):
+            ctx.logger.info("optuna: trial %d has a label without candidate words (pool_size=%d, no user words); pruned",
+                            trial.number, pool_size)
+            raise _Pruned()
+        Xcf = None
+        if calibrate:
+            Dcf = scorer.distributions(plan_prompt, cf_rows)
+            Xcf, _ = _with_multi(job, template, Dcf, multi, space, None, cf_rows)
+        res = search_verbalizers(X, gold, pool, n_words, Wcf=Xcf, metric=ctx.task.metric, select=select,
+                                 max_verbalizers=s.max_verbalizers)
+        trial.set_user_attr(f"examined_step{step}", res.examined)
+        heartbeat(study, trial)
+        if not multiobj and step < len(chunks) - 1:
+            trial.report(res.metric + s.tie_weight * math.exp(min(0.0, res.loglik)), step)
+            if trial.should_prune():
+                ctx.logger.info("optuna: trial %d pruned at %d/%d train examples: %r", trial.number, seen, n, template)
+                raise _Pruned()
+
+    words = {lab: [pool.words[c][j] for j in res.choice[c]] for c, lab in enumerate(labels)}
+    prompt = Prompt.create(template, words, labels, calibrate=calibrate)
+    examined = sum(v for k, v in trial.user_attrs.items() if k.startswith("examined_step"))
+    extra = {
+        "optuna": {"study": study.study_name, "trial": trial.number, "params": dict(trial.params),
+                   "verbalizers_examined": examined, "train_fit": {"metric": res.metric, "loglik": res.loglik},
+                   "pool": {lab: pool.words[c] for c, lab in enumerate(labels)}},
+    }
+    ev = job.evaluate([prompt], extra=extra)[0]
+    split = ev.dev or ev.train
+    value = split.score + s.tie_weight * math.exp(min(0.0, split.loglik))
+    trial.set_user_attr("prompt", prompt.to_dict())
+    trial.set_user_attr("prompt_key", prompt.key)
+    trial.set_user_attr("row_id", ev.row_id)
+    trial.set_user_attr("duplicate", ev.duplicate)
+    trial.set_user_attr("dev_score", ev.dev.score if ev.dev else None)
+    trial.set_user_attr("dev_loglik", ev.dev.loglik if ev.dev else None)
+    trial.set_user_attr("train_score", ev.train.score if ev.train else None)
+    trial.set_user_attr("verbalizers_examined", examined)
+    trial.set_user_attr("forward_passes", ev.cost.forward_passes)
+    trial.set_user_attr("pool", {lab: pool.words[c][:20] for c, lab in enumerate(labels)})
+    ctx.logger.info("optuna: trial %d dev %.3f (loglik %.3f) %d verbalizers examined: %s", trial.number, split.score,
+                    split.loglik, examined, prompt.describe())
+    if multiobj:
+        return [value, float(len(be.tokenize(prompt.parsed.render({f: "" for f in prompt.parsed.fields}, answer=""))))]
+    return value
+
+
+def _multi_prompt(template: str, labels, c: int, word: str, ph: str) -> Prompt:
+    return Prompt.create(template, {lab: [word if i == c else ph] for i, lab in enumerate(labels)}, labels)
+
+
+def _with_multi(job: _Job, template: str, D: torch.Tensor, multi, space: bool, seen: int | None, rows=None):
+    """Append columns for multi-token user words (scored once by the scorer, then cached)."""
+    if not multi:
+        return D, {}
+    s, ctx = job.s, job.ctx
+    cols, extra = {}, []
+    labels = ctx.label_names
+    vocab = decoded_vocab(ctx.backend)
+    ph = _placeholder(ctx.backend, space, vocab)
+    for c, w in multi:
+        key = (template, w, rows is not None)
+        if key not in job.multi:
+            mp = _multi_prompt(template, labels, c, w, ph)
+            examples = rows if rows is not None else job.order
+            job.multi[key] = torch.as_tensor(ctx.scorer.score(mp, examples).raw[:, c], dtype=torch.float32)
+        vec = job.multi[key] if seen is None else job.multi[key][:seen]
+        cols[w] = D.shape[1] + len(extra)
+        extra.append(vec)
+    return torch.cat([D, torch.stack(extra, dim=1).to(D.dtype)], dim=1), cols
+
+
+def _user_pool(job: _Job, be, space: bool, multi_cols: dict[str, int]):
+    out = []
+    for ws in job.user_words:
+        pairs = []
+        for w in ws:
+            tid = _single_token(be, w, space)
+            col = tid if tid is not None else multi_cols.get(w)
+            if col is not None:
+                pairs.append((w, col))
+        out.append(pairs)
+    return out

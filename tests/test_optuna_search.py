@@ -1,0 +1,262 @@
+"""The ``optuna`` searcher: conformance, cached verbalizer search, resume after kill -9, two workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+import miner.search.optuna_search  # noqa: F401  (registers the searcher)
+from miner.cli import main
+from miner.config import BudgetSpec
+from miner.errors import ConfigError
+from miner.leaderboard import Leaderboard
+from miner.prompts import Prompt
+from miner.runner import run_searcher
+from miner.scoring import Scorer
+from miner.search._labelwords import Pool, candidate_pool, decoded_vocab, search_verbalizers, word_mask
+from miner.search.optuna_search import OptunaSearcher
+from miner.testing.conformance import SearcherConformance, conformance_backend, conformance_data  # noqa: F401
+from miner.testing.tiny import tiny_causal
+
+
+class TestOptunaConformance(SearcherConformance):
+    @pytest.fixture
+    def searcher(self):
+        return OptunaSearcher(n_trials=4, pool_sizes=[3], max_words=2, n_startup_trials=2)
+
+
+@pytest.fixture(scope="module")
+def causal():
+    return tiny_causal()
+
+
+@pytest.fixture(scope="module")
+def data():
+    from miner.tasks import TaskSpec, load_task
+
+    return load_task(TaskSpec(source="builtin", name="rotten_tomatoes", max_test=8), 4, 13)
+
+
+def test_inner_search_matches_the_scorer(causal, data):
+    """The tensor-op verbalizer scores equal the scorer's, and the exhaustive search finds the best."""
+    labels = data.label_names
+    template = "{sentence} It was {answer}"
+    probe = Prompt.create(template, {lab: ["a"] for lab in labels}, labels)
+    scorer = Scorer(causal, progress=False)
+    D = scorer.distributions(probe, data.train)
+    Dcf = scorer.distributions(probe, [{"sentence": t} for t in scorer.content_free])
+    gold = torch.as_tensor([e.label for e in data.train])
+    space = scorer.compile(probe).space_to_word
+    vocab = decoded_vocab(causal)
+    mask = word_mask(causal, r"^[a-z]{3,}$", space)
+    rt = lambda w: (lambda ids: ids[0] if len(ids) == 1 else None)(causal.tokenize(" " + w))  # noqa: E731
+    pool = candidate_pool(D, gold, 2, mask, 3, 50, rt, vocab)
+    assert all(len(ws) == 3 for ws in pool.words) and not set(pool.words[0]) & set(pool.words[1])
+    assert all(mask[c] for cs in pool.columns for c in cs)
+    for calibrate in (False, True):
+        passes = scorer.counter.total.forward_passes
+        res = search_verbalizers(D, gold, pool, 1, Wcf=Dcf if calibrate else None)
+        assert scorer.counter.total.forward_passes == passes  # no model call
+        assert res.examined == 9
+        brute = []
+        for i in range(3):
+            for j in range(3):
+                p = Prompt.create(template, {labels[0]: [pool.words[0][i]], labels[1]: [pool.words[1][j]]}, labels,
+                                  calibrate=calibrate)
+                r = scorer.score(p, data.train)
+                brute.append((r.metrics["accuracy"], r.loglik, (i, j)))
+        best = max(brute, key=lambda b: (round(b[0], 9), b[1]))
+        assert tuple(c[0] for c in res.choice) == best[2]
+        assert res.metric == pytest.approx(best[0]) and res.loglik == pytest.approx(best[1], abs=1e-4)
+        # Multi-word verbalizers: the same arithmetic (log of summed probabilities) as the scorer.
+        res2 = search_verbalizers(D, gold, pool, 2, Wcf=Dcf if calibrate else None)
+        assert res2.examined == 9
+        words = {lab: [pool.words[c][j] for j in res2.choice[c]] for c, lab in enumerate(labels)}
+        r = scorer.score(Prompt.create(template, words, labels, calibrate=calibrate), data.train)
+        assert r.metrics["accuracy"] == pytest.approx(res2.metric) and r.loglik == pytest.approx(res2.loglik, abs=1e-4)
+
+
+def test_coordinate_ascent_beyond_the_cap():
+    torch.manual_seed(0)
+    W = torch.randn(20, 30).log_softmax(-1)
+    gold = torch.arange(20) % 3
+    pool = Pool([[str(i) for i in range(10 * c, 10 * c + 10)] for c in range(3)],
+                [list(range(10 * c, 10 * c + 10)) for c in range(3)])
+    full = search_verbalizers(W, gold, pool, 1)
+    assert full.examined == 1000
+    approx = search_verbalizers(W, gold, pool, 1, max_verbalizers=100)
+    assert approx.examined < 1000 and approx.metric <= full.metric + 1e-9
+
+
+def test_verbalizer_trials_spend_no_forward_passes(causal, data):
+    """One template: only the first trial pays passes; the rest are tensor ops plus cached scoring."""
+    s = OptunaSearcher(n_trials=5, templates=["Review: {sentence}\nSentiment: {answer}"], infixes=[],
+                       use_seed_templates=False, calibration=[False], pool_sizes=[2, 4, 8], max_words=2,
+                       n_startup_trials=5, pruner="none")
+    res = run_searcher(s, causal, data, budget=BudgetSpec(max_forward_passes=40))
+    assert len(res.evaluations) >= 2
+    first, rest = res.evaluations[0], res.evaluations[1:]
+    assert first.cost.forward_passes > 0
+    assert all(e.cost.forward_passes == 0 for e in rest)
+    assert res.cost.forward_passes == first.cost.forward_passes
+
+
+def test_multi_token_user_words_and_records(tmp_path, causal, data):
+    board = Leaderboard(f"sqlite:///{tmp_path / 'lb.db'}")
+    s = OptunaSearcher(n_trials=3, infixes=["It was"], prefixes=[""], separators=[" "], use_seed_templates=False,
+                       label_words={"negative": ["unwatchable"], "positive": ["masterpiece"]}, pool_sizes=[2],
+                       calibration=[True], n_startup_trials=3)
+    assert len(causal.tokenize(" unwatchable")) > 1  # a multi-token word
+    res = run_searcher(s, causal, data, board=board, run_id=board.start_run({}, {}), budget=BudgetSpec(max_forward_passes=40))
+    rows = board.rows()
+    assert len(rows) == len(res.evaluations) >= 1
+    ex = rows[0].extra["optuna"]
+    assert ex["verbalizers_examined"] >= 1 and "unwatchable" in ex["pool"]["negative"]
+    # run_searcher has no job key: the study stays in memory, the database holds only the leaderboard.
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'lb.db'}") == []
+
+
+def test_bad_parameters_are_config_errors(causal, data):
+    with pytest.raises(ConfigError, match="sampler"):
+        run_searcher(OptunaSearcher(sampler="grid"), causal, data)
+    with pytest.raises(ConfigError, match=r"templates\[0\]"):
+        run_searcher(OptunaSearcher(templates=["{answer} {sentence}"]), causal, data)
+    with pytest.raises(ConfigError, match="train_shares"):
+        run_searcher(OptunaSearcher(train_shares=[0.5]), causal, data)
+    with pytest.raises(ConfigError, match="unknown label"):
+        run_searcher(OptunaSearcher(label_words={"neutral": ["meh"]}), causal, data)
+
+
+@pytest.mark.parametrize("sampler", ["random", "cmaes", "nsga2"])
+def test_other_samplers(causal, data, sampler):
+    s = OptunaSearcher(sampler=sampler, n_trials=3, n_startup_trials=1, pool_sizes=[2], max_words=1)
+    res = run_searcher(s, causal, data, budget=BudgetSpec(max_forward_passes=30))
+    assert 1 <= len(res.evaluations) <= 3
+
+
+# ---------------------------------------------------------------- processes: kill -9, resume, workers
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, causal):
+    d = tmp_path_factory.mktemp("tiny-model")
+    causal.model.save_pretrained(d)
+    causal.tokenizer.save_pretrained(d)
+    return d
+
+
+def _config(tmp_path, tiny_dir, n_trials):
+    cfg = {
+        "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 8},
+        "model": {"name": str(tiny_dir)},
+        "searchers": [{"name": "optuna", "params": {"n_trials": n_trials, "pool_sizes": [2, 3], "max_words": 2,
+                                                     "n_startup_trials": 2, "train_shares": [0.5, 1.0]}}],
+        "seeds": [1],
+        "k": 4,
+        "storage": f"sqlite:///{tmp_path / 'lb.db'}",
+        "progress": False,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, cfg
+
+
+def _worker(tmp_path, *args):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        import miner.search.optuna_search  # registers the searcher before the CLI looks it up
+        from miner.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _study(url):
+    names = optuna.get_all_study_names(url)
+    assert len(names) == 1, names
+    return optuna.load_study(study_name=names[0], storage=url)
+
+
+def _wait_for(url, n_complete, proc, timeout=400):  # generous: the CI machine may be loaded
+    start = time.time()
+    while time.time() - start < timeout:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        try:
+            names = optuna.get_all_study_names(url)
+            if names and len(_study(url).get_trials(states=(TrialState.COMPLETE,))) >= n_complete:
+                return
+        except Exception:  # the worker may be creating the tables right now
+            pass
+        time.sleep(0.3)
+    raise AssertionError("the worker made no progress")
+
+
+def _check_trials_against_rows(url, study):
+    board = Leaderboard(url)
+    rows = {r.id: r for r in board.rows()}
+    keys = [r.prompt_key for r in rows.values()]
+    assert len(keys) == len(set(keys)), "a prompt was recorded twice"
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    for t in done:  # no finished trial lost: each points at its leaderboard row
+        row = rows[t.user_attrs["row_id"]]
+        assert row.prompt_key == t.user_attrs["prompt_key"]
+    return rows, done
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_dir):
+    n_trials = 7
+    path, cfg = _config(tmp_path, tiny_dir, n_trials)
+    url = cfg["storage"]
+    proc = _worker(tmp_path, "run", str(path), "--no-progress")
+    try:
+        _wait_for(url, 2, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {t.number: t for t in _study(url).get_trials(states=(TrialState.COMPLETE,))}
+    rows_before = {r.id: r.prompt_key for r in Leaderboard(url).rows()}
+    assert 2 <= len(before) < n_trials
+
+    assert main(["run", str(path), "--resume", "--no-progress"]) == 0
+    study = _study(url)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == n_trials  # continued the same study, to its target, no more
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # a trial the kill interrupted is failed
+    for number, t in before.items():  # the finished trials of the killed run are still there, unchanged
+        assert study.trials[number].state == TrialState.COMPLETE and study.trials[number].value == t.value
+    rows, done = _check_trials_against_rows(url, study)
+    assert {t.user_attrs["prompt_key"] for t in done} == {r.prompt_key for r in rows.values()}
+    # The killed run's rows are kept as they were, and the resumed run wrote only new prompts.
+    assert all(rows[i].prompt_key == k for i, k in rows_before.items())
+
+
+def test_two_workers_share_one_study(tmp_path, tiny_dir):
+    n_trials = 10
+    path, cfg = _config(tmp_path, tiny_dir, n_trials)
+    url = cfg["storage"]
+    procs = [_worker(tmp_path, "run", str(path), "--no-progress") for _ in range(2)]
+    try:
+        for p in procs:
+            assert p.wait(timeout=500) == 0, p.stderr.read().decode()[-2000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    study = _study(url)  # one study: the second worker joined the first's
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert n_trials <= len(finished) <= n_trials + 1  # both stop at the shared target (one may overlap)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    workers = {t.system_attrs["miner_worker"].split(":")[1] for t in complete}
+    assert workers == {str(p.pid) for p in procs}  # the trials of both are recorded
+    rows = {r.id: r for r in Leaderboard(url).rows()}
+    for t in complete:
+        assert rows[t.user_attrs["row_id"]].prompt_key == t.user_attrs["prompt_key"]
