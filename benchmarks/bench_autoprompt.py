@@ -1,0 +1,272 @@
+"""``autoprompt`` vs a faithful reference mode of the original AutoPrompt loop, one process.
+
+Reference mode (the loop of ucinlp/autoprompt's ``create_trigger.py``, re-implemented on
+our backend so both use the same model, data and prompt encoding):
+
+- gradient of the loss w.r.t. the trigger embeddings with the model *unfrozen* (backward
+  also fills every parameter's ``.grad``, as the original never freezes the model);
+- ONE random trigger position per step, its top ``--candidates`` HotFlip tokens;
+- the current trigger and every candidate scored on a fresh batch, one forward pass per
+  candidate, by *accuracy*; a candidate replaces the trigger only if strictly better;
+- a full dev pass after every accepted swap; the best trigger by dev accuracy is kept.
+
+``autoprompt`` (this package): gradient w.r.t. the trigger embeddings only (frozen model),
+GCG-style candidates across all positions, all candidates in a few batched passes with the
+text's KV cache reused, acceptance on the summed gold log-prob, dev every ``eval_every`` steps.
+
+Identical settings on both sides: template, trigger length, initial trigger, candidates per
+step, batch size, seed, data, number of iterations. Measured:
+
+1. **time per iteration**: one iteration of each from the same trigger, interleaved
+   (ref, ours, ref, ours, ...) ``--repeats`` times, median;
+2. **time to objective**: a full run of each (``--iters`` iterations); the reference's
+   final (best) dev accuracy is the target; for each side, the wall time at which its best
+   dev accuracy first reached that target. Dev log-likelihood is recorded too.
+
+Writes ``autoprompt_bench.json`` / ``.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from miner.config import BudgetSpec  # noqa: E402
+from miner.models import load_backend  # noqa: E402
+from miner.prompts import Prompt  # noqa: E402
+from miner.runner import Budget, Job, JobEvaluator  # noqa: E402
+from miner.scoring import Scorer  # noqa: E402
+from miner.search import SearchContext  # noqa: E402
+from miner.search._hotflip import allowed_tokens  # noqa: E402
+from miner.search.autoprompt import AutoPromptSearcher  # noqa: E402
+from miner.tasks import TaskSpec, load_task  # noqa: E402
+
+logger = logging.getLogger("bench_autoprompt")
+TEMPLATE = "{sentence} {trigger:3} {answer}"
+VERBALIZER = {"negative": ["terrible"], "positive": ["great"]}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--iters", type=int, default=12)
+    ap.add_argument("--candidates", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--init", default=" the")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=REPO / "results")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from an existing JSON in --out")
+    return ap.parse_args(argv)
+
+
+from _autoprompt_ref import OursStep, Reference, batches  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- full runs
+def run_reference(be, prompt, allowed, data, args):
+    ref = Reference(be, prompt, allowed, args.candidates, args.seed)
+    stream = batches(list(data.train), args.batch_size, args.seed)
+    t0 = time.perf_counter()
+    trig = prompt.triggers
+    acc, ll = ref.dev(trig, data.dev)
+    traj = [{"t": time.perf_counter() - t0, "iter": 0, "dev": acc, "dev_loglik": ll, "trigger": be.decode(trig)}]
+    best = (acc, ll)
+    iter_times = []
+    for it in range(1, args.iters + 1):
+        s = time.perf_counter()
+        trig, accepted = ref.step(trig, next(stream), next(stream))
+        if accepted:  # dev pass after every accepted swap
+            acc, ll = ref.dev(trig, data.dev)
+            best = max(best, (acc, ll))
+            traj.append({"t": time.perf_counter() - t0, "iter": it, "dev": acc, "dev_loglik": ll, "trigger": be.decode(trig)})
+        iter_times.append(time.perf_counter() - s)
+        logger.info("ref iter %d: %s accepted=%s best dev %.3f (%.1f s)", it, be.decode(trig), accepted, best[0], iter_times[-1])
+    return {"trajectory": traj, "best_dev": best[0], "best_dev_loglik": best[1], "seconds": time.perf_counter() - t0,
+            "iteration_seconds": iter_times, "cost": ref.scorer.counter.total.to_dict()}
+
+
+# ----------------------------------------------------------------------------- ours
+def run_ours(be, searcher: AutoPromptSearcher, data, manual, seed):
+    scorer = Scorer(be, progress=False)
+    budget = Budget(BudgetSpec(), scorer.counter)
+    job = Job(data, be.name, searcher.name, seed, data.k)
+    ev = JobEvaluator(job, scorer, None, "", budget, score_train=False)
+    traj = []
+    t0 = time.perf_counter()
+    eval_s = [0.0]
+
+    def evaluate(prompts, *, extra=None):
+        s = time.perf_counter()
+        out = ev(prompts, extra=extra)
+        eval_s[0] += time.perf_counter() - s
+        for e in out:
+            traj.append({"t": time.perf_counter() - t0, "iter": (extra or {}).get("step"), "dev": e.dev.score,
+                         "dev_loglik": e.dev.loglik, "trigger": e.prompt.meta.get("trigger_text")})
+            logger.info("ours step %s: %r dev %.3f", (extra or {}).get("step"), e.prompt.meta.get("trigger_text"), e.dev.score)
+        return out
+
+    ctx = SearchContext(task=data.without_test(), backend=be, scorer=scorer, seed=seed, prompts=(manual,),
+                        budget=budget, progress=False)
+    searcher.search(ctx, evaluate)
+    best = max(ev.evaluations, key=lambda e: e.rank_key)
+    total = time.perf_counter() - t0
+    return {"trajectory": traj, "best_dev": best.dev.score, "best_dev_loglik": best.dev.loglik, "seconds": total,
+            "dev_eval_seconds": eval_s[0], "cost": scorer.counter.total.to_dict()}
+
+
+def per_iteration(ref_t, ours_t, ref_run, ours_run, iters):
+    """Interleaved single-iteration timings when measured (--repeats), else from the full runs."""
+    if not ref_t:
+        ref_t = ref_run["iteration_seconds"]
+        ours_t = [(ours_run["seconds"] - ours_run["dev_eval_seconds"]) / iters]
+        source = "full runs (reference: median iteration incl. its dev passes; autoprompt: mean iteration excl. dev evaluations)"
+    else:
+        source = "interleaved single iterations from the same trigger and batches"
+    return {"reference_s": ref_t, "ours_s": ours_t, "reference_median_s": statistics.median(ref_t),
+            "ours_median_s": statistics.median(ours_t), "speedup": statistics.median(ref_t) / statistics.median(ours_t),
+            "source": source}
+
+
+def time_to(traj, target_acc):
+    best = -1.0
+    for p in traj:
+        best = max(best, p["dev"])
+        if best >= target_acc - 1e-12:
+            return p["t"]
+    return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.render_only:
+        r = json.loads((args.out / "autoprompt_bench.json").read_text())
+        (args.out / "autoprompt_bench.md").write_text(render(r))
+        return 0
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    be = load_backend("smollm2")
+    data = load_task(TaskSpec(source="kshot", root=str(REPO.parent / "shared" / "data" / "fewshot"), name="sst-2"), 16, args.seed)
+    searcher = AutoPromptSearcher(template=TEMPLATE, init=args.init, steps=args.iters, batch_size=args.batch_size,
+                                  n_candidates=args.candidates, top_k=args.candidates, patience=0)
+    manual = Prompt.create("{sentence} It was {answer}", VERBALIZER, data.label_names)
+    prompt = searcher.initial_prompt(SearchContext(task=data.without_test(), backend=be, scorer=None, seed=args.seed,
+                                                   prompts=(manual,)))
+    allowed = allowed_tokens(be, prompt, words_only=searcher.words_only, allow_capitalized=searcher.allow_capitalized)
+    load = [os.getloadavg()]
+
+    # 1. time per iteration, interleaved, from the same trigger and batches
+    ref_t, ours_t = [], []
+    ref = Reference(be, prompt, allowed, args.candidates, args.seed)
+    ours = OursStep(be, prompt, allowed, objective=searcher.objective, top_k=searcher.top_k,
+                    n_candidates=searcher.n_candidates, seed=args.seed)
+    stream = batches(list(data.train), args.batch_size, args.seed)
+    for r in range(args.repeats):
+        gb, cb = next(stream), next(stream)
+        s = time.perf_counter()
+        ref.step(prompt.triggers, gb, cb)
+        ref_t.append(time.perf_counter() - s)
+        s = time.perf_counter()
+        ours.step(prompt.triggers, gb, cb)
+        ours_t.append(time.perf_counter() - s)
+        logger.info("repeat %d: ref %.2f s, ours %.2f s", r, ref_t[-1], ours_t[-1])
+    load.append(os.getloadavg())
+
+    # 2. time to the reference's final dev objective, full runs
+    ref_run = run_reference(be, prompt, allowed, data, args)
+    load.append(os.getloadavg())
+    ours_run = run_ours(be, searcher, data, manual, args.seed)
+    load.append(os.getloadavg())
+    target = ref_run["best_dev"]
+    t_ref, t_ours = time_to(ref_run["trajectory"], target), time_to(ours_run["trajectory"], target)
+
+    result = {
+        "settings": {"template": TEMPLATE, "verbalizer": VERBALIZER, "init": args.init, "trigger_length": 3,
+                     "candidates_per_step": args.candidates, "batch_size": args.batch_size, "iterations": args.iters,
+                     "seed": args.seed, "task": "sst-2 16-shot", "model": "smollm2",
+                     "ours": {k: v for k, v in vars(searcher).items()}},
+        "time_per_iteration": per_iteration(ref_t, ours_t, ref_run, ours_run, args.iters),
+        "time_to_objective": {"target_dev_accuracy": target, "reference_s": t_ref, "ours_s": t_ours,
+                              "speedup": (t_ref / t_ours) if t_ref and t_ours else None,
+                              "ours_best_dev": ours_run["best_dev"], "reference_best_dev": ref_run["best_dev"],
+                              "ours_best_dev_loglik": ours_run["best_dev_loglik"],
+                              "reference_best_dev_loglik": ref_run["best_dev_loglik"]},
+        "reference_run": ref_run, "ours_run": ours_run,
+        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "loadavg": load, "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "torch": torch.__version__},
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "autoprompt_bench.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.out / "autoprompt_bench.md").write_text(render(result))
+    print(render(result))
+    return 0
+
+
+def render(r) -> str:
+    tpi, tto, m = r["time_per_iteration"], r["time_to_objective"], r["machine"]
+    f = lambda x: "not reached" if x is None else f"{x:.1f} s"  # noqa: E731
+    s = r["settings"]
+    return "\n".join([
+        "# autoprompt vs the reference AutoPrompt loop (CPU)", "",
+        f"Command: `{r['command']}`  ", f"Date: {r['date']}; CPU: {m['cpu']}, {m['cores']} cores shared with other jobs "
+        f"(load average during the run: {', '.join(f'{l[0]:.1f}' for l in m['loadavg'])}); torch {m['torch']}, {m['torch_threads']} thread(s).", "",
+        f"Settings (both): SST-2 16-shot seed {s['seed']}, template `{s['template']}`, {s['trigger_length']} triggers initialised to "
+        f"{s['init']!r}, {s['candidates_per_step']} candidates per step, batch {s['batch_size']}, {s['iterations']} iterations, model {s['model']}.", "",
+        "| | reference loop | autoprompt | ratio |", "|---|---|---|---|",
+        f"| time per iteration ({tpi.get('source', 'interleaved')}) | {tpi['reference_median_s']:.2f} s | {tpi['ours_median_s']:.2f} s | {tpi['speedup']:.1f}x |",
+        f"| time to the reference's final dev accuracy ({100 * tto['target_dev_accuracy']:.1f}) | {f(tto['reference_s'])} | {f(tto['ours_s'])} | "
+        + (f"{tto['speedup']:.1f}x |" if tto["speedup"] else "- |"),
+        f"| best dev accuracy after {s['iterations']} iterations | {100 * tto['reference_best_dev']:.1f} | {100 * tto['ours_best_dev']:.1f} | |",
+        f"| best-dev prompt's dev log-likelihood | {tto['reference_best_dev_loglik']:.4f} | {tto['ours_best_dev_loglik']:.4f} | |",
+        f"| whole run (s) | {r['reference_run']['seconds']:.0f} | {r['ours_run']['seconds']:.0f} | {r['reference_run']['seconds'] / r['ours_run']['seconds']:.1f}x |",
+        f"| forward / backward passes | {r['reference_run']['cost']['forward_passes']} / {r['reference_run']['cost']['backward_passes']} | "
+        f"{r['ours_run']['cost']['forward_passes']} / {r['ours_run']['cost']['backward_passes']} | |", "",
+        _note(r), "",
+        "Trajectories (wall time from the start of each run, dev accuracy of every dev evaluation):", "",
+        "- reference: " + ", ".join(f"{p['t']:.0f} s {100 * p['dev']:.1f} `{p['trigger']}`" for p in r["reference_run"]["trajectory"]),
+        "- autoprompt: " + ", ".join(f"{p['t']:.0f} s {100 * p['dev']:.1f} `{p['trigger']}`" for p in r["ours_run"]["trajectory"]),
+        "",
+    ]) + "\n"
+
+
+def _note(r) -> str:
+    ref, ours = r["reference_run"]["trajectory"], r["ours_run"]["trajectory"]
+    if max(p["dev"] for p in ref) <= ref[0]["dev"]:
+        return (f"The reference did not improve the initial trigger's dev accuracy in {r['settings']['iterations']} iterations "
+                f"(strict accuracy on a batch of {r['settings']['batch_size']} ties; {len(ref) - 1} swap(s) accepted), so its "
+                "final dev objective is the initial trigger's, which both sides "
+                "reach at their first dev evaluation: the time-to-objective ratio then only compares those first evaluations. "
+                f"autoprompt's best dev accuracy after the same number of iterations: {100 * r['ours_run']['best_dev']:.1f} "
+                f"(reached at {next(p['t'] for p in ours if p['dev'] >= r['ours_run']['best_dev']):.0f} s).")
+    return ""
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""``autoprompt``: gradient-guided discrete trigger search (AutoPrompt, Shin et al. 2020), batched.
+
+Each step:
+
+1. gradient of the loss w.r.t. the trigger *embeddings* on a training batch (the frozen
+   model gets no parameter gradients);
+2. HotFlip scores ``-(E . g)`` over a filtered vocabulary, top-k tokens per position;
+3. ``n_candidates`` single swaps sampled across all positions (as GCG does, instead of
+   AutoPrompt's one random position per step), each checked to survive decode/re-encode;
+4. the current trigger and all candidates scored on a *fresh* training batch in a few
+   batched passes (KV-cached text prefix on causal LMs);
+5. the best candidate replaces the current trigger if it raises the summed gold
+   log-probability (a smooth objective: accuracy on a small batch ties constantly).
+
+The dev set is scored through ``evaluate`` every ``eval_every`` steps (not after every
+swap); the search stops after ``patience`` evaluations without a better dev score. The
+runner keeps every evaluated trigger on the leaderboard and picks the best by dev score.
+Label-word search is left to the ``optuna`` searcher, which does it from cached answer
+distributions; here the verbalizer is fixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from miner.errors import ConfigError
+from miner.prompts import Prompt, Verbalizer
+from miner.scoring import Scorer
+from miner.search._base import Capabilities, Evaluate, Evaluation, SearchContext, Searcher
+from miner.search._hotflip import (
+    CandidateScorer, allowed_tokens, gradient_prompt, hotflip_topk, round_trips, sample_candidates, trigger_gradient,
+)
+from miner.search._registry import register_searcher
+
+
+@register_searcher
+@dataclass
+class AutoPromptSearcher(Searcher):
+    """Gradient-guided search for trigger tokens in a template with ``{trigger:N}`` slots."""
+
+    name = "autoprompt"
+    summary = "gradient-guided trigger-token search (HotFlip + GCG-style sampling, batched, KV-cached re-scoring)"
+    capabilities = Capabilities(needs_gradients=True)
+
+    template: str | None = None  # with {trigger:N}; default "<text fields> {trigger:n_triggers} {answer}"
+    n_triggers: int = 5  # used only by the default template
+    verbalizer: dict[str, list[str] | str] | None = None  # default: the config's first prompt's, else the label names
+    init: str = " the"  # "random", one token (repeated), or text of exactly N tokens
+    steps: int = 40  # search iterations
+    batch_size: int = 16  # training examples per gradient step and per candidate re-scoring
+    top_k: int = 32  # HotFlip tokens kept per position
+    n_candidates: int = 32  # single-swap candidates re-scored per step
+    objective: Literal["vocab", "label"] = "vocab"  # vocab: log p(gold words) (AutoPrompt); label: normalised over labels
+    words_only: bool = True  # trigger tokens must decode to alphabetic words
+    allow_capitalized: bool = False
+    exclude_tokens: list[str] = field(default_factory=list)  # words that may not become triggers
+    eval_every: int = 4  # steps between dev evaluations (only when the trigger changed)
+    patience: int = 4  # dev evaluations without improvement before stopping; 0 = never
+    kv_cache: bool = True  # reuse the example text's key/value cache across candidates (causal LMs)
+
+    # ------------------------------------------------------------------ setup
+    def _validate(self) -> None:
+        for key in ("n_triggers", "batch_size", "top_k", "n_candidates", "eval_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"autoprompt.{key} must be at least 1, got {getattr(self, key)}")
+        if self.steps < 0 or self.patience < 0:
+            raise ConfigError("autoprompt.steps and autoprompt.patience must be >= 0")
+
+    def initial_prompt(self, context: SearchContext, rng: np.random.Generator | None = None) -> Prompt:
+        """The template with its verbalizer and the initial trigger tokens."""
+        labels = context.label_names
+        template = self.template or (
+            " ".join("{" + f + "}" for f in context.text_fields) + f" {{trigger:{self.n_triggers}}} {{answer}}"
+        )
+        if self.verbalizer is not None:
+            verb = Verbalizer.from_mapping(self.verbalizer, labels)
+        elif context.prompts:
+            verb = context.prompts[0].verbalizer
+        else:
+            verb = Verbalizer.from_mapping({lab: [lab] for lab in labels}, labels)
+        probe = Prompt(template=template, verbalizer=verb, triggers=(0,) * _count_triggers(template))
+        probe.parsed.check_fields(context.text_fields)
+        n = len(probe.triggers)
+        if n == 0:
+            raise ConfigError(f"autoprompt.template {template!r} has no {{trigger}} slot")
+        be = context.backend
+        if self.init == "random":
+            allowed = np.flatnonzero(self._allowed(be, probe).numpy())
+            rng = rng or np.random.default_rng(context.seed)
+            ids = tuple(int(i) for i in rng.choice(allowed, size=n))
+        else:
+            toks = be.tokenize(self.init)
+            if len(toks) == 1:
+                ids = toks * n
+            elif len(toks) == n:
+                ids = toks
+            else:
+                raise ConfigError(f"autoprompt.init {self.init!r} is {len(toks)} tokens; give one token or exactly {n}")
+        if not round_trips(be, ids):
+            context.logger.warning("initial trigger %r does not survive decode/re-encode", be.decode(ids))
+        return probe.with_(triggers=tuple(ids), meta={"trigger_text": be.decode(ids)})
+
+    def _allowed(self, backend, prompt: Prompt):
+        exclude = [t for w in self.exclude_tokens for v in (w, " " + w) for t in backend.tokenize(v)]
+        return allowed_tokens(backend, prompt, words_only=self.words_only, allow_capitalized=self.allow_capitalized,
+                              exclude=exclude)
+
+    # ------------------------------------------------------------------ search
+    def search(self, context: SearchContext, evaluate: Evaluate) -> None:
+        self._validate()
+        be, scorer, log, budget = context.backend, context.scorer, context.logger, context.budget
+        rng = np.random.default_rng(context.seed)
+        current = self.initial_prompt(context, rng)
+        allowed = self._allowed(be, current)
+        embeddings = be.input_embeddings()
+        cand_scorer = CandidateScorer(scorer, current, objective=self.objective, kv_cache=self.kv_cache)
+        # An empty scorer plans the gradient forward exactly (the gradient path never uses the cache).
+        planner = Scorer(be, batch_size=scorer.batch_size, max_batch_tokens=scorer.max_batch_tokens, progress=False)
+        grad_prompt = gradient_prompt(current)
+        batches = _BatchStream(list(context.task.train), self.batch_size, rng)
+
+        state: dict[str, Any] = {"best": None, "stale": 0, "evaluated": None}
+
+        def dev_eval(prompt: Prompt, step: int, objective: float | None) -> Evaluation:
+            ev = evaluate([prompt], extra={"step": step, "train_objective": objective,
+                                           "trigger_text": prompt.meta.get("trigger_text")})[0]
+            state["evaluated"] = prompt.triggers
+            best = state["best"]
+            if best is None or ev.rank_key > best.rank_key:
+                state["best"], state["stale"] = ev, 0
+            else:
+                state["stale"] += 1
+            return ev
+
+        dev_eval(current, 0, None)
+        if not context.task.train:
+            log.info("autoprompt: no training examples; only the initial trigger was evaluated")
+            return
+        bar = tqdm(range(1, self.steps + 1), desc="autoprompt", disable=not context.progress, leave=False)
+        accepted = 0
+        objective = None
+        for step in bar:
+            grad_batch, cand_batch = batches.next(), batches.next()
+            need = planner.plan(grad_prompt, grad_batch) + cand_scorer.passes(self.n_candidates, cand_batch)
+            if budget is not None and (need > budget.forward_passes_left or budget.seconds_left <= 0):
+                log.info("autoprompt: budget left cannot pay for step %d; stopping", step)
+                break
+            grad, loss = trigger_gradient(scorer, current, grad_batch, self.objective)
+            topk = hotflip_topk(grad, embeddings, allowed, self.top_k)
+            cands = sample_candidates(current.triggers, topk, self.n_candidates, rng, be)
+            if not cands:
+                log.info("autoprompt: no valid candidate at step %d; stopping", step)
+                break
+            scores = cand_scorer.score([current.triggers] + cands, cand_batch)
+            objective = float(scores[0])
+            j = int(np.argmax(scores[1:]))
+            if scores[1 + j] > scores[0]:
+                accepted += 1
+                objective = float(scores[1 + j])
+                current = current.with_(triggers=cands[j], meta={"trigger_text": be.decode(cands[j])})
+            if step % self.eval_every == 0 and current.triggers != state["evaluated"]:
+                dev_eval(current, step, objective)
+                if self.patience and state["stale"] >= self.patience:
+                    log.info("autoprompt: no dev improvement in %d evaluations; stopping at step %d", self.patience, step)
+                    break
+            best = state["best"]
+            bar.set_postfix(best_dev=f"{best.dev.score:.3f}" if best and best.dev else "-",
+                            loss=f"{loss:.3f}", accepted=accepted)
+        if current.triggers != state["evaluated"]:
+            dev_eval(current, self.steps, objective)
+
+
+def _count_triggers(template: str) -> int:
+    from miner.prompts import parse_template
+
+    return parse_template(template).n_triggers
+
+
+class _BatchStream:
+    """Training batches drawn without replacement within a pass, reshuffled each pass (seeded)."""
+
+    def __init__(self, items: list, size: int, rng: np.random.Generator) -> None:
+        self.items, self.size, self.rng = items, min(size, len(items)), rng
+        self.order: list[int] = []
+
+    def next(self) -> list:
+        if len(self.order) < self.size:
+            self.order += [int(i) for i in self.rng.permutation(len(self.items))]
+        take, self.order = self.order[: self.size], self.order[self.size :]
+        return [self.items[i] for i in take]

@@ -1,0 +1,188 @@
+"""The ``autoprompt`` searcher: conformance, gradient/candidate machinery, CLI end to end (tiny models)."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from miner.config import BudgetSpec
+from miner.errors import ConfigError
+from miner.prompts import Prompt, parse_template
+from miner.runner import run_searcher
+from miner.scoring import Scorer
+from miner.search import SearchContext
+from miner.search._hotflip import (
+    CandidateScorer, allowed_tokens, hotflip_topk, round_trips, sample_candidates, soft_template, trigger_gradient,
+)
+from miner.search.autoprompt import AutoPromptSearcher
+from miner.testing.conformance import SearcherConformance, conformance_backend, conformance_data  # noqa: F401
+
+SMALL = dict(steps=3, batch_size=4, n_candidates=4, top_k=8, eval_every=1)
+VERB = {"negative": ["terrible"], "positive": ["great"]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The machine is shared; tiny models gain nothing from a second thread.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def causal():
+    from miner.testing.tiny import tiny_causal
+
+    return tiny_causal()
+
+
+@pytest.fixture(scope="module")
+def data():
+    from miner.tasks import TaskSpec, load_task
+
+    return load_task(TaskSpec(source="builtin", name="rotten_tomatoes", max_test=16), 4, 13)
+
+
+class TestAutoPrompt(SearcherConformance):
+    budget = BudgetSpec(max_evaluations=6, max_forward_passes=40)
+
+    @pytest.fixture
+    def searcher(self):
+        return AutoPromptSearcher(**SMALL)
+
+
+def _prompt(tpl, n, verb=VERB, labels=("negative", "positive")):
+    return Prompt.create(tpl, verb, labels, triggers=(262,) * n)
+
+
+def test_soft_template_rewrites_triggers_only():
+    tpl = parse_template("a {{x}} {sentence} {trigger:3} b {answer}.")
+    assert soft_template(tpl) == "a {{x}} {sentence} {soft}{soft}{soft} b {answer}."
+    assert parse_template(soft_template(tpl)).n_soft == 3
+
+
+@pytest.mark.parametrize("tpl,verb", [
+    ("{sentence} {trigger:3} It was {answer}", VERB),
+    ("Review: {sentence}\n{trigger:2}Sentiment:{trigger} {answer}", {"negative": ["terrible", "not good at all"], "positive": ["great"]}),
+])
+def test_kv_cache_path_equals_pooled_scoring(causal, data, tpl, verb):
+    """Candidates scored with the shared text KV cache give the scorer's own numbers, in fewer passes."""
+    n = parse_template(tpl).n_triggers
+    p = _prompt(tpl, n, verb)
+    kv = CandidateScorer(Scorer(causal, progress=False), p, objective="vocab")
+    pooled = CandidateScorer(Scorer(causal, progress=False), p, objective="vocab", kv_cache=False)
+    assert kv.use_kv and not pooled.use_kv
+    rng = np.random.default_rng(0)
+    cands = [tuple(int(x) for x in rng.integers(300, 5000, n)) for _ in range(5)]
+    ex = list(data.train)
+    a, b = kv.score(cands, ex), pooled.score(cands, ex)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    # the planner is exact for the KV path and an upper bound for the pooled one
+    assert kv.scorer.counter.total.forward_passes == kv.passes(len(cands) - 1, ex)
+    assert pooled.scorer.counter.total.forward_passes <= pooled.passes(len(cands) - 1, ex)
+    # and the objective is the summed gold label log-prob the scorer reports
+    raw = Scorer(causal, progress=False).score(p.with_(triggers=cands[0]), ex).raw
+    gold = np.array([e.label for e in ex])
+    assert a[0] == pytest.approx(raw[np.arange(len(ex)), gold].sum(), abs=1e-4)
+
+
+def test_gradient_touches_triggers_only(causal, data):
+    p = _prompt("{sentence} {trigger:3} {answer}", 3)
+    scorer = Scorer(causal, progress=False)
+    grad, loss = trigger_gradient(scorer, p, list(data.train), "vocab")
+    assert grad.shape == (3, causal.input_embeddings().shape[1]) and grad.abs().sum() > 0 and loss > 0
+    assert all(q.grad is None and not q.requires_grad for q in causal.model.parameters())
+    assert scorer.counter.total.backward_passes == 1 and scorer.counter.total.forward_passes == 1
+    # first-order check: a small step against the gradient lowers the loss
+    E = causal.input_embeddings()
+    soft = E[list(p.triggers)].detach().clone()
+    from miner.search._hotflip import gradient_prompt, objective_from_raw
+
+    gold = torch.as_tensor([e.label for e in data.train])
+
+    def loss_at(x):
+        with torch.no_grad():
+            raw = scorer.label_logprobs(gradient_prompt(p), list(data.train), soft_embeds=x)
+        return float(-objective_from_raw(raw, gold, "vocab").mean())
+
+    assert loss_at(soft - 1e-2 * grad / grad.norm()) < loss_at(soft)
+
+
+def test_vocabulary_filter_and_candidates(causal, data):
+    p = _prompt("{sentence} {trigger:3} {answer}", 3)
+    allowed = allowed_tokens(causal, p)
+    tok = causal.tokenizer
+    for t in tok.all_special_ids + list(causal.tokenize(" great")) + list(causal.tokenize(" terrible")):
+        assert not allowed[t]
+    assert allowed[causal.tokenize(" movie")[0]]
+    assert not allowed[causal.tokenize(" Movie")[0]]  # capitalised words are off by default
+    assert allowed_tokens(causal, p, allow_capitalized=True)[causal.tokenize(" Movie")[0]]
+    assert not allowed[causal.tokenize("!")[0]]  # words only
+    grad = torch.randn(3, causal.input_embeddings().shape[1])
+    topk = hotflip_topk(grad, causal.input_embeddings(), allowed, 16)
+    assert topk.shape == (3, 16) and bool(allowed[topk].all())
+    expected = (-(grad @ causal.input_embeddings().T)).masked_fill(~allowed, -float("inf")).argmax(-1)
+    assert torch.equal(topk[:, 0], expected)
+    cands = sample_candidates(p.triggers, topk, 12, np.random.default_rng(0), causal)
+    assert len(cands) == len(set(cands)) == 12 and p.triggers not in cands
+    assert all(sum(a != b for a, b in zip(c, p.triggers)) == 1 for c in cands)
+    assert {next(i for i, (a, b) in enumerate(zip(c, p.triggers)) if a != b) for c in cands} == {0, 1, 2}  # spread
+    assert all(round_trips(causal, c) for c in cands)
+
+
+def test_search_finds_round_tripping_triggers_and_records_them(causal, data):
+    res = run_searcher(AutoPromptSearcher(steps=4, batch_size=4, n_candidates=6, top_k=8, eval_every=1, patience=0),
+                       causal, data, budget={"max_forward_passes": 60})
+    assert len(res.evaluations) >= 2
+    for ev in res.evaluations:
+        assert round_trips(causal, ev.prompt.triggers)
+        assert ev.prompt.meta["trigger_text"] == causal.decode(ev.prompt.triggers)
+        assert ev.dev is not None
+    assert res.cost.backward_passes >= 1 and res.cost.forward_passes <= 60
+    assert res.evaluations[0].prompt.template == "{sentence} {trigger:5} {answer}"
+
+
+def test_initial_trigger_options(causal, data):
+    ctx = SearchContext(task=data.without_test(), backend=causal, scorer=None, seed=1)
+    p = AutoPromptSearcher(template="{sentence} {trigger:3} {answer}", init="Sentiment:", verbalizer=VERB).initial_prompt(ctx)
+    assert p.triggers == causal.tokenize("Sentiment:") and p.verbalizer.words == (("terrible",), ("great",))
+    r = AutoPromptSearcher(init="random").initial_prompt(ctx)
+    assert len(set(r.triggers)) > 1 and r.verbalizer.words == (("negative",), ("positive",))
+    with pytest.raises(ConfigError, match="init"):
+        AutoPromptSearcher(template="{sentence} {trigger:2} {answer}", init="a b c d e").initial_prompt(ctx)
+    with pytest.raises(ConfigError, match="trigger"):
+        AutoPromptSearcher(template="{sentence} {answer}").initial_prompt(ctx)
+
+
+def test_cli_run_export_rescore(tmp_path, causal):
+    """`miner run` with searcher autoprompt writes its candidates; the exported best re-scores identically."""
+    from miner.cli import main
+    from miner.export import load_exported
+    from miner.leaderboard import Leaderboard
+    from miner.models import load_backend
+    from miner.tasks import TaskSpec, load_task
+
+    d = tmp_path / "tiny"
+    causal.model.save_pretrained(d)
+    causal.tokenizer.save_pretrained(d)
+    db = f"sqlite:///{tmp_path / 'lb.db'}"
+    cfg = {
+        "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 16},
+        "model": {"name": str(d)},
+        "prompts": [{"template": "{sentence} It was {answer}", "verbalizer": {"negative": "terrible", "positive": "great"}}],
+        "searchers": [{"name": "autoprompt", "params": {**SMALL, "template": "{sentence} {trigger:3} It was {answer}"}}],
+        "seeds": [3], "k": 4, "storage": db, "progress": False, "budget": {"max_forward_passes": 30},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 0
+    rows = Leaderboard(db).rows(task="rotten_tomatoes", searcher="autoprompt")
+    assert len(rows) >= 2 and all(r.prompt.get("triggers") for r in rows)
+    out = tmp_path / "best.json"
+    assert main(["export", "--storage", db, "--task", "rotten_tomatoes", "-o", str(out)]) == 0
+    ex = load_exported(out)
+    best = Leaderboard(db).best(task="rotten_tomatoes", model=str(d))
+    data = load_task(TaskSpec(**cfg["task"]), 4, 3)
+    res = Scorer(load_backend(str(d)), progress=False).score(ex.prompt, data.dev)
+    assert res.metrics["accuracy"] == best.dev_score and res.loglik == pytest.approx(best.dev_loglik, abs=1e-6)
