@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(p, task_required=True)
     p.add_argument("-o", "--output", required=True, help="output JSON file")
 
-    p = sub.add_parser("predict", help="apply an exported prompt to new text", description="Label new text with an exported prompt. Output: one tab-separated line per input: label, probability, text.")
-    p.add_argument("--prompt", required=True, help="JSON file written by 'miner export'")
+    p = sub.add_parser("predict", help="apply an exported prompt to new text", description="Label new text with an exported prompt (discrete or soft). Output: one tab-separated line per input: label, probability, text.")
+    p.add_argument("--prompt", required=True, help="JSON file written by 'miner export' (or a soft-prompt export directory)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to label (repeatable)")
     src.add_argument("--input", help="a file: .txt (one text per line), .csv/.tsv/.jsonl (columns = the task's text fields)")
@@ -127,6 +127,8 @@ def _cmd_export(args) -> int:
     s = ex.scores
     fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     print(f"wrote {args.output}: {ex.prompt.describe()}  train {fmt(s['train'])} dev {fmt(s['dev'])} test {fmt(s['test'])}")
+    if ex.prompt.soft is not None:
+        print(f"soft prompt tensor, description and PEFT adapter (where the layout allows) in {Path(args.output).with_suffix('')}/")
     return 0
 
 
@@ -144,14 +146,38 @@ def _read_inputs(path: str) -> list[Any]:
     return [line for line in decode_utf8(p.read_bytes(), path).splitlines() if line.strip()]
 
 
+def _soft_export_path(path: str) -> str | None:
+    """The soft-prompt export a prompt file points to (a directory, its description, or our JSON)."""
+    from miner.soft_export import is_soft_export
+
+    if is_soft_export(path):
+        return path
+    p = Path(path)
+    if p.is_file() and p.suffix == ".json":
+        try:
+            ref = json.loads(p.read_text(encoding="utf-8")).get("soft_export")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if ref and is_soft_export(p.parent / ref):
+            return str(p.parent / ref)
+    return None
+
+
 def _cmd_predict(args) -> int:
     from miner.export import load_exported, predict
     from miner.models import load_backend
 
-    ex = load_exported(args.prompt)
     inputs = args.text if args.text else _read_inputs(args.input)
-    backend = load_backend(args.model or ex.model)
-    for item in predict(ex, inputs, backend=backend, progress=True):
+    soft = _soft_export_path(args.prompt)
+    if soft is not None:
+        from miner.soft_export import load_soft_export, predict_soft
+
+        se = load_soft_export(soft)
+        items = predict_soft(se, inputs, backend=load_backend(args.model or se.exported.model), progress=True)
+    else:
+        ex = load_exported(args.prompt)
+        items = predict(ex, inputs, backend=load_backend(args.model or ex.model), progress=True)
+    for item in items:
         if args.json:
             print(json.dumps(item, ensure_ascii=False))
         else:

@@ -127,7 +127,18 @@ def export_best(
         leaderboard={"storage": board.display_url, "row_id": row.id, "run_id": row.run_id},
     )
     if out is not None:
-        _atomic_write(Path(out), json.dumps(exported.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        d = exported.to_dict()
+        if exported.prompt.soft is not None:
+            # The tensor lives in the run's artifact store: copy it out beside the JSON, with a
+            # PEFT prompt-tuning adapter where the layout allows one.
+            from miner.artifacts import artifacts_for_storage
+            from miner.soft_export import export_soft
+
+            soft_dir = Path(out).with_suffix("")
+            store = artifacts_for_storage(storage, cfg.get("artifacts"))
+            export_soft(exported, store, soft_dir)
+            d["soft_export"] = soft_dir.name
+        _atomic_write(Path(out), json.dumps(d, indent=2, ensure_ascii=False) + "\n")
     return exported
 
 

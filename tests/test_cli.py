@@ -157,3 +157,18 @@ def test_unparsable_yaml(tmp_path, capsys):
     p.write_text("task: [unclosed\n")
     assert main(["run", str(p)]) == 2
     assert "not valid YAML at line" in capsys.readouterr().err
+
+
+def test_soft_prompt_run_export_predict(tmp_path, tiny_dir, capsys):
+    path, cfg = _config(tmp_path, tiny_dir, seeds=[1], test_top=1,
+                        searchers=[{"name": "soft", "params": {"n_tokens": 2, "steps": 4, "eval_every": 2, "batch_size": 4}}])
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    rows = Leaderboard(cfg["storage"]).rows(searcher="soft")
+    assert rows and any(r.prompt.get("soft") for r in rows)
+    out_json = tmp_path / "soft.json"
+    assert main(["export", "--storage", cfg["storage"], "--task", "rotten_tomatoes", "--searcher", "soft", "-o", str(out_json)]) == 0
+    assert "soft prompt tensor" in capsys.readouterr().out
+    assert (tmp_path / "soft").is_dir() and json.loads(out_json.read_text())["soft_export"] == "soft"
+    assert main(["predict", "--prompt", str(out_json), "--text", "A gem of a movie."]) == 0
+    assert capsys.readouterr().out.split("\t")[0] in ("negative", "positive")

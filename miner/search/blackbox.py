@@ -1,0 +1,150 @@
+"""``blackbox``: Black-Box Tuning (Sun et al. 2022), forward passes only.
+
+The soft prompt is ``p0 + A z``: ``p0`` an initial prompt (sampled vocabulary, text or
+random, as for ``soft``), ``A`` a fixed random projection from a small space (``z`` of
+``intrinsic_dim`` numbers) to the ``N x hidden`` soft-prompt space, and ``z`` searched by
+CMA-ES (the ``cmaes`` package, which Optuna's CMA-ES sampler also uses). ``A`` is drawn with
+standard deviation ``sigma_e / (sqrt(d) * sigma)`` so that ``A z`` at CMA-ES's initial step
+size has the per-coordinate scale ``sigma_e`` of the model's own embeddings (BBT's recipe).
+
+A candidate's fitness is its cross-entropy over the labels on the training examples (one
+inference-mode scoring, charged as forward passes; no gradient anywhere). The best candidate
+by fitness is proposed through ``evaluate`` every ``eval_every`` generations, which gives it
+a leaderboard row and a dev score; the budget is counted in forward passes like everyone's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal as Lit
+
+import numpy as np
+import torch
+
+from miner.errors import ConfigError, MinerError
+from miner.search._base import Capabilities, Evaluate, SearchContext, Searcher
+from miner.search._registry import register_searcher
+from miner.search._soft_common import (
+    Recorded, autocast, build_layout, check_template, eval_passes, evaluations_left, initial_embeddings, passes_left, record_projection,
+    record_soft, seconds_left,
+)
+
+
+def _cma(mean: np.ndarray, sigma: float, popsize: int | None, seed: int, bound: float | None):
+    try:
+        from cmaes import CMA
+    except ImportError:  # pragma: no cover - cmaes ships with the optuna extra
+        raise MinerError("searcher 'blackbox' needs the cmaes package: pip install cmaes") from None
+    bounds = None if bound is None else np.tile([-bound, bound], (len(mean), 1)).astype(float)
+    return CMA(mean=mean, sigma=sigma, population_size=popsize, seed=seed, bounds=bounds)
+
+
+def projection_matrix(n_soft: int, hidden: int, dim: int, embed_std: float, sigma: float, seed: int) -> torch.Tensor:
+    """The fixed random map ``R^dim -> R^(n_soft * hidden)`` (float32, CPU)."""
+    g = torch.Generator().manual_seed(seed * 7919 + 17)
+    std = embed_std / (math.sqrt(dim) * sigma)
+    return torch.randn(n_soft * hidden, dim, generator=g) * std
+
+
+@register_searcher
+@dataclass
+class BlackboxSearcher(Searcher):
+    """CMA-ES over a random low-dimensional projection of the soft prompt (BBT)."""
+
+    name = "blackbox"
+    summary = "derivative-free soft prompt: CMA-ES in a random low-dimensional projection (Black-Box Tuning)"
+    capabilities = Capabilities(prompt_kind="soft")
+
+    n_tokens: int = 8  # virtual tokens (used when template is not given)
+    template: str | None = None  # with {soft:N} slots; default "{soft:N}" + the first seed prompt's template
+    verbalizer: dict[str, list[str] | str] | None = None
+    init: Lit["vocab", "text", "random"] = "vocab"
+    init_text: str = "Read the text and choose the best answer."
+    intrinsic_dim: int = 200  # size of the searched space
+    sigma: float = 1.0  # CMA-ES initial step size (z space)
+    popsize: int | None = None  # CMA-ES population (None: 4 + 3 ln d)
+    bound: float | None = None  # box constraint on |z_i| (None: unbounded)
+    generations: int = 50  # at most
+    max_fit_examples: int | None = None  # score fitness on a seeded subset of train (None: all)
+    eval_every: int = 2  # generations between evaluations of the best candidate
+    mixed_precision: bool = True
+    project: bool = True  # also score the nearest discrete prompt of the best soft prompt
+
+    def __post_init__(self) -> None:
+        check_template(self.template)
+        for name in ("n_tokens", "intrinsic_dim", "generations", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"blackbox.{name} must be at least 1, got {getattr(self, name)}")
+        if self.popsize is not None and self.popsize < 2:
+            raise ConfigError(f"blackbox.popsize must be at least 2, got {self.popsize}")
+        if not self.sigma > 0:
+            raise ConfigError(f"blackbox.sigma must be positive, got {self.sigma}")
+
+    def search(self, context: SearchContext, evaluate: Evaluate) -> None:
+        be, scorer, log = context.backend, context.scorer, context.logger
+        layout = build_layout(context, self.template, self.n_tokens, self.verbalizer)
+        n = layout.parsed.n_soft
+        gen = torch.Generator().manual_seed(context.seed)
+        p0 = initial_embeddings(be, n, self.init, self.init_text, gen).cpu()
+        hidden = p0.shape[1]
+        embed_std = float(be.input_embeddings().detach().float().std())
+        A = projection_matrix(n, hidden, self.intrinsic_dim, embed_std, self.sigma, context.seed).to(be.device)
+        p0_dev = p0.to(be.device)
+        fit_data = list(context.task.train)
+        if self.max_fit_examples and len(fit_data) > self.max_fit_examples:
+            pick = torch.randperm(len(fit_data), generator=torch.Generator().manual_seed(context.seed))[: self.max_fit_examples]
+            fit_data = [fit_data[int(i)] for i in sorted(pick.tolist())]
+        if not fit_data:
+            log.warning("blackbox: no training examples; nothing to search")
+            return
+
+        def soft_of(z: np.ndarray) -> torch.Tensor:
+            zt = torch.as_tensor(z, dtype=torch.float32, device=be.device)
+            return p0_dev + (A @ zt).view(n, hidden)
+
+        per_eval = eval_passes(scorer, layout, context.task)
+        per_candidate = scorer.plan(layout, fit_data)
+        reserve = per_eval * (2 if self.project else 1)
+        best: Recorded | None = None
+
+        def propose(z: np.ndarray, generation: int, fitness: float | None) -> None:
+            nonlocal best
+            rec = record_soft(context, evaluate, layout, soft_of(z), {"searcher": self.name, "generation": generation},
+                              {"generation": generation, "train_fitness": fitness, "intrinsic_dim": self.intrinsic_dim})
+            if best is None or rec.evaluation.rank_key > best.evaluation.rank_key:
+                best = rec
+
+        zero = np.zeros(self.intrinsic_dim)
+        propose(zero, 0, None)  # p0 itself: a baseline row, and at least one evaluation
+        cma = _cma(zero, self.sigma, self.popsize, context.seed, self.bound)
+        best_z, best_fit, proposed_fit = zero, math.inf, math.inf
+        stopped = None
+        for g in range(self.generations):
+            if (per_candidate * cma.population_size + reserve > passes_left(context) or seconds_left(context) <= 0
+                    or evaluations_left(context) <= (2 if self.project else 1)):
+                stopped = "budget"  # a generation is told to CMA-ES only when complete
+                break
+            solutions = []
+            for _ in range(cma.population_size):
+                z = cma.ask()
+                with torch.inference_mode(), autocast(be, self.mixed_precision):
+                    res = scorer.score(layout, fit_data, soft_embeds=soft_of(z))
+                fit = -float(res.loglik)
+                if not math.isfinite(fit):
+                    fit = 1e9  # a broken candidate ranks last; CMA-ES moves away from it
+                solutions.append((z, fit))
+                if fit < best_fit:
+                    best_z, best_fit = z.copy(), fit
+            cma.tell(solutions)
+            log.debug("blackbox: generation %d best fitness %.4f", g + 1, best_fit)
+            if (g + 1) % self.eval_every == 0 and best_fit < proposed_fit:
+                propose(best_z, g + 1, best_fit)
+                proposed_fit = best_fit
+        if best_fit < proposed_fit and per_eval <= passes_left(context) and seconds_left(context) > 0:
+            propose(best_z, -1, best_fit)  # the final best, unless already proposed
+        if stopped:
+            log.info("blackbox: stopped: %s", stopped)
+        if self.project and best is not None:
+            record_projection(context, evaluate, layout, best, self.name)
+

@@ -1,0 +1,272 @@
+"""``soft``: prompt tuning (Lester et al. 2021) and P-tuning (Liu et al. 2021) on the frozen model.
+
+N trainable vectors sit in the input-embedding space at the template's ``{soft:N}`` slots
+(default: at the very start, the layout PEFT's prompt tuning uses, so the result exports as
+a PEFT adapter). They are optimised with AdamW against the label log-probability the
+scorer computes (``Scorer.label_logprobs`` with ``soft_embeds``, differentiable, model
+frozen): by default the cross-entropy over the labels (the quantity behind the
+leaderboard's dev log-likelihood), or the plain LM likelihood of the gold words.
+
+Every ``eval_every`` steps the current soft prompt is stored in the artifact store and
+proposed through ``evaluate`` (a leaderboard row: train/dev score, the tensor's reference,
+its nearest vocabulary tokens); early stopping watches those dev scores. After training, the
+best soft prompt's nearest discrete prompt is scored too. Evaluating periodically rather than
+every step keeps the budget for training.
+
+State for resuming sits under the artifact directory, keyed by the job key, written after
+each evaluation (so it matches what the leaderboard holds): a killed ``miner run --resume``
+continues from the last evaluation with identical results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Literal as Lit
+
+import torch
+
+from miner.search._base import Capabilities, Evaluate, SearchContext, Searcher
+from miner.search._registry import register_searcher
+from miner.search._soft_common import (
+    Recorded, autocast, build_layout, check_template, checkpoint_dir, eval_passes, initial_embeddings, passes_left,
+    evaluations_left,
+    record_projection, record_soft, seconds_left,
+)
+
+CKPT_NAME = "state.pt"
+
+
+class SoftEncoder(torch.nn.Module):
+    """The trainable soft prompt, optionally reparameterised (P-tuning).
+
+    With ``mlp`` or ``lstm`` the prompt is ``base + head(body(base))`` with the head's last
+    layer initialised to zero, so step 0 starts exactly at the chosen initialisation (plain
+    P-tuning replaces the embeddings by the encoder's output, which throws the text or
+    vocabulary initialisation away).
+    """
+
+    def __init__(self, init: torch.Tensor, kind: str = "none", hidden: int = 256) -> None:
+        super().__init__()
+        self.kind = kind
+        self.base = torch.nn.Parameter(init.clone())
+        dim = init.shape[1]
+        if kind == "lstm":
+            self.lstm = torch.nn.LSTM(dim, hidden // 2, num_layers=2, bidirectional=True, batch_first=True)
+        if kind in ("mlp", "lstm"):
+            first = hidden if kind == "lstm" else dim
+            self.head = torch.nn.Sequential(torch.nn.Linear(first, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, dim))
+            torch.nn.init.zeros_(self.head[2].weight)
+            torch.nn.init.zeros_(self.head[2].bias)
+
+    def forward(self) -> torch.Tensor:
+        if self.kind == "none":
+            return self.base
+        x = self.lstm(self.base[None])[0][0] if self.kind == "lstm" else self.base
+        return self.base + self.head(x)
+
+
+def lr_factor(step: int, steps: int, warmup: float, schedule: str) -> float:
+    """Multiplier of the learning rate at ``step`` (0-based): linear warm-up, then decay."""
+    n_warm = int(warmup * steps)
+    if step < n_warm:
+        return (step + 1) / n_warm
+    if schedule == "constant":
+        return 1.0
+    frac = (step - n_warm) / max(1, steps - n_warm)
+    return 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else max(0.0, 1.0 - frac)
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Examples of ``step``: a seeded shuffle per epoch, a function of the step alone (resumable)."""
+    per_epoch = math.ceil(n / batch_size)
+    epoch, j = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    return perm[j * batch_size : (j + 1) * batch_size]
+
+
+@register_searcher
+@dataclass
+class SoftSearcher(Searcher):
+    """Gradient-trained soft prompt (prompt tuning / P-tuning) on the frozen model."""
+
+    name = "soft"
+    summary = "continuous soft prompt trained by gradient on the frozen model (prompt tuning / P-tuning)"
+    capabilities = Capabilities(needs_gradients=True, prompt_kind="soft")
+
+    n_tokens: int = 8  # virtual tokens (used when template is not given)
+    template: str | None = None  # with {soft:N} slots; default "{soft:N}" + the first seed prompt's template
+    verbalizer: dict[str, list[str] | str] | None = None  # default: the first seed prompt's, else the label names
+    init: Lit["vocab", "text", "random"] = "vocab"  # sampled common tokens / init_text / random at embedding scale
+    init_text: str = "Read the text and choose the best answer."
+    reparam: Lit["none", "mlp", "lstm"] = "none"  # P-tuning encoder
+    reparam_hidden: int = 256
+    steps: int = 100  # optimiser steps (at most)
+    batch_size: int = 8
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    warmup: float = 0.1  # fraction of steps with linear warm-up
+    schedule: Lit["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = 1.0  # gradient clipping (None: off)
+    loss: Lit["ce", "lm"] = "ce"  # ce: cross-entropy over labels; lm: -log P(gold words)
+    eval_every: int = 10  # steps between evaluations (dev score, leaderboard row)
+    patience: int = 4  # evaluations without dev improvement before stopping (0: never)
+    mixed_precision: bool = True  # bf16 autocast on CUDA
+    checkpoints: bool = True  # resumable state under the artifact directory
+    project: bool = True  # also score the nearest discrete prompt of the best soft prompt
+
+    def __post_init__(self) -> None:
+        check_template(self.template)
+        from miner.errors import ConfigError
+
+        for name in ("n_tokens", "steps", "batch_size", "eval_every", "reparam_hidden"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"soft.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"soft.lr must be positive, got {self.lr}")
+
+    # ------------------------------------------------------------------ search
+    def search(self, context: SearchContext, evaluate: Evaluate) -> None:
+        be, scorer, log = context.backend, context.scorer, context.logger
+        layout = build_layout(context, self.template, self.n_tokens, self.verbalizer)
+        train = list(context.task.train)
+        if not train:
+            log.warning("soft: no training examples; nothing to train")
+            return
+        gen = torch.Generator().manual_seed(context.seed)
+        init = initial_embeddings(be, layout.parsed.n_soft, self.init, self.init_text, gen)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)
+            encoder = SoftEncoder(init.cpu(), self.reparam, self.reparam_hidden).to(be.device)
+        opt = torch.optim.AdamW(encoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        gold_all = torch.tensor([e.label for e in train])
+
+        ckdir = checkpoint_dir(context, self.name) if self.checkpoints else None
+        state = self._resume(context, ckdir, encoder, opt)
+        step, bad, best_ref, stopped = state["step"], state["bad"], state["best_ref"], state["stopped"]
+        best_step = state["best_step"]
+        best: Recorded | None = None
+        if best_ref is not None:  # re-proposed: a duplicate of the resumed row, no new cost
+            tensor = context.artifacts.get_tensor(best_ref)
+            best = record_soft(context, evaluate, layout, tensor, {"searcher": self.name}, {"step": state["best_step"]})
+            log.info("soft: resumed at step %d (best so far from step %d)", step, state["best_step"])
+
+        per_eval = eval_passes(scorer, layout, context.task)
+        reserve = per_eval * (2 if self.project else 1)  # the final evaluation and the projection
+        last_eval_step = step if best_ref is not None else -1
+        loss_value = state.get("loss")
+
+        def evaluate_now() -> None:
+            nonlocal best, best_step, bad, last_eval_step
+            with torch.no_grad(), autocast(be, self.mixed_precision):
+                tensor = encoder().float()
+            rec = record_soft(context, evaluate, layout, tensor, {"searcher": self.name, "step": step},
+                              {"step": step, "train_loss": loss_value, "lr": self.lr, "init": self.init, "reparam": self.reparam})
+            last_eval_step = step
+            dev = rec.evaluation.dev
+            log.info("soft: step %d: train loss %s, dev %s", step, "-" if loss_value is None else f"{loss_value:.4f}",
+                     "-" if dev is None else f"{100 * dev.score:.1f} (loglik {dev.loglik:.3f})")
+            if best is None or rec.evaluation.rank_key > best.evaluation.rank_key:
+                best, best_step, bad = rec, step, 0
+            else:
+                bad += 1
+            self._save(ckdir, encoder, opt, step, bad, best, best_step, stopped, loss_value)
+
+        if last_eval_step < 0 and not stopped:
+            evaluate_now()  # the initialisation itself: a baseline row, and at least one evaluation
+        while not stopped and step < self.steps:
+            if self.patience and bad >= self.patience:
+                stopped = f"early stopping: no dev improvement in {self.patience} evaluations"
+                break
+            idx = batch_indices(step, len(train), self.batch_size, context.seed)
+            batch = [train[i] for i in idx]
+            need = scorer.plan(layout, batch) + reserve
+            if need > passes_left(context) or seconds_left(context) <= 0 or evaluations_left(context) <= (2 if self.project else 1):
+                stopped = "budget"
+                break
+            t0 = time.perf_counter()
+            with autocast(be, self.mixed_precision):
+                raw = scorer.label_logprobs(layout, batch, soft_embeds=encoder())
+            loss = _loss(raw.float(), gold_all[idx].to(raw.device), self.loss)
+            if not torch.isfinite(loss):
+                stopped = f"non-finite loss ({float(loss.detach())}) at step {step}"
+                where = f"; checkpoint {ckdir / CKPT_NAME}" if ckdir else ""
+                kept = f"dev {best.evaluation.dev.score:.3f}, {best.ref}" if best and best.evaluation.dev else "none"
+                log.error("soft: training loss became %s at step %d (lr %g); stopping and keeping the best soft prompt (%s)%s",
+                          float(loss.detach()), step, self.lr, kept, where)
+                self._save(ckdir, None, None, step, bad, best, best_step, stopped, loss_value)
+                break
+            t1 = time.perf_counter()
+            loss.backward()
+            if self.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(encoder.parameters(), self.max_grad_norm)
+            for group in opt.param_groups:
+                group["lr"] = self.lr * lr_factor(step, self.steps, self.warmup, self.schedule)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            scorer.counter.charge_backward(time.perf_counter() - t1)
+            step += 1
+            loss_value = float(loss.detach())
+            log.debug("soft: step %d loss %.4f (%.2fs)", step, loss_value, time.perf_counter() - t0)
+            if step % self.eval_every == 0:
+                evaluate_now()
+        if step != last_eval_step and not (stopped or "").startswith("non-finite"):
+            if per_eval <= passes_left(context) and seconds_left(context) > 0:
+                evaluate_now()  # the last state, unless just evaluated
+        if stopped:
+            log.info("soft: stopped at step %d: %s", step, stopped)
+            self._save(ckdir, encoder if not stopped.startswith("non-finite") else None, opt, step, bad, best, best_step, stopped, loss_value)
+        if self.project and best is not None:
+            record_projection(context, evaluate, layout, best, self.name)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _resume(self, context: SearchContext, ckdir, encoder, opt) -> dict[str, Any]:
+        fresh = {"step": 0, "bad": 0, "best_ref": None, "best_step": 0, "stopped": None, "loss": None}
+        path = ckdir / CKPT_NAME if ckdir else None
+        # Only continue when the runner resumed this job's rows too (``--resume``): a fresh run
+        # with the same config must train afresh, not reuse an old state.
+        resumed_rows = context.budget is not None and getattr(context.budget, "evaluations", 0) > 0
+        if path is None or not path.is_file() or not resumed_rows:
+            return fresh
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a corrupt checkpoint is not fatal: start over
+            context.logger.warning("soft: cannot read checkpoint %s (%s); starting over", path, exc)
+            return fresh
+        if ck.get("encoder") is not None:
+            encoder.load_state_dict(ck["encoder"])
+            opt.load_state_dict(ck["optimizer"])
+        return {**fresh, **{k: ck[k] for k in fresh if k in ck}}
+
+    @staticmethod
+    def _save(ckdir, encoder, opt, step, bad, best: Recorded | None, best_step, stopped, loss) -> None:
+        if ckdir is None:
+            return
+        ckdir.mkdir(parents=True, exist_ok=True)
+        path = ckdir / CKPT_NAME
+        state: dict[str, Any] = {}
+        if encoder is None and path.is_file():  # keep the last good weights (after a NaN)
+            prev = torch.load(path, map_location="cpu", weights_only=True)
+            state.update(encoder=prev.get("encoder"), optimizer=prev.get("optimizer"), step=prev.get("step", step))
+        else:
+            state.update(encoder=encoder.state_dict() if encoder else None, optimizer=opt.state_dict() if opt else None, step=step)
+        state.update(bad=bad, best_ref=best.ref if best else None, best_step=best_step, stopped=stopped, loss=loss)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=ckdir)
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _loss(raw: torch.Tensor, gold: torch.Tensor, kind: str) -> torch.Tensor:
+    rows = torch.arange(len(gold), device=raw.device)
+    if kind == "lm":
+        return -raw[rows, gold].mean()
+    return -torch.log_softmax(raw, dim=-1)[rows, gold].mean()
+
