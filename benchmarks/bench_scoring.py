@@ -56,20 +56,56 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "fewshot")
     return ap.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------- the three methods
-def run_scorer(backend, prompt, examples, batch_size):
+def timed(fn):
+    """Run ``fn()``; return (wall seconds, this process's CPU seconds, its result).
+
+    Wall time (perf_counter) is the measure. CPU time is kept beside it because the machine
+    may be shared: it counts only this process's work, so it moves less with other load.
+    """
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - w0, time.process_time() - c0, out
+
+
+class ForwardClock:
+    """Wraps ``backend.forward`` to add up the seconds spent inside it (two clock reads per batch).
+
+    With it, each S repeat splits into model time and the scorer's own bookkeeping, both
+    measured under the same load, which a shared machine makes worth having.
+    """
+
+    def __init__(self, backend):
+        self.backend, self.inner, self.seconds = backend, backend.forward, 0.0
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def __enter__(self):
+        self.backend.forward = self
+        return self
+
+    def __exit__(self, *exc):
+        del self.backend.forward  # back to the class method
+
+
+def scorer_call(backend, prompt, examples, batch_size):
+    """A zero-argument call to a fresh Scorer (the untimed setup is done here)."""
     # The tokenizer memo lives on the backend and would outlive a fresh Scorer; clear it so
     # every repeat pays for tokenization, as a first call would.
     if hasattr(backend, "_tokenize") and hasattr(backend._tokenize, "cache_clear"):
         backend._tokenize.cache_clear()
     scorer = Scorer(backend, batch_size=batch_size, progress=False)
-    t0 = time.perf_counter()
-    res = scorer.score(prompt, examples)
-    return time.perf_counter() - t0, res.preds
+    return lambda: scorer.score(prompt, examples).preds
 
 
 class UserLoop:
@@ -94,7 +130,6 @@ class UserLoop:
 
     def __call__(self):
         preds = []
-        t0 = time.perf_counter()
         with torch.inference_mode():
             for enc in self.batches():
                 logits = self.model(**enc).logits  # [B, T, V], every position
@@ -105,7 +140,7 @@ class UserLoop:
                     at = logits[:, -1]
                 lp = torch.log_softmax(at.float(), dim=-1)
                 preds.append(lp[:, self.label_ids].argmax(-1))
-        return time.perf_counter() - t0, torch.cat(preds).numpy()
+        return torch.cat(preds).numpy()
 
     def padding_stats(self):
         real = padded = 0
@@ -130,11 +165,9 @@ def scorer_batches(backend, prompt, examples, batch_size):
 
 
 def run_bare(backend, padded):
-    t0 = time.perf_counter()
     with torch.inference_mode():
         for batch in padded:
             backend.forward(batch, logits_to_keep=1)
-    return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -146,6 +179,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def load_note(r: dict) -> str:
+    # The benchmark itself keeps about torch_threads cores busy; more than that is someone else.
+    m = r["machine"]
+    busy = max(r["loadavg_1min_per_repeat"] + m["loadavg_end"][:1])
+    if busy <= max(m["torch_threads"], 1) + 0.75:
+        return "about this benchmark's own threads: the machine was otherwise idle"
+    return (f"up to {busy:.1f} on {m['cpu_count']} cores: other processes shared the machine, so the "
+            "numbers are noisy; trust the CPU-time columns and per-repeat ratios more, or rerun when idle")
 
 
 def write_markdown(path: Path, r: dict) -> None:
@@ -162,18 +205,21 @@ def write_markdown(path: Path, r: dict) -> None:
         f"model `{r['config']['model']}` on {m['device']} {m['dtype']}, batch size {r['config']['batch_size']}, "
         f"{r['config']['repeats']} interleaved repeats, median reported.",
         "",
-        "| method | median examples/s | per-repeat seconds | real / padded tokens |",
-        "|---|---:|---|---|",
+        "| method | median examples/s (wall) | per-repeat wall s | examples/s (CPU time) | real / padded tokens |",
+        "|---|---:|---|---:|---|",
     ]
     for name, key in rows:
         pad = r["padding"].get(key)
         pad_s = f"{pad['real_tokens']} / {pad['padded_tokens']} ({pad['real_fraction']:.0%} real)" if pad else "same as S"
         secs = ", ".join(f"{t:.2f}" for t in r["seconds"][key])
-        lines.append(f"| {name} | {s['examples_per_s'][key]:.2f} | {secs} | {pad_s} |")
+        lines.append(f"| {name} | {s['examples_per_s'][key]:.2f} | {secs} | {s['cpu_examples_per_s'][key]:.2f} | {pad_s} |")
     lines += [
         "",
         f"- **S/a = {s['S_over_a']:.2f}** (target >= {TARGET_S_OVER_A}: {'met' if s['S_over_a_met'] else 'NOT met'})",
         f"- **S/b = {s['S_over_b']:.3f}** (target >= {TARGET_S_OVER_B}: {'met' if s['S_over_b_met'] else 'NOT met'})",
+        f"- by process CPU time instead of wall time: S/a {s['cpu_S_over_a']:.2f}, S/b {s['cpu_S_over_b']:.3f}",
+        f"- share of S's wall time spent inside `backend.forward` (median): {s['S_forward_fraction']:.3f} "
+        f"(seconds outside forward per repeat: {r['S_outside_forward_seconds']})",
         f"- per repeat (adjacent runs, same load): S/a {s['per_repeat_S_over_a']}, S/b {s['per_repeat_S_over_b']}",
         f"- prediction agreement S vs a: {s['agreement_S_a']:.4f} ({s['disagreements']} of {r['config']['n']} differ); "
         f"accuracy S {s['accuracy']['S']:.4f}, a {s['accuracy']['a']:.4f}",
@@ -185,8 +231,8 @@ def write_markdown(path: Path, r: dict) -> None:
         "",
         f"- CPU: {m['cpu_model']}, {m['cpu_count']} cores (os.cpu_count), torch threads {m['torch_threads']}",
         f"- torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}",
-        f"- load average (1/5/15 min) at start {m['loadavg_start']}, at end {m['loadavg_end']} "
-        "(other processes shared the machine; absolute numbers are noisy, the interleaved ratios less so)",
+        f"- load average (1/5/15 min) at start {m['loadavg_start']}, at end {m['loadavg_end']}; "
+        f"1-min load at the start of each repeat {r['loadavg_1min_per_repeat']} ({load_note(r)})",
         f"- date: {m['date']}",
         "",
         "## Command",
@@ -202,6 +248,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import transformers
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_start = [round(x, 2) for x in os.getloadavg()]
     backend = load_backend(args.model)
     task = load_task(TaskSpec(source="kshot", root=str(args.data_root), name="sst-2"), k=16, seed=42)
@@ -219,22 +267,31 @@ def main(argv=None) -> int:
 
     # Warm-up (untimed): first-call allocations and kernel selection for every method.
     logger.info("warm-up")
-    run_scorer(backend, prompt, examples[:8], args.batch_size)
+    scorer_call(backend, prompt, examples[:8], args.batch_size)()
     UserLoop(backend, examples[:8], args.batch_size)()
     run_bare(backend, [backend.pad([b.input_ids[0, -8:].tolist()]) for b in padded[-1:]])
 
     secs = {"S": [], "a": [], "b": []}
+    s_forward = []
+    cpu = {"S": [], "a": [], "b": []}
+    loads = []
     preds_s = preds_a = None
     for rep in range(args.repeats):
-        t, preds_s = run_scorer(backend, prompt, examples, args.batch_size)
-        secs["S"].append(t)
-        t, preds_a = user()
-        secs["a"].append(t)
-        secs["b"].append(run_bare(backend, padded))
-        logger.info("repeat %d: S %.2fs  a %.2fs  b %.2fs", rep + 1, secs["S"][-1], secs["a"][-1], secs["b"][-1])
+        loads.append(round(os.getloadavg()[0], 2))
+        call = scorer_call(backend, prompt, examples, args.batch_size)
+        with ForwardClock(backend) as clock:
+            w, c, preds_s = timed(call)
+        secs["S"].append(w), cpu["S"].append(c), s_forward.append(clock.seconds)
+        w, c, preds_a = timed(user)
+        secs["a"].append(w), cpu["a"].append(c)
+        w, c, _ = timed(lambda: run_bare(backend, padded))
+        secs["b"].append(w), cpu["b"].append(c)
+        logger.info("repeat %d (load %.2f): wall S %.2fs (forward %.2fs) a %.2fs b %.2fs | cpu S %.2fs a %.2fs b %.2fs",
+                    rep + 1, loads[-1], secs["S"][-1], s_forward[-1], secs["a"][-1], secs["b"][-1], *(cpu[k][-1] for k in "Sab"))
 
     n = len(examples)
     eps = {k: n / statistics.median(v) for k, v in secs.items()}
+    eps_cpu = {k: n / statistics.median(v) for k, v in cpu.items()}
     agree = float((preds_s == preds_a).mean())
     s_over_a, s_over_b = eps["S"] / eps["a"], eps["S"] / eps["b"]
     result = {
@@ -242,10 +299,18 @@ def main(argv=None) -> int:
                    "template": TEMPLATE, "words": WORDS, "dataset": "sst-2 test (kshot), first n in order"},
         "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "seconds": {k: [round(t, 4) for t in v] for k, v in secs.items()},
+        "S_forward_seconds": [round(t, 4) for t in s_forward],
+        "S_outside_forward_seconds": [round(w - f, 4) for w, f in zip(secs["S"], s_forward)],
+        "cpu_seconds": {k: [round(t, 4) for t in v] for k, v in cpu.items()},
+        "loadavg_1min_per_repeat": loads,
         "summary": {
             "examples_per_s": {k: round(v, 3) for k, v in eps.items()},
             "S_over_a": round(s_over_a, 4), "S_over_a_target": TARGET_S_OVER_A, "S_over_a_met": s_over_a >= TARGET_S_OVER_A,
             "S_over_b": round(s_over_b, 4), "S_over_b_target": TARGET_S_OVER_B, "S_over_b_met": s_over_b >= TARGET_S_OVER_B,
+            "cpu_examples_per_s": {k: round(v, 3) for k, v in eps_cpu.items()},
+            "cpu_S_over_a": round(eps_cpu["S"] / eps_cpu["a"], 4),
+            "cpu_S_over_b": round(eps_cpu["S"] / eps_cpu["b"], 4),
+            "S_forward_fraction": round(statistics.median(f / w for f, w in zip(s_forward, secs["S"])), 4),
             "per_repeat_S_over_a": [round(a / s, 4) for s, a in zip(secs["S"], secs["a"])],
             "per_repeat_S_over_b": [round(b / s, 4) for s, b in zip(secs["S"], secs["b"])],
             "agreement_S_a": agree, "disagreements": int((preds_s != preds_a).sum()),
