@@ -95,9 +95,13 @@ def test_budget_is_enforced_and_recorded(tmp_path, tiny_dir, capsys):
     assert len(Leaderboard(cfg["storage"]).rows()) == 3
 
 
-def test_searchers_lists_manual(capsys):
+def test_searchers_lists_every_registered_searcher(capsys):
+    from miner.search import searchers
+
     assert main(["searchers"]) == 0
-    assert capsys.readouterr().out.startswith("manual")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == searchers.names()
+    assert {"manual", "optuna", "autoprompt", "soft", "blackbox"} <= set(searchers.names())
 
 
 def _rows_in(db):
