@@ -70,7 +70,6 @@ def export_best(
     """Write the best leaderboard prompt (by dev score) of a task/model as JSON."""
     from miner.leaderboard import Leaderboard
     from miner.runner import code_version
-    from miner.tasks import TaskSpec  # noqa: F401  (keeps the import graph explicit)
 
     board = Leaderboard(storage)
     try:
@@ -167,8 +166,12 @@ def predict(
     backend: Any = None,
     batch_size: int = 32,
     progress: bool = False,
+    soft_resolver: Any = None,
 ) -> list[dict[str, Any]]:
-    """Apply an exported prompt: each input is a text (single-field task) or a field mapping."""
+    """Apply an exported prompt: each input is a text (single-field task) or a field mapping.
+
+    ``soft_resolver`` maps a soft prompt's reference to its tensor (see ``miner.soft_export``).
+    """
     from miner.models import load_backend
     from miner.scoring import Scorer
 
@@ -176,7 +179,8 @@ def predict(
     rows = _as_rows(inputs, ex.text_fields)
     if backend is None:
         backend = load_backend(ex.model)
-    result = Scorer(backend, batch_size=batch_size, progress=progress).score(ex.prompt, rows)
+    scorer = Scorer(backend, batch_size=batch_size, progress=progress, soft_resolver=soft_resolver)
+    result = scorer.score(ex.prompt, rows)
     labels = ex.label_names
     out = []
     for row, pred, scores in zip(rows, result.preds, result.scores):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -296,36 +295,15 @@ def predict_soft(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Apply a soft-prompt export to new text; same output as :func:`miner.export.predict`."""
+    from miner.export import predict
     from miner.models import load_backend
-    from miner.scoring import Scorer
 
     se = export if isinstance(export, SoftExport) else load_soft_export(export)
-    fields = se.exported.text_fields
-    rows = []
-    for i, item in enumerate(inputs):
-        if isinstance(item, str):
-            if len(fields) != 1:
-                raise MinerError(f"this prompt needs the fields {list(fields)}; give each input as a mapping (JSON Lines or CSV)")
-            rows.append({fields[0]: item})
-        else:
-            missing = [f for f in fields if f not in item]
-            if missing:
-                raise MinerError(f"input {i + 1} lacks the field {missing[0]!r} (needs {list(fields)})")
-            rows.append({f: str(item[f]) for f in fields})
-    if not rows:
-        raise MinerError("no input text given")
     backend = backend or load_backend(se.exported.model)
     hidden = int(backend.input_embeddings().shape[1])
     if se.tensor.shape[1] != hidden:
         raise MinerError(f"soft prompt has width {se.tensor.shape[1]} but model {backend.name!r} has embeddings of width {hidden}")
-    res = Scorer(backend, batch_size=batch_size, progress=progress, soft_resolver=se.resolver).score(se.prompt, rows)
-    labels = se.exported.label_names
-    out = []
-    for row, pred, scores in zip(rows, res.preds, res.scores):
-        m = max(scores)
-        e = [math.exp(float(x) - m) for x in scores]
-        out.append({"label": labels[int(pred)], "probabilities": {lab: v / sum(e) for lab, v in zip(labels, e)}, "input": row})
-    return out
+    return predict(se.exported, inputs, backend=backend, batch_size=batch_size, progress=progress, soft_resolver=se.resolver)
 
 
 def _space_before_answer(prompt: Prompt) -> bool:

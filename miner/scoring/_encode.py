@@ -13,7 +13,7 @@ from typing import Mapping
 
 from miner.errors import PromptError
 from miner.models import Backend
-from miner.prompts import Answer, Field, Literal, Prompt, Soft, Template, Trigger
+from miner.prompts import Field, Literal, Prompt, Soft, Template, Trigger
 
 TokenIds = tuple[int, ...]
 

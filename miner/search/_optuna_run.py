@@ -261,7 +261,7 @@ def _with_multi(job: _Job, template: str, D: torch.Tensor, multi, space: bool, s
     """Append columns for multi-token user words (scored once by the scorer, then cached)."""
     if not multi:
         return D, {}
-    s, ctx = job.s, job.ctx
+    ctx = job.ctx
     cols, extra = {}, []
     labels = ctx.label_names
     vocab = decoded_vocab(ctx.backend)
