@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_model  # sibling module: benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -207,7 +208,7 @@ def main(argv=None) -> int:
                               "ours_best_dev_loglik": ours_run["best_dev_loglik"],
                               "reference_best_dev_loglik": ref_run["best_dev_loglik"]},
         "reference_run": ref_run, "ours_run": ours_run,
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "loadavg": load, "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "loadavg": load, "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "torch": torch.__version__},
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -256,16 +257,6 @@ def _note(r) -> str:
                 f"autoprompt's best dev accuracy after the same number of iterations: {100 * r['ours_run']['best_dev']:.1f} "
                 f"(reached at {next(p['t'] for p in ours if p['dev'] >= r['ours_run']['best_dev']):.0f} s).")
     return ""
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model  # sibling module: benchmarks/ is on sys.path when a script runs
 
 from miner.models import load_backend
 from miner.prompts import Prompt
@@ -171,16 +172,6 @@ def run_bare(backend, padded):
 
 
 # ---------------------------------------------------------------------------- reporting
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def load_note(r: dict) -> str:
     # The benchmark itself keeps about torch_threads cores busy; more than that is someone else.
     m = r["machine"]

@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,22 +27,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _machine import cpu_model  # sibling module: benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TEMPLATE_TAIL = "Review: {sentence}\nSentiment: {answer}"
 VERB = {"negative": ["negative"], "positive": ["positive"]}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def train_peft(model_name: str, data, args, init_text: str) -> tuple[torch.Tensor, float, list[float]]:
@@ -181,7 +171,7 @@ def main(argv=None) -> int:
         logging.info("%s: %s", name, out[name])
     meta = {
         "command": " ".join([sys.executable] + sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(), "load_average": os.getloadavg(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cpu": cpu_model(), "load_average": os.getloadavg(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "model": args.model, "task": args.task, "k": 16, "seed": args.seed, "n_tokens": args.n_tokens, "steps": args.steps,
         "batch_size": args.batch_size, "lr": args.lr, "init_text": args.init_text, "test_examples": len(data.test),
         "schedule": "linear, 10% warm-up", "max_grad_norm": 1.0,

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_model  # sibling module: benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -135,7 +136,7 @@ def write(out_json: Path, args, name: str, runs: list[dict]) -> None:
     meta = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu": _cpu(), "cores": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
                     "loadavg": os.getloadavg(), "torch_threads": torch.get_num_threads()},
         "model": "smollm2 (SmolLM2-135M-Instruct)", "manual_prompt": MANUAL[0], "verbalizer": MANUAL[1],
         "trigger_template": TRIGGER_TEMPLATE, "trigger_init": TRIGGER_INIT, "args": {k: str(v) for k, v in vars(args).items()},
@@ -159,16 +160,6 @@ def write(out_json: Path, args, name: str, runs: list[dict]) -> None:
         lines.append(f"| {r['seed']} | `{r['best_trigger_text']!r}` | {100 * r['best_dev']:.1f} | {100 * r['test']:.1f} | "
                      f"{100 * r['manual_dev']:.1f} | {100 * r['manual_test']:.1f} | {r['cost']['forward_passes']} | {r['search_seconds']:.0f} |")
     out_json.with_suffix(".md").write_text("\n".join(lines) + "\n")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,19 +21,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _machine import cpu_model  # sibling module: benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv=None) -> int:
@@ -119,7 +109,7 @@ def _write(out_json: Path, cfg, args, jobs, started, model: str) -> None:
         }
     meta = {
         "command": " ; ".join(getattr(args, "command_parts", None) or [" ".join([sys.executable] + sys.argv)]), "config": args.config, "started": started,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": _cpu_model(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
         "load_average": os.getloadavg(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "model": model, "test_examples": jobs[0]["n_test"] if jobs else None,
         "config_data": cfg.model_dump(mode="json"),

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from miner._io import atomic_write_text
 from miner.errors import MinerError
 from miner.prompts import Prompt
 
@@ -43,18 +42,6 @@ class ExportedPrompt:
             "leaderboard": self.leaderboard,
             "provenance": self.provenance,
         }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export_best(
@@ -137,7 +124,7 @@ def export_best(
             store = artifacts_for_storage(storage, cfg.get("artifacts"))
             export_soft(exported, store, soft_dir)
             d["soft_export"] = soft_dir.name
-        _atomic_write(Path(out), json.dumps(d, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(Path(out), json.dumps(d, indent=2, ensure_ascii=False) + "\n")
     return exported
 
 

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from miner._io import atomic_write_text
 from miner.errors import MinerError
 from miner.prompts import Answer, Field, Literal, Prompt, Soft, parse_template
 
@@ -134,7 +135,7 @@ def export_peft_adapter(
 
         PromptTuningConfig(**{k: v for k, v in cfg.items() if k != "peft_type"}).save_pretrained(str(out))
     except ImportError:
-        _atomic_write(out / PEFT_CONFIG, json.dumps(cfg, indent=2) + "\n")
+        atomic_write_text(out / PEFT_CONFIG, json.dumps(cfg, indent=2) + "\n")
     save_file({PEFT_KEY: t}, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
     return out
 
@@ -215,7 +216,7 @@ def export_soft(
         },
     }
     desc.setdefault("provenance", {})["soft_exported_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _atomic_write(out / DESC_FILE, json.dumps(desc, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(out / DESC_FILE, json.dumps(desc, indent=2, ensure_ascii=False, default=str) + "\n")
     return SoftExport(exported, tensor.cpu(), out, peft_dir, desc)
 
 
@@ -310,15 +311,3 @@ def _space_before_answer(prompt: Prompt) -> bool:
     segs = prompt.parsed.segments
     i = prompt.parsed.answer_index
     return i > 0 and isinstance(segs[i - 1], Literal) and segs[i - 1].text.endswith(" ")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
