@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from miner._io import atomic_write_text
+from miner._io import atomic_write_text, read_format_json
 from miner.errors import MinerError
 from miner.prompts import Prompt
 
@@ -132,12 +132,7 @@ def load_exported(path: str | Path) -> ExportedPrompt:
     p = Path(path)
     if not p.is_file():
         raise MinerError(f"prompt file {str(p)!r} does not exist")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MinerError(f"prompt file {str(p)!r} is not valid JSON: {exc}") from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise MinerError(f"prompt file {str(p)!r} is not a miner export (expected format {FORMAT!r})")
+    d = read_format_json(p, FORMAT, "prompt file")
     try:
         task = d["task"]
         prompt = Prompt.from_dict(d["prompt"], task["label_names"])

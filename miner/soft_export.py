@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from miner._io import atomic_write_text
+from miner._io import atomic_write_text, read_format_json
 from miner.errors import MinerError
 from miner.prompts import Answer, Field, Literal, Prompt, Soft, parse_template
 
@@ -261,12 +261,7 @@ def load_soft_export(path: str | Path) -> SoftExport:
     desc_path = p / DESC_FILE if p.is_dir() else p
     if not desc_path.is_file():
         raise MinerError(f"soft prompt export {str(p)!r} does not exist (expected a directory with {DESC_FILE})")
-    try:
-        d = json.loads(desc_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MinerError(f"soft prompt description {str(desc_path)!r} is not valid JSON: {exc}") from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise MinerError(f"{str(desc_path)!r} is not a miner soft-prompt export (expected format {FORMAT!r})")
+    d = read_format_json(desc_path, FORMAT, "soft prompt description")
     root = desc_path.parent
     try:
         task = d["task"]
