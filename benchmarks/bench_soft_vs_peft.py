@@ -7,9 +7,11 @@ right padding, full logits); ``soft`` trains through the scorer (left padding, l
 answer position only), once with the same LM loss and once with its default label
 cross-entropy. Test accuracy of both is computed by the same scorer from the learned
 embeddings (tests/test_peft_export.py shows PEFT's own forward gives the same label scores
-within 1e-4). Wall time: the whole searcher (including its step-0 and final evaluations)
-vs PEFT's training loop, plus the median time per optimiser step of each. The runs are
-interleaved in one process.
+within 1e-4). Wall time: the whole searcher (its training steps plus the evaluation of the
+trained prompt on train and dev that makes its leaderboard row; the step-0 baseline row is
+switched off with ``eval_init=False``, as PEFT's loop has no such row) vs PEFT's training
+loop alone, plus the median time per optimiser step of each. The runs are interleaved in
+one process.
 
     PYTHONPATH=. python benchmarks/bench_soft_vs_peft.py --steps 30 --max-test 200
 """
@@ -93,7 +95,7 @@ def train_ours(backend, data, args, init_text: str, loss: str):
     logging.getLogger("miner.search.soft").setLevel(logging.DEBUG)
     s = SoftSearcher(n_tokens=args.n_tokens, init="text", init_text=init_text, steps=args.steps, batch_size=args.batch_size,
                      lr=args.lr, warmup=0.1, schedule="linear", max_grad_norm=1.0, loss=loss, eval_every=args.steps,
-                     patience=0, project=False)
+                     eval_init=False, patience=0, project=False)
     from miner.prompts import Prompt
 
     import tempfile

@@ -37,6 +37,14 @@ def test_trains_soft_tokens_only_and_charges_backward(causal, conformance_data):
     assert len(proj) == 1 and proj[0].prompt.template == "{trigger:2}{sentence} It was {answer}"
 
 
+def test_eval_init_off_skips_the_step0_row(causal, conformance_data):
+    res = _run(SoftSearcher(n_tokens=2, steps=3, eval_every=3, batch_size=4, lr=0.05, eval_init=False, project=False),
+               causal, conformance_data)
+    soft = [e for e in res.evaluations if e.prompt.soft]
+    assert len(soft) == 1  # only the trained state (step 3), no step-0 row
+    assert res.cost.backward_passes == 3
+
+
 def test_reparameterisation_starts_at_the_init(causal, conformance_data):
     plain = _run(SoftSearcher(n_tokens=2, steps=1, eval_every=1, batch_size=4, project=False), causal, conformance_data)
     mlp = _run(SoftSearcher(n_tokens=2, steps=1, eval_every=1, batch_size=4, project=False, reparam="mlp", reparam_hidden=8),

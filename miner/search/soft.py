@@ -113,6 +113,7 @@ class SoftSearcher(Searcher):
     max_grad_norm: float | None = 1.0  # gradient clipping (None: off)
     loss: Lit["ce", "lm"] = "ce"  # ce: cross-entropy over labels; lm: -log P(gold words)
     eval_every: int = 10  # steps between evaluations (dev score, leaderboard row)
+    eval_init: bool = True  # also evaluate the initialisation (a baseline row) before the first step
     patience: int = 4  # evaluations without dev improvement before stopping (0: never)
     mixed_precision: bool = True  # bf16 autocast on CUDA
     checkpoints: bool = True  # resumable state under the artifact directory
@@ -175,7 +176,7 @@ class SoftSearcher(Searcher):
                 bad += 1
             self._save(ckdir, encoder, opt, step, bad, best, best_step, stopped, loss_value)
 
-        if last_eval_step < 0 and not stopped:
+        if last_eval_step < 0 and not stopped and self.eval_init:
             evaluate_now()  # the initialisation itself: a baseline row, and at least one evaluation
         while not stopped and step < self.steps:
             if self.patience and bad >= self.patience:
