@@ -125,7 +125,7 @@ class OursStep:
 
     def step(self, triggers, grad_batch, cand_batch):
         p = self.prompt.with_(triggers=tuple(triggers))
-        grad, _ = hf.trigger_gradient(self.scorer, p, grad_batch, self.objective)
+        grad, _ = self.cs.gradient(p.triggers, grad_batch)
         topk = hf.hotflip_topk(grad, self.be.input_embeddings(), self.allowed, self.top_k)
         cands = hf.sample_candidates(triggers, topk, self.n_candidates, self.rng, self.be)
         scores = self.cs.score([tuple(triggers)] + cands, cand_batch)

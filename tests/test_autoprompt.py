@@ -75,16 +75,40 @@ def test_kv_cache_path_equals_pooled_scoring(causal, data, tpl, verb):
     assert kv.use_kv and not pooled.use_kv
     rng = np.random.default_rng(0)
     cands = [tuple(int(x) for x in rng.integers(300, 5000, n)) for _ in range(5)]
+    # single swaps of the first candidate at every position: rows that start at a later trigger
+    cands += [cands[0][:j] + (int(t),) + cands[0][j + 1:] for j in range(n) for t in rng.integers(300, 5000, 2)]
     ex = list(data.train)
     a, b = kv.score(cands, ex), pooled.score(cands, ex)
     np.testing.assert_allclose(a, b, atol=1e-4)
-    # the planner is exact for the KV path and an upper bound for the pooled one
-    assert kv.scorer.counter.total.forward_passes == kv.passes(len(cands) - 1, ex)
+    # the planner is exact for the KV path given the candidates, else an upper bound; an upper
+    # bound for the pooled one
+    assert kv.scorer.counter.total.forward_passes == kv.passes(len(cands) - 1, ex, cands)
+    assert kv.passes(len(cands) - 1, ex, cands) <= kv.passes(len(cands) - 1, ex)
     assert pooled.scorer.counter.total.forward_passes <= pooled.passes(len(cands) - 1, ex)
     # and the objective is the summed gold label log-prob the scorer reports
     raw = Scorer(causal, progress=False).score(p.with_(triggers=cands[0]), ex).raw
     gold = np.array([e.label for e in ex])
     assert a[0] == pytest.approx(raw[np.arange(len(ex)), gold].sum(), abs=1e-4)
+
+
+@pytest.mark.parametrize("tpl,verb", [
+    ("{sentence} {trigger:3} It was {answer}", VERB),
+    ("Review: {sentence}\n{trigger:2}Sentiment:{trigger} {answer}", {"negative": ["terrible", "not good at all"], "positive": ["great"]}),
+])
+def test_kv_gradient_equals_the_full_sequence_gradient(causal, data, tpl, verb):
+    """The text's KV cache without autograd + gradient rows: the same gradient and loss, fewer tokens."""
+    n = parse_template(tpl).n_triggers
+    p = _prompt(tpl, n, verb)
+    ex = list(data.train)
+    full_scorer, kv = Scorer(causal, progress=False), CandidateScorer(Scorer(causal, progress=False), p, objective="vocab")
+    trig = (300, 777, 1234)[:n]
+    g_full, l_full = trigger_gradient(full_scorer, p.with_(triggers=trig), ex, "vocab")
+    g_kv, l_kv = kv.gradient(trig, ex)
+    assert l_kv == pytest.approx(l_full, abs=1e-5)
+    torch.testing.assert_close(g_kv, g_full, atol=1e-5, rtol=1e-4)
+    c = kv.scorer.counter.total
+    assert c.forward_passes == kv.gradient_passes(ex) and c.backward_passes == 1
+    assert all(q.grad is None and not q.requires_grad for q in causal.model.parameters())
 
 
 def test_gradient_touches_triggers_only(causal, data):

@@ -192,6 +192,13 @@ class _Prefix:
     trig_pos: tuple[int, ...]  # index in ``suffix`` of each trigger token
 
 
+def _with_triggers(p: _Prefix, triggers: Sequence[int]) -> list[int]:
+    suf = list(p.suffix)
+    for pos, t in zip(p.trig_pos, triggers):
+        suf[pos] = int(t)
+    return suf
+
+
 class CandidateScorer:
     """Summed gold objective of many candidate triggers on one batch of examples."""
 
@@ -210,29 +217,84 @@ class CandidateScorer:
         # The KV copy per row costs memory like a full sequence would; bound rows x width like a batch.
         self.max_tokens = max_tokens or 4 * scorer.max_batch_tokens
         self._kwarg = _cache_kwarg(self.backend.model) if self.use_kv else ""
+        self._planner: Scorer | None = None
 
     # ------------------------------------------------------------------ planning
-    def passes(self, n_candidates: int, examples: Sequence[Any]) -> int:
-        """Forward passes that scoring ``n_candidates`` candidates (plus the current trigger) will take."""
+    def passes(self, n_candidates: int, examples: Sequence[Any], candidates: Sequence[tuple[int, ...]] | None = None) -> int:
+        """Forward passes that scoring ``n_candidates`` candidates (plus the current trigger) will take.
+
+        Exact when ``candidates`` (the current trigger first, as :meth:`score` gets them) are
+        given; otherwise an upper bound (every trigger position may start its own group).
+        """
         if not self.use_kv:
             prompts = [self.prompt] * (n_candidates + 1)
             return _plan_many(self.scorer, prompts, examples, distinct=True)
         total = 0
         for chunk, prefixes in self._example_chunks(examples):
-            total += 1 + len(self._row_chunks(n_candidates + 1, prefixes))
+            if candidates is not None:
+                groups = self._groups(candidates, prefixes)
+                total += 1 + sum(len(self._row_chunks(len(rows), prefixes)) for rows in groups.values())
+            else:
+                n_groups = min(n_candidates + 1, len(prefixes[0].trig_pos)) if self._same_layout(prefixes) else 1
+                total += 1 + len(self._row_chunks(n_candidates + 1, prefixes)) + n_groups - 1
         return total
 
     # ------------------------------------------------------------------ scoring
     def score(self, candidates: Sequence[tuple[int, ...]], examples: Sequence[Any]) -> np.ndarray:
-        """Objective summed over ``examples`` for each candidate trigger tuple: ``[C]``."""
+        """Objective summed over ``examples`` for each candidate trigger tuple: ``[C]``.
+
+        Put the current trigger first: on the KV-cache path the text *and* its suffix up to each
+        candidate's first changed trigger are computed once, so a candidate that swaps the last
+        of three triggers recomputes one token, not three.
+        """
         gold = torch.as_tensor([e.label for e in examples])
         if not self.use_kv:
             prompts = [self.prompt.with_(triggers=tuple(c)) for c in candidates]
             results = self.scorer.score_many(prompts, examples, desc="candidates")
             raw = torch.stack([torch.as_tensor(r.raw) for r in results])  # [C, N, L]
         else:
-            raw = self._score_kv(candidates, examples)
+            with torch.inference_mode():
+                raw = self._score_kv(candidates, examples)
         return objective_from_raw(raw.float(), gold.expand(raw.shape[0], -1), self.objective).sum(-1).numpy()
+
+    # ------------------------------------------------------------------ gradient
+    def gradient_passes(self, examples: Sequence[Any]) -> int:
+        """Forward passes :meth:`gradient` will take on ``examples``."""
+        if not self.use_kv:  # an empty scorer plans it exactly: the gradient path never uses the cache
+            if self._planner is None:
+                self._planner = Scorer(self.backend, batch_size=self.scorer.batch_size,
+                                       max_batch_tokens=self.scorer.max_batch_tokens, progress=False)
+            return self._planner.plan(gradient_prompt(self.prompt), examples)
+        return 2 * len(self._example_chunks(examples))
+
+    def gradient(self, triggers: Sequence[int], examples: Sequence[Any]) -> tuple[torch.Tensor, float]:
+        """Like :func:`trigger_gradient`, with the text's KV cache on the KV-cache path.
+
+        In a causal LM the text before the first trigger does not depend on the triggers, so its
+        keys and values are computed without autograd and only the rows from the first trigger
+        to the answer run with gradients: backward goes through a few tokens per example, not
+        through the whole sequence.
+        """
+        triggers = tuple(int(t) for t in triggers)
+        if not self.use_kv:
+            return trigger_gradient(self.scorer, self.prompt.with_(triggers=triggers), examples, self.objective)
+        be = self.backend
+        E = be.input_embeddings()
+        soft = E[torch.as_tensor(triggers, device=E.device)].detach().clone().requires_grad_(True)
+        order, parts = [], []
+        with torch.enable_grad():
+            for chunk, prefixes in self._example_chunks(examples):
+                with torch.no_grad():
+                    cache, lens = self._run_prefix(prefixes)
+                parts.append(self._run_candidates([triggers], prefixes, cache, lens, 0, soft=soft)[0])
+                order += chunk
+            raw = torch.cat(parts)
+            gold = torch.as_tensor([examples[i].label for i in order])
+            loss = -objective_from_raw(raw.float(), gold, self.objective).mean()
+            start = time.perf_counter()
+            (grad,) = torch.autograd.grad(loss, soft)
+            self.scorer.counter.charge_backward(time.perf_counter() - start)
+        return grad.float(), float(loss.detach())
 
     # ------------------------------------------------------------------ KV-cache path
     def _prefix(self, fields) -> _Prefix | None:
@@ -276,20 +338,44 @@ class CandidateScorer:
         per_pass = max(1, self._rows_per_pass(prefixes) // max(1, rows_per_cand))
         return [range(i, min(i + per_pass, n_candidates)) for i in range(0, n_candidates, per_pass)]
 
+    @staticmethod
+    def _same_layout(prefixes: list[_Prefix]) -> bool:
+        first = prefixes[0]
+        return all(p.suffix == first.suffix and p.trig_pos == first.trig_pos for p in prefixes)
+
+    def _groups(self, candidates, prefixes: list[_Prefix]) -> dict[int, list[int]]:
+        """Candidates by where their rows can start: at the first trigger that differs from
+        ``candidates[0]`` (the current trigger, whose suffix tokens before it are in the KV cache)."""
+        if not self._same_layout(prefixes):
+            return {0: list(range(len(candidates)))}
+        base, trig_pos = tuple(int(t) for t in candidates[0]), prefixes[0].trig_pos
+        groups: dict[int, list[int]] = {}
+        for i, cand in enumerate(candidates):
+            first = next((j for j, (a, b) in enumerate(zip(cand, base)) if int(a) != int(b)), len(base) - 1)
+            groups.setdefault(trig_pos[first], []).append(i)
+        return dict(sorted(groups.items()))
+
     def _score_kv(self, candidates, examples) -> torch.Tensor:
         n_labels = len(self.cp.word_ids)
         out = torch.zeros(len(candidates), len(examples), n_labels)
         for chunk, prefixes in self._example_chunks(examples):
-            cache, lens = self._run_prefix(prefixes)
-            for cands in self._row_chunks(len(candidates), prefixes):
-                vals = self._run_candidates([candidates[c] for c in cands], prefixes, cache, lens)
-                out[cands.start : cands.stop, chunk] = vals
+            groups = self._groups(candidates, prefixes)
+            ext = max(groups)  # the current suffix up to the last group's start goes into the cache
+            (layers, pmask), lens = self._run_prefix(prefixes, ext, candidates[0])
+            for start, rows in groups.items():
+                cut = ext - start  # the cached suffix tokens this group recomputes
+                sliced = [(k[:, :, : k.shape[2] - cut], v[:, :, : v.shape[2] - cut]) for k, v in layers]
+                cache = (sliced, pmask[:, : pmask.shape[1] - cut])
+                for part in self._row_chunks(len(rows), prefixes):
+                    idx = [rows[i] for i in part]
+                    vals = self._run_candidates([candidates[c] for c in idx], prefixes, cache, lens - cut, start)
+                    out[torch.as_tensor(idx)[:, None], torch.as_tensor(chunk)[None, :]] = vals
         return out
 
-    @torch.inference_mode()
-    def _run_prefix(self, prefixes: list[_Prefix]):
+    def _run_prefix(self, prefixes: list[_Prefix], ext: int = 0, base: Sequence[int] = ()):
+        """The text and the first ``ext`` tokens of the suffix with triggers ``base``, with their KV cache."""
         be, counter = self.backend, self.scorer.counter
-        batch = be.pad([p.ids for p in prefixes])
+        batch = be.pad([list(p.ids) + _with_triggers(p, base)[:ext] for p in prefixes])
         width = batch.input_ids.shape[1]
         with counter.forward(len(prefixes), int(batch.attention_mask.sum()), width * len(prefixes)):
             res = be.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -298,8 +384,13 @@ class CandidateScorer:
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         return (layers, batch.attention_mask), batch.attention_mask.sum(-1)
 
-    @torch.inference_mode()
-    def _run_candidates(self, cands, prefixes: list[_Prefix], cache, lens) -> torch.Tensor:
+    def _run_candidates(self, cands, prefixes: list[_Prefix], cache, lens, start: int = 0,
+                        soft: torch.Tensor | None = None) -> torch.Tensor:
+        """Label scores ``[len(cands), len(prefixes), L]`` of rows that continue the cached text.
+
+        With ``soft`` (``[n_triggers, H]``, one candidate) the trigger tokens' input embeddings
+        are replaced by it, differentiably (the gradient path).
+        """
         from transformers import DynamicCache
 
         be, counter = self.backend, self.scorer.counter
@@ -311,9 +402,7 @@ class CandidateScorer:
         seqs, ex_idx = [], []  # row tokens, example index of each row
         for cand in cands:
             for ei, p in enumerate(prefixes):
-                suf = list(p.suffix)
-                for pos, t in zip(p.trig_pos, cand):
-                    suf[pos] = int(t)
+                suf = _with_triggers(p, cand)[start:]  # the tokens before ``start`` are in the cache
                 if has_single:
                     seqs.append(suf), ex_idx.append(ei)
                 for li, wi in multi:
@@ -335,8 +424,19 @@ class CandidateScorer:
         for li, (k, v) in enumerate(layers):
             kv.update(k.index_select(0, idx), v.index_select(0, idx), li)
         keep = 1 + max((len(words[li][wi]) for li, wi in multi), default=0)
+        if soft is None:
+            inputs = {"input_ids": ids}
+        else:  # the trigger tokens' embeddings replaced by ``soft`` (rows are left-padded)
+            r_idx, c_idx, which = [], [], []
+            for r, s in enumerate(seqs):
+                for j, tp in enumerate(prefixes[ex_idx[r]].trig_pos):
+                    if tp >= start:
+                        r_idx.append(r), c_idx.append(width - len(s) + tp - start), which.append(j)
+            emb = be.model.get_input_embeddings()(ids)
+            place = (torch.as_tensor(r_idx, device=emb.device), torch.as_tensor(c_idx, device=emb.device))
+            inputs = {"inputs_embeds": emb.index_put(place, soft[torch.as_tensor(which, device=soft.device)].to(emb.dtype))}
         with counter.forward(rows, int(smask.sum()), rows * width):
-            logits = be.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+            logits = be.model(**inputs, attention_mask=mask, position_ids=pos, use_cache=True,
                               logits_to_keep=keep, **{self._kwarg: kv}).logits
         lp = torch.log_softmax(logits.float(), dim=-1)  # [R, keep, V]
         # Per (candidate, example) row block: every word's log-prob, then log-sum-exp per label,

@@ -29,10 +29,9 @@ from tqdm.auto import tqdm
 
 from miner.errors import ConfigError
 from miner.prompts import Prompt, Verbalizer
-from miner.scoring import Scorer
 from miner.search._base import Capabilities, Evaluate, Evaluation, SearchContext, Searcher
 from miner.search._hotflip import (
-    CandidateScorer, allowed_tokens, gradient_prompt, hotflip_topk, round_trips, sample_candidates, trigger_gradient,
+    CandidateScorer, allowed_tokens, hotflip_topk, round_trips, sample_candidates,
 )
 from miner.search._registry import register_searcher
 
@@ -118,9 +117,6 @@ class AutoPromptSearcher(Searcher):
         allowed = self._allowed(be, current)
         embeddings = be.input_embeddings()
         cand_scorer = CandidateScorer(scorer, current, objective=self.objective, kv_cache=self.kv_cache)
-        # An empty scorer plans the gradient forward exactly (the gradient path never uses the cache).
-        planner = Scorer(be, batch_size=scorer.batch_size, max_batch_tokens=scorer.max_batch_tokens, progress=False)
-        grad_prompt = gradient_prompt(current)
         batches = _BatchStream(list(context.task.train), self.batch_size, rng)
 
         state: dict[str, Any] = {"best": None, "stale": 0, "evaluated": None}
@@ -145,11 +141,11 @@ class AutoPromptSearcher(Searcher):
         objective = None
         for step in bar:
             grad_batch, cand_batch = batches.next(), batches.next()
-            need = planner.plan(grad_prompt, grad_batch) + cand_scorer.passes(self.n_candidates, cand_batch)
+            need = cand_scorer.gradient_passes(grad_batch) + cand_scorer.passes(self.n_candidates, cand_batch)
             if budget is not None and (need > budget.forward_passes_left or budget.seconds_left <= 0):
                 log.info("autoprompt: budget left cannot pay for step %d; stopping", step)
                 break
-            grad, loss = trigger_gradient(scorer, current, grad_batch, self.objective)
+            grad, loss = cand_scorer.gradient(current.triggers, grad_batch)
             topk = hotflip_topk(grad, embeddings, allowed, self.top_k)
             cands = sample_candidates(current.triggers, topk, self.n_candidates, rng, be)
             if not cands:
