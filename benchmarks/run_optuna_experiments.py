@@ -149,6 +149,12 @@ def run_config(path: Path, out_dir: Path, *, search: bool = True, baselines_only
     return summary
 
 
+def _short(template: str, width: int = 150) -> str:
+    """A template for a table cell: long ones (with demonstrations) keep their start and end."""
+    r = repr(template)
+    return r if len(r) <= width else f"{r[:50]} … {r[-(width - 55):]}"
+
+
 def markdown(summaries: list[dict]) -> str:
     lines = []
     for s in summaries:
@@ -170,7 +176,7 @@ def markdown(summaries: list[dict]) -> str:
             cal = " [cal]" if p.get("calibrate") else ""
             fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
             j = {**j, "seconds": j.get("seconds") or 0.0}
-            lines.append(f"| {j['seed']} | `{p.get('template', '')!r}` ({words}){cal} | {fmt(j['train'])} | {fmt(j['dev'])} | "
+            lines.append(f"| {j['seed']} | `{_short(p.get('template', ''))}` ({words}){cal} | {fmt(j['train'])} | {fmt(j['dev'])} | "
                          f"{fmt(j['test'])} | {j['evaluations']} | {j['verbalizers_examined']} | {j['forward_passes']} | {j['seconds']:.0f} |")
         lines.append("")
     return "\n".join(lines)

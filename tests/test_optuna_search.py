@@ -109,6 +109,30 @@ def test_verbalizer_trials_spend_no_forward_passes(causal, data):
     assert res.cost.forward_passes == first.cost.forward_passes
 
 
+def test_demonstrations_from_train_are_left_out_of_word_fitting(causal, data, monkeypatch):
+    import miner.search._optuna_run as run_mod
+
+    fitted_rows = []
+    real = run_mod.candidate_pool
+    monkeypatch.setattr(run_mod, "candidate_pool", lambda D, *a, **k: fitted_rows.append(D.shape[0]) or real(D, *a, **k))
+    s = OptunaSearcher(n_trials=3, templates=["Review: {sentence}\nSentiment: {answer}"], infixes=[], use_seed_templates=False,
+                       label_words={"negative": ["bad"], "positive": ["good"]}, demonstrations=[1], demo_sets=2,
+                       calibration=[False], pool_sizes=[2], n_startup_trials=3, pruner="none", train_shares=[1.0])
+    res = run_searcher(s, causal, data, budget=BudgetSpec(max_forward_passes=60))
+    assert res.evaluations
+    train_text = {e.fields["sentence"].strip(): e.label for e in data.train}
+    for ev in res.evaluations:
+        template = ev.prompt.template
+        assert template.endswith("Review: {sentence}\nSentiment: {answer}")
+        shown = [t for t in train_text if f"Review: {t}\nSentiment: " in template]
+        assert sorted(train_text[t] for t in shown) == [0, 1]  # one demonstration per label, from train
+        for t in shown:  # rendered with the label's first user word
+            assert f"Review: {t}\nSentiment: {('bad', 'good')[train_text[t]]}\n\n" in template
+    assert set(fitted_rows) == {len(data.train) - 2}  # the two shown examples fit no label words
+    with pytest.raises(ConfigError, match="demonstrations"):
+        run_searcher(OptunaSearcher(demonstrations=[-1]), causal, data)
+
+
 def test_multi_token_user_words_and_records(tmp_path, causal, data):
     board = Leaderboard(f"sqlite:///{tmp_path / 'lb.db'}")
     s = OptunaSearcher(n_trials=3, infixes=["It was"], prefixes=[""], separators=[" "], use_seed_templates=False,

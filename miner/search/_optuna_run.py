@@ -42,6 +42,7 @@ class _Job:
     masks: dict[bool, torch.Tensor] = field(default_factory=dict)
     multi: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # (template, word) -> [N_all] scores
     multi_objective: bool = False
+    seed: int = 0
 
 
 def _stratified(train: Sequence[Any], n_labels: int, seed: int) -> list[Any]:
@@ -92,6 +93,7 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
     seed = s.seed if s.seed is not None else ctx.seed
     job = _Job(s, ctx, evaluate, space, _stratified(ctx.task.train, len(labels), seed), user_words)
     job.multi_objective = s.sampler == "nsga2"
+    job.seed = seed
     job.vocabulary = _vocabulary(s.vocabulary)
     if not job.order:
         raise ConfigError("optuna searcher: the task has no training examples to find label words with")
@@ -155,11 +157,41 @@ def _choose(s, trial: optuna.Trial):
     return choose
 
 
+def _demonstrations(job: _Job, template: str, n_per_label: int, draw: int) -> tuple[str, list[Any]]:
+    """``template`` with ``n_per_label`` seeded training examples per label put before the query.
+
+    Each example is rendered with the template itself and its label's first user word (the
+    label name when there is none). Returns the new template and the examples shown.
+    """
+    if n_per_label <= 0:
+        return template, []
+    ctx = job.ctx
+    labels = ctx.label_names
+    rng = random.Random(f"{job.seed}-demos-{draw}")
+    shown: list[Any] = []
+    for c in range(len(labels)):
+        pool = [e for e in ctx.task.train if e.label == c]
+        shown += rng.sample(pool, min(n_per_label, len(pool)))
+    rng.shuffle(shown)
+    parsed = Prompt.create(template, {lab: ["x"] for lab in labels}, labels).parsed
+    words = [job.user_words[c][0] if job.user_words[c] else labels[c] for c in range(len(labels))]
+    sep = job.s.demo_separator
+    text = "".join(parsed.render({f: str(e.fields[f]).strip() for f in parsed.fields}, answer=words[e.label]) + sep
+                   for e in shown)
+    return text.replace("{", "{{").replace("}", "}}") + template, shown
+
+
 def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
     s, ctx = job.s, job.ctx
     be, scorer = ctx.backend, ctx.scorer
     choose = _choose(s, trial)
     template = job.space.sample(choose)
+    n_demos = int(choose("demonstrations", sorted(set(s.demonstrations))))
+    shown: list[Any] = []
+    if max(s.demonstrations) > 0:
+        draw = trial.suggest_int("demo_set", 0, s.demo_sets - 1) if s.demo_sets > 1 else 0
+        template, shown = _demonstrations(job, template, n_demos, draw)
+    order = [e for e in job.order if all(e is not d for d in shown)]  # the examples shown fit no words
     calibrate = bool(choose("calibrate", s.calibration))
     n_words = trial.suggest_int("n_words", 1, s.max_words) if s.max_words > 1 else 1
     pool_size = int(choose("pool_size", sorted(set(s.pool_sizes))))
@@ -174,16 +206,16 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
     cf_rows = [{f: text for f in plan_prompt.parsed.fields} for text in scorer.content_free]
 
     # Plan the whole trial's forward passes first: a trial that cannot finish is not started.
-    n = len(job.order)
+    n = len(order)
     cuts = sorted({max(1, min(n, math.ceil(share * n))) for share in s.train_shares})
-    chunks = [job.order[a:b] for a, b in zip([0] + cuts[:-1], cuts)]
+    chunks = [order[a:b] for a, b in zip([0] + cuts[:-1], cuts)]
     planned = sum(scorer.plan(plan_prompt, c) for c in chunks) + scorer.plan(plan_prompt, ctx.task.dev)
     if calibrate:
         planned += scorer.plan(plan_prompt, cf_rows)
     multi = [(c, w) for c, ws in enumerate(job.user_words) for w in ws if _single_token(be, w, space) is None]
     for c, w in multi:
         mp = _multi_prompt(template, labels, c, w, ph)
-        planned += scorer.plan(mp, job.order) + (scorer.plan(mp, cf_rows) if calibrate else 0)
+        planned += scorer.plan(mp, order) + (scorer.plan(mp, cf_rows) if calibrate else 0)
     budget = ctx.budget
     if budget is not None:
         if planned > budget.forward_passes_left:
@@ -194,7 +226,7 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
     if space not in job.masks:
         job.masks[space] = word_mask(be, s.word_pattern, space, job.vocabulary)
     allowed = job.masks[space]
-    gold_all = torch.as_tensor([e.label for e in job.order])
+    gold_all = torch.as_tensor([e.label for e in order])
     multiobj = job.multi_objective
     seen = 0
     dists = []
@@ -204,7 +236,7 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
         seen += len(chunk)
         D = torch.cat(dists)  # [seen, V]
         gold = gold_all[:seen]
-        X, user_cols = _with_multi(job, template, D, multi, space, seen)
+        X, user_cols = _with_multi(job, template, D, multi, space, seen, examples=order)
         pool = candidate_pool(D, gold, len(labels), allowed, pool_size, s.likely_top,
                               lambda w: _single_token(be, w, space), vocab, _user_pool(job, be, space, user_cols))
         if any(not ws for ws in pool.words):
@@ -230,6 +262,7 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
     examined = sum(v for k, v in trial.user_attrs.items() if k.startswith("examined_step"))
     extra = {
         "optuna": {"study": study.study_name, "trial": trial.number, "params": dict(trial.params),
+                   "demonstrations": len(shown),
                    "verbalizers_examined": examined, "train_fit": {"metric": res.metric, "loglik": res.loglik},
                    "pool": {lab: pool.words[c] for c, lab in enumerate(labels)}},
     }
@@ -257,7 +290,7 @@ def _multi_prompt(template: str, labels, c: int, word: str, ph: str) -> Prompt:
     return Prompt.create(template, {lab: [word if i == c else ph] for i, lab in enumerate(labels)}, labels)
 
 
-def _with_multi(job: _Job, template: str, D: torch.Tensor, multi, space: bool, seen: int | None, rows=None):
+def _with_multi(job: _Job, template: str, D: torch.Tensor, multi, space: bool, seen: int | None, rows=None, examples=None):
     """Append columns for multi-token user words (scored once by the scorer, then cached)."""
     if not multi:
         return D, {}
@@ -270,7 +303,7 @@ def _with_multi(job: _Job, template: str, D: torch.Tensor, multi, space: bool, s
         key = (template, w, rows is not None)
         if key not in job.multi:
             mp = _multi_prompt(template, labels, c, w, ph)
-            examples = rows if rows is not None else job.order
+            examples = rows if rows is not None else (examples if examples is not None else job.order)
             job.multi[key] = torch.as_tensor(ctx.scorer.score(mp, examples).raw[:, c], dtype=torch.float32)
         vec = job.multi[key] if seen is None else job.multi[key][:seen]
         cols[w] = D.shape[1] + len(extra)

@@ -17,7 +17,9 @@ how the inner search ranks verbalizers. The trial then
    fewer than 1/tie_weight dev examples; with ``sampler: nsga2`` the objectives are
    (that value, template length in tokens) instead, without pruning.
 
-Dev data only ranks templates (Optuna's objective); verbalizers are fitted on train.
+Dev data only ranks templates (Optuna's objective); verbalizers are fitted on train. With
+``demonstrations`` a trial may also put k training examples per label before the query (one
+of ``demo_sets`` seeded draws); the examples shown are left out of that trial's word fitting.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ class OptunaSearcher(Searcher):
     use_seed_templates: bool = True  # the config's hand-written prompts' templates are choices too
     answer_first: bool = True  # masked LMs: also try the answer slot before the text
     calibration: list[bool] = field(default_factory=lambda: [False, True])  # content-free calibration choices
+    # In-context demonstrations (LM-BFF style): k training examples per label, rendered with the
+    # template and their label's first user word, are put before the query. They are fixed text
+    # in the exported template, drawn from train only and left out of that trial's word fitting.
+    demonstrations: list[int] = field(default_factory=lambda: [0])  # demonstrations per label (choices)
+    demo_sets: int = 8  # seeded draws (examples and their order) a trial chooses among
+    demo_separator: str = "\n\n"  # between demonstrations and before the query
     # Verbalizers
     label_words: dict[str, list[str]] = field(default_factory=dict)  # user words, always in the pool
     max_words: int = 2  # words per label: 1..max_words (multi-word verbalizers)
@@ -88,6 +96,9 @@ class OptunaSearcher(Searcher):
             raise ConfigError(f"optuna searcher: train_shares must increase and end at 1.0, got {shares}")
         if not self.calibration:
             raise ConfigError("optuna searcher: 'calibration' needs at least one choice ([false], [true] or both)")
+        if not self.demonstrations or min(self.demonstrations) < 0 or self.demo_sets < 1:
+            raise ConfigError("optuna searcher: demonstrations needs choices of at least 0 and demo_sets at least 1, "
+                              f"got {self.demonstrations} and {self.demo_sets}")
         bad = [s for s in self.select if s not in ("metric", "loglik")]
         if bad or not self.select:
             raise ConfigError(f"optuna searcher: select must be a non-empty list of 'metric'/'loglik', got {self.select}")
