@@ -65,6 +65,10 @@ VERBALIZER = {"negative": ["terrible"], "positive": ["great"]}
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--task", choices=["sst2", "rt"], default="sst2",
+                    help="sst2: SST-2 16-shot (dev 32); rt: built-in Rotten Tomatoes, --k per class (dev 2k)")
+    ap.add_argument("--k", type=int, default=16, help="examples per class (rt; SST-2's splits are 16-shot)")
+    ap.add_argument("--name", default="autoprompt_bench", help="output file stem under --out")
     ap.add_argument("--iters", type=int, default=12)
     ap.add_argument("--candidates", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -156,13 +160,18 @@ def time_to(traj, target_acc):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render_only:
-        r = json.loads((args.out / "autoprompt_bench.json").read_text())
-        (args.out / "autoprompt_bench.md").write_text(render(r))
+        r = json.loads((args.out / f"{args.name}.json").read_text())
+        (args.out / f"{args.name}.md").write_text(render(r))
         return 0
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     be = load_backend("smollm2")
-    data = load_task(TaskSpec(source="kshot", root=str(REPO.parent / "shared" / "data" / "fewshot"), name="sst-2"), 16, args.seed)
+    if args.task == "sst2":
+        data = load_task(TaskSpec(source="kshot", root=str(REPO.parent / "shared" / "data" / "fewshot"), name="sst-2"), 16, args.seed)
+        task_label = "SST-2 16-shot"
+    else:
+        data = load_task(TaskSpec(source="builtin", name="rotten_tomatoes", max_test=1), args.k, args.seed)
+        task_label = f"Rotten Tomatoes {args.k} per class (train {len(data.train)}, dev {len(data.dev)})"
     searcher = AutoPromptSearcher(template=TEMPLATE, init=args.init, steps=args.iters, batch_size=args.batch_size,
                                   n_candidates=args.candidates, top_k=args.candidates, patience=0)
     manual = Prompt.create("{sentence} It was {answer}", VERBALIZER, data.label_names)
@@ -199,7 +208,7 @@ def main(argv=None) -> int:
     result = {
         "settings": {"template": TEMPLATE, "verbalizer": VERBALIZER, "init": args.init, "trigger_length": 3,
                      "candidates_per_step": args.candidates, "batch_size": args.batch_size, "iterations": args.iters,
-                     "seed": args.seed, "task": "sst-2 16-shot", "model": "smollm2",
+                     "seed": args.seed, "task": task_label, "model": "smollm2",
                      "ours": {k: v for k, v in vars(searcher).items()}},
         "time_per_iteration": per_iteration(ref_t, ours_t, ref_run, ours_run, args.iters),
         "time_to_objective": {"target_dev_accuracy": target, "reference_s": t_ref, "ours_s": t_ours,
@@ -214,8 +223,8 @@ def main(argv=None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "autoprompt_bench.json").write_text(json.dumps(result, indent=2, default=str))
-    (args.out / "autoprompt_bench.md").write_text(render(result))
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.out / f"{args.name}.md").write_text(render(result))
     print(render(result))
     return 0
 
@@ -228,7 +237,7 @@ def render(r) -> str:
         "# autoprompt vs the reference AutoPrompt loop (CPU)", "",
         f"Command: `{r['command']}`  ", f"Date: {r['date']}; CPU: {m['cpu']}, {m['cores']} cores shared with other jobs "
         f"(load average during the run: {', '.join(f'{l[0]:.1f}' for l in m['loadavg'])}); torch {m['torch']}, {m['torch_threads']} thread(s).", "",
-        f"Settings (both): SST-2 16-shot seed {s['seed']}, template `{s['template']}`, {s['trigger_length']} triggers initialised to "
+        f"Settings (both): {s['task'] if s['task'] != 'sst-2 16-shot' else 'SST-2 16-shot'} seed {s['seed']}, template `{s['template']}`, {s['trigger_length']} triggers initialised to "
         f"{s['init']!r}, {s['candidates_per_step']} candidates per step, batch {s['batch_size']}, {s['iterations']} iterations, model {s['model']}.", "",
         "| | reference loop | autoprompt | ratio |", "|---|---|---|---|",
         f"| time per iteration ({tpi.get('source', 'interleaved')}) | {tpi['reference_median_s']:.2f} s | {tpi['ours_median_s']:.2f} s | {tpi['speedup']:.1f}x |",

@@ -59,6 +59,9 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--eval-every", type=int, default=3)
     ap.add_argument("--objective", default="vocab")
+    ap.add_argument("--template", default=TRIGGER_TEMPLATE, help="trigger template (default: the manual cue as 3 triggers)")
+    ap.add_argument("--init", default=TRIGGER_INIT, help="initial trigger text (default: the manual cue)")
+    ap.add_argument("--allow-capitalized", action="store_true", help="let capitalised words be trigger candidates")
     ap.add_argument("--max-test", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "results")
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
     spec = task_spec(args)
     test_scorer = Scorer(be, progress=False)
     searcher = AutoPromptSearcher(
-        template=TRIGGER_TEMPLATE, init=TRIGGER_INIT, steps=args.steps, batch_size=args.batch_size,
+        template=args.template, init=args.init, allow_capitalized=args.allow_capitalized, steps=args.steps, batch_size=args.batch_size,
         top_k=args.top_k, n_candidates=args.candidates, eval_every=args.eval_every, patience=0,
         objective=args.objective,
     )
@@ -131,7 +134,7 @@ def write(out_json: Path, args, name: str, runs: list[dict]) -> None:
         "backward_passes": mean_std([r["cost"]["backward_passes"] for r in runs]),
         "model_seconds": mean_std([r["cost"]["seconds"] for r in runs]),
         "search_seconds": mean_std([r["search_seconds"] for r in runs]),
-        "kept_manual": sum(r["best_trigger_text"] == TRIGGER_INIT for r in runs),
+        "kept_initial": sum(r["best_trigger_text"] == args.init for r in runs),
     }
     meta = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -139,7 +142,7 @@ def write(out_json: Path, args, name: str, runs: list[dict]) -> None:
         "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
                     "loadavg": os.getloadavg(), "torch_threads": torch.get_num_threads()},
         "model": "smollm2 (SmolLM2-135M-Instruct)", "manual_prompt": MANUAL[0], "verbalizer": MANUAL[1],
-        "trigger_template": TRIGGER_TEMPLATE, "trigger_init": TRIGGER_INIT, "args": {k: str(v) for k, v in vars(args).items()},
+        "trigger_template": args.template, "trigger_init": args.init, "args": {k: str(v) for k, v in vars(args).items()},
     }
     out_json.write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2))
     ms = lambda p: f"{100 * p[0]:.1f} ± {100 * p[1]:.1f}"  # noqa: E731
@@ -151,9 +154,9 @@ def write(out_json: Path, args, name: str, runs: list[dict]) -> None:
         "| prompt | dev acc | test acc | forward passes | backward passes | model s | search s |",
         "|---|---|---|---|---|---|---|",
         f"| manual `{MANUAL[0]!r}` | {ms(summary['manual_dev'])} | {ms(summary['manual_test'])} | 0 | 0 | 0 | 0 |",
-        f"| autoprompt `{TRIGGER_TEMPLATE!r}` | {ms(summary['searcher_dev'])} | {ms(summary['searcher_test'])} | "
+        f"| autoprompt `{args.template!r}` (init {args.init!r}) | {ms(summary['searcher_dev'])} | {ms(summary['searcher_test'])} | "
         f"{summary['forward_passes'][0]:.0f} | {summary['backward_passes'][0]:.0f} | {summary['model_seconds'][0]:.0f} | {summary['search_seconds'][0]:.0f} |",
-        "", f"The dev-best prompt stayed the manual one in {summary['kept_manual']} of {len(runs)} seeds.", "",
+        "", f"The dev-best prompt kept the initial trigger {args.init!r} in {summary['kept_initial']} of {len(runs)} seeds.", "",
         "| seed | best trigger | dev | test | manual dev | manual test | passes | s |", "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
