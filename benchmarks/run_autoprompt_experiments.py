@@ -137,7 +137,7 @@ def write(out_json: Path, args, name: str, runs: list[dict]) -> None:
         "kept_initial": sum(r["best_trigger_text"] == args.init for r in runs),
     }
     meta = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": "python " + " ".join("$" + repr(a) if "\n" in a else shlex.quote(a) for a in sys.argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
                     "loadavg": os.getloadavg(), "torch_threads": torch.get_num_threads()},
