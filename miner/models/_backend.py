@@ -90,7 +90,6 @@ class Backend:
         self._tokenize = lru_cache(maxsize=200_000)(self._tokenize_uncached)
         _contiguous_head_input(model)
 
-
     # ----------------------------------------------------------------- tokenizer
     def _pad_id(self) -> int:
         tok = self.tokenizer

@@ -42,7 +42,7 @@ class _Job:
     masks: dict[bool, torch.Tensor] = field(default_factory=dict)
     multi: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # (template, word) -> [N_all] scores
     multi_objective: bool = False
-    seed: int = 0
+    seed: int = 0  # of the sampler and of the demonstration draws
 
 
 def _stratified(train: Sequence[Any], n_labels: int, seed: int) -> list[Any]:
@@ -91,9 +91,8 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
             for c, ws in enumerate(p.verbalizer.words):
                 user_words[c] = list(dict.fromkeys(user_words[c] + list(ws)))
     seed = s.seed if s.seed is not None else ctx.seed
-    job = _Job(s, ctx, evaluate, space, _stratified(ctx.task.train, len(labels), seed), user_words)
-    job.multi_objective = s.sampler == "nsga2"
-    job.seed = seed
+    job = _Job(s, ctx, evaluate, space, _stratified(ctx.task.train, len(labels), seed), user_words,
+               multi_objective=s.sampler == "nsga2", seed=seed)
     job.vocabulary = _vocabulary(s.vocabulary)
     if not job.order:
         raise ConfigError("optuna searcher: the task has no training examples to find label words with")
@@ -236,7 +235,7 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
         seen += len(chunk)
         D = torch.cat(dists)  # [seen, V]
         gold = gold_all[:seen]
-        X, user_cols = _with_multi(job, template, D, multi, space, seen, examples=order)
+        X, user_cols = _with_multi(job, template, D, multi, space, seen, order)
         pool = candidate_pool(D, gold, len(labels), allowed, pool_size, s.likely_top,
                               lambda w: _single_token(be, w, space), vocab, _user_pool(job, be, space, user_cols))
         if any(not ws for ws in pool.words):
@@ -246,7 +245,7 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
         Xcf = None
         if calibrate:
             Dcf = scorer.distributions(plan_prompt, cf_rows)
-            Xcf, _ = _with_multi(job, template, Dcf, multi, space, None, cf_rows)
+            Xcf, _ = _with_multi(job, template, Dcf, multi, space, None, cf_rows, content_free=True)
         res = search_verbalizers(X, gold, pool, n_words, Wcf=Xcf, metric=ctx.task.metric, select=select,
                                  max_verbalizers=s.max_verbalizers)
         trial.set_user_attr(f"examined_step{step}", res.examined)
@@ -290,8 +289,10 @@ def _multi_prompt(template: str, labels, c: int, word: str, ph: str) -> Prompt:
     return Prompt.create(template, {lab: [word if i == c else ph] for i, lab in enumerate(labels)}, labels)
 
 
-def _with_multi(job: _Job, template: str, D: torch.Tensor, multi, space: bool, seen: int | None, rows=None, examples=None):
-    """Append columns for multi-token user words (scored once by the scorer, then cached)."""
+def _with_multi(job: _Job, template: str, D: torch.Tensor, multi, space: bool, seen: int | None, examples,
+                content_free: bool = False):
+    """Append columns for multi-token user words, scored on ``examples`` (the rows of ``D``: the
+    trial's training order, or the content-free rows) once by the scorer, then cached."""
     if not multi:
         return D, {}
     ctx = job.ctx
@@ -300,10 +301,9 @@ def _with_multi(job: _Job, template: str, D: torch.Tensor, multi, space: bool, s
     vocab = decoded_vocab(ctx.backend)
     ph = _placeholder(ctx.backend, space, vocab)
     for c, w in multi:
-        key = (template, w, rows is not None)
+        key = (template, w, content_free)
         if key not in job.multi:
             mp = _multi_prompt(template, labels, c, w, ph)
-            examples = rows if rows is not None else (examples if examples is not None else job.order)
             job.multi[key] = torch.as_tensor(ctx.scorer.score(mp, examples).raw[:, c], dtype=torch.float32)
         vec = job.multi[key] if seen is None else job.multi[key][:seen]
         cols[w] = D.shape[1] + len(extra)
