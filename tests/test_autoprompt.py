@@ -52,6 +52,14 @@ class TestAutoPrompt(SearcherConformance):
         return AutoPromptSearcher(**SMALL)
 
 
+# Text before the triggers (the KV-cache path): contiguous triggers, and split triggers with a
+# multi-token label word.
+KV_TEMPLATES = [
+    ("{sentence} {trigger:3} It was {answer}", VERB),
+    ("Review: {sentence}\n{trigger:2}Sentiment:{trigger} {answer}", {"negative": ["terrible", "not good at all"], "positive": ["great"]}),
+]
+
+
 def _prompt(tpl, n, verb=VERB, labels=("negative", "positive")):
     return Prompt.create(tpl, verb, labels, triggers=(262,) * n)
 
@@ -62,10 +70,7 @@ def test_soft_template_rewrites_triggers_only():
     assert parse_template(soft_template(tpl)).n_soft == 3
 
 
-@pytest.mark.parametrize("tpl,verb", [
-    ("{sentence} {trigger:3} It was {answer}", VERB),
-    ("Review: {sentence}\n{trigger:2}Sentiment:{trigger} {answer}", {"negative": ["terrible", "not good at all"], "positive": ["great"]}),
-])
+@pytest.mark.parametrize("tpl,verb", KV_TEMPLATES)
 def test_kv_cache_path_equals_pooled_scoring(causal, data, tpl, verb):
     """Candidates scored with the shared text KV cache give the scorer's own numbers, in fewer passes."""
     n = parse_template(tpl).n_triggers
@@ -91,10 +96,7 @@ def test_kv_cache_path_equals_pooled_scoring(causal, data, tpl, verb):
     assert a[0] == pytest.approx(raw[np.arange(len(ex)), gold].sum(), abs=1e-4)
 
 
-@pytest.mark.parametrize("tpl,verb", [
-    ("{sentence} {trigger:3} It was {answer}", VERB),
-    ("Review: {sentence}\n{trigger:2}Sentiment:{trigger} {answer}", {"negative": ["terrible", "not good at all"], "positive": ["great"]}),
-])
+@pytest.mark.parametrize("tpl,verb", KV_TEMPLATES)
 def test_kv_gradient_equals_the_full_sequence_gradient(causal, data, tpl, verb):
     """The text's KV cache without autograd + gradient rows: the same gradient and loss, fewer tokens."""
     n = parse_template(tpl).n_triggers
