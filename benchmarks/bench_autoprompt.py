@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     be = load_backend("smollm2")
     if args.task == "sst2":
         data = load_task(TaskSpec(source="kshot", root=str(REPO.parent / "shared" / "data" / "fewshot"), name="sst-2"), 16, args.seed)
-        task_label = "SST-2 16-shot"
+        task_label = "sst-2 16-shot"
     else:
         data = load_task(TaskSpec(source="builtin", name="rotten_tomatoes", max_test=1), args.k, args.seed)
         task_label = f"Rotten Tomatoes {args.k} per class (train {len(data.train)}, dev {len(data.dev)})"
@@ -237,7 +237,7 @@ def render(r) -> str:
         "# autoprompt vs the reference AutoPrompt loop (CPU)", "",
         f"Command: `{r['command']}`  ", f"Date: {r['date']}; CPU: {m['cpu']}, {m['cores']} cores shared with other jobs "
         f"(load average during the run: {', '.join(f'{l[0]:.1f}' for l in m['loadavg'])}); torch {m['torch']}, {m['torch_threads']} thread(s).", "",
-        f"Settings (both): {s['task'] if s['task'] != 'sst-2 16-shot' else 'SST-2 16-shot'} seed {s['seed']}, template `{s['template']}`, {s['trigger_length']} triggers initialised to "
+        f"Settings (both): {s['task']} seed {s['seed']}, template `{s['template']}`, {s['trigger_length']} triggers initialised to "
         f"{s['init']!r}, {s['candidates_per_step']} candidates per step, batch {s['batch_size']}, {s['iterations']} iterations, model {s['model']}.", "",
         "| | reference loop | autoprompt | ratio |", "|---|---|---|---|",
         f"| time per iteration ({tpi.get('source', 'interleaved')}) | {tpi['reference_median_s']:.2f} s | {tpi['ours_median_s']:.2f} s | {tpi['speedup']:.1f}x |",
