@@ -264,7 +264,10 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_dir):
 
 
 def test_two_workers_share_one_study(tmp_path, tiny_dir):
-    n_trials = 10
+    # Enough trials that the first worker cannot finish them all before the second has loaded
+    # the model and joined (with 10 on the tiny model it sometimes did: the late worker then
+    # sees a finished study and starts a fresh one, as a re-run would).
+    n_trials = 40
     path, cfg = _config(tmp_path, tiny_dir, n_trials)
     url = cfg["storage"]
     procs = [_worker(tmp_path, "run", str(path), "--no-progress") for _ in range(2)]
