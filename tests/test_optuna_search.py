@@ -224,26 +224,6 @@ def _wait_for(url, n_complete, proc, timeout=400):  # generous: the CI machine m
     raise AssertionError("the worker made no progress")
 
 
-def _kill_outside_the_ask_gap(url, proc):
-    """SIGKILL ``proc`` at a moment when every RUNNING trial records its worker.
-
-    The worker is frozen (SIGSTOP) and the study inspected; if it was caught between Optuna's
-    ``ask()`` and recording itself on the new trial (a known gap, see the README's "Resume"), it
-    runs on briefly and is caught again.
-    """
-    for _ in range(200):
-        os.kill(proc.pid, signal.SIGSTOP)
-        try:
-            running = _study(url).get_trials(states=(TrialState.RUNNING,))
-            if all("miner_worker" in t.system_attrs for t in running):
-                break
-        except Exception:  # frozen inside a write: the database is locked; let it finish
-            pass
-        os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-
-
 def _check_trials_against_rows(url, study):
     board = Leaderboard(url)
     rows = {r.id: r for r in board.rows()}
@@ -263,7 +243,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_dir):
     proc = _worker(tmp_path, "run", str(path), "--no-progress")
     try:
         _wait_for(url, 2, proc)
-        _kill_outside_the_ask_gap(url, proc)
+        os.kill(proc.pid, signal.SIGKILL)  # at any moment: a new trial is created with its owner recorded
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -276,7 +256,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_dir):
     study = _study(url)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == n_trials  # continued the same study, to its target, no more
-    assert not study.get_trials(states=(TrialState.RUNNING,))  # a trial the kill interrupted is failed
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # a trial the kill interrupted is failed at once
     for number, t in before.items():  # the finished trials of the killed run are still there, unchanged
         assert study.trials[number].state == TrialState.COMPLETE and study.trials[number].value == t.value
     rows, done = _check_trials_against_rows(url, study)
@@ -309,3 +289,76 @@ def test_two_workers_share_one_study(tmp_path, tiny_dir):
     rows = {r.id: r for r in Leaderboard(url).rows()}
     for t in complete:
         assert rows[t.user_attrs["row_id"]].prompt_key == t.user_attrs["prompt_key"]
+
+
+def _sqlite_study(tmp_path):
+    from miner.search._optuna_study import open_study
+
+    return open_study(f"sqlite:///{tmp_path / 's.db'}", "s", ["maximize"], optuna.samplers.RandomSampler(seed=0),
+                      optuna.pruners.NopPruner(), 5, False)
+
+
+def test_a_new_trial_records_its_worker_in_the_write_that_creates_it(tmp_path, monkeypatch):
+    from miner.search import _optuna_study as st
+
+    study = _sqlite_study(tmp_path)
+    # No second write may be needed to record the owner: a kill right after creation leaves none unowned.
+    monkeypatch.setattr(type(study._storage), "set_trial_system_attr",
+                        lambda *a, **k: pytest.fail("the owner was written after the trial was created"))
+    trial = st.ask_marked(study)
+    stored = study._storage.get_trial(trial._trial_id)
+    assert stored.state == TrialState.RUNNING
+    assert stored.system_attrs["miner_worker"].split(":")[1] == str(os.getpid())
+    assert stored.system_attrs["miner_heartbeat"] > 0
+    x = trial.suggest_float("x", 0, 1)  # a normal trial for the sampler and tell()
+    study.tell(trial, x)
+    assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].params == {"x": x}
+
+
+def test_an_enqueued_trial_is_taken_first_and_an_unmarked_one_is_recovered(tmp_path, monkeypatch):
+    from miner.search import _optuna_study as st
+
+    study = _sqlite_study(tmp_path)
+    study.enqueue_trial({"x": 0.25})
+    trial = st.ask_marked(study)  # the queue first, as ask() does, then marked
+    assert trial.suggest_float("x", 0, 1) == 0.25
+    assert "miner_worker" in study._storage.get_trial(trial._trial_id).system_attrs
+    study.tell(trial, 0.25)
+
+    # A worker killed between popping a queued trial and marking it leaves a RUNNING trial with no owner:
+    study.enqueue_trial({"x": 0.5})
+    orphan = study.ask()  # pops it; no mark follows
+    orphan.suggest_float("x", 0, 1)
+    assert st.recover_stale(study, grace_s=600) == 0  # young: it may be a live worker about to mark it
+    monkeypatch.setattr(st, "UNMARKED_GRACE_S", 0.0)
+    time.sleep(0.01)
+    assert st.recover_stale(study, grace_s=600) == 1  # past the short unmarked grace, not the 600 s one
+    assert study.trials[orphan.number].state == TrialState.FAIL
+    retry = st.ask_marked(study)  # its parameters come back first
+    assert retry.suggest_float("x", 0, 1) == 0.5
+    assert study._storage.get_trial(retry._trial_id).user_attrs["retry_of"] == orphan.number
+
+
+def test_a_late_worker_joins_a_study_finished_after_it_started_and_a_rerun_starts_afresh(tmp_path, monkeypatch):
+    from miner.search import _optuna_study as st
+
+    def open_(name, resumed=False):
+        return st.open_study(f"sqlite:///{tmp_path / 's.db'}", name, ["maximize"], optuna.samplers.RandomSampler(seed=0),
+                             optuna.pruners.NopPruner(), 2, resumed).study_name
+
+    monkeypatch.setattr(st, "_START", f"{time.time() - 60:.6f}")  # this process started a minute ago
+    other = st.open_study(f"sqlite:///{tmp_path / 's.db'}", "a", ["maximize"], None, None, 2, False)
+    for v in (0.1, 0.2):  # another process finishes study 'a' now
+        t = other.ask()
+        other._storage.set_trial_system_attr(t._trial_id, "miner_worker", "otherhost:1:0.0")
+        other.tell(t, v)
+    assert open_("a") == "a"  # it finished after we started: we were launched beside it, so we join
+    assert open_("a", resumed=True) == "a"
+    monkeypatch.setattr(st, "_START", f"{time.time() + 60:.6f}")  # a process started after it finished
+    assert open_("a") == "a-2"  # is a re-run: a fresh study
+
+    monkeypatch.setattr(st, "_START", f"{time.time() - 60:.6f}")
+    mine = st.open_study(f"sqlite:///{tmp_path / 's.db'}", "b", ["maximize"], None, None, 2, False)
+    for v in (0.1, 0.2):  # this process finishes study 'b' itself (a notebook that runs twice)
+        mine.tell(st.ask_marked(mine), v)
+    assert open_("b") == "b-2"  # our own trials never make us a late joiner

@@ -18,7 +18,7 @@ from miner.search._base import Evaluate, SearchContext
 from miner.search._labelwords import candidate_pool, decoded_vocab, search_verbalizers, word_mask
 from miner.search._optuna_space import TemplateSpace, build_space
 from miner.search._optuna_study import (
-    finished_count, heartbeat, make_pruner, make_sampler, mark_worker, open_study, recover_stale,
+    ask_marked, finished_count, heartbeat, make_pruner, make_sampler, open_study, recover_stale,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -112,8 +112,7 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
         recover_stale(study, s.heartbeat_grace_s)
         if finished_count(study) >= s.n_trials:
             break
-        trial = study.ask()
-        mark_worker(study, trial)
+        trial = ask_marked(study)
         try:
             values = _trial(job, study, trial)
         except _Pruned:

@@ -11,6 +11,11 @@ The study lives in the leaderboard's own database (Optuna's standard RDB schema,
 A RUNNING trial belongs to a dead process when its recorded host is this host and its pid
 is gone (immediate, no timeout), or when its heartbeat is older than the grace period
 (any host; heartbeats are written at every step of a trial).
+
+A worker's new trial is created RUNNING with the worker already recorded on it, in one
+storage write (``ask_marked``), so no kill can leave a fresh trial without an owner. Only a
+re-enqueued trial (a retry, or one a user enqueued) is popped first and marked right after;
+one left unmarked by a kill in between counts as dead after ``UNMARKED_GRACE_S``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import socket
 import time
 import warnings
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -34,6 +40,8 @@ SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
 PRUNERS = ("median", "successive_halving", "none")
 _HOST = socket.gethostname()
 _START = f"{time.time():.6f}"  # distinguishes this process from a later one reusing its pid
+# A popped trial is marked within milliseconds; a SQLite writer may wait up to 120 s for the lock.
+UNMARKED_GRACE_S = 150.0
 
 
 def make_sampler(name: str, seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
@@ -126,7 +134,9 @@ def open_study(url: str | None, base_name: str, directions: list[str], sampler, 
     A study that already has ``n_trials`` finished trials is reused only when the runner is
     resuming (``resumed``: the job's rows were preloaded, so the finished trials count as done).
     A plain re-run of the same config gets a fresh study ``<name>-2``, ``-3``, ... as the runner
-    gives it fresh leaderboard rows.
+    gives it fresh leaderboard rows. A finished study is joined, not restarted, when another
+    process finished trials of it after this process started: this worker was launched beside
+    it and came late (it then finds nothing left to do).
     """
     storage = make_storage(url)
     name = base_name
@@ -135,14 +145,50 @@ def open_study(url: str | None, base_name: str, directions: list[str], sampler, 
                                     pruner=pruner, load_if_exists=True)
         if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
             raise ConfigError(f"optuna study {name!r} exists with other objectives; set 'study_name' to start another")
-        if resumed or _finished(study) < n_trials:
+        if resumed or _finished(study) < n_trials or _others_finished_since_start(study):
             return study
         name = f"{base_name}-{attempt}"
     raise ConfigError(f"optuna study {base_name!r}: too many finished re-runs in this database")
 
 
+def _others_finished_since_start(study: optuna.Study) -> bool:
+    me, start = _worker_id(), float(_START)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        # datetime_complete is naive local time, as optuna writes it
+        if t.datetime_complete is not None and t.datetime_complete.timestamp() >= start \
+                and t.system_attrs.get("miner_worker") != me:
+            return True
+    return False
+
+
+def _worker_id() -> str:
+    return f"{_HOST}:{os.getpid()}:{_START}"
+
+
+def ask_marked(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()``, but a new trial carries its worker and heartbeat from its creation.
+
+    Enqueued (WAITING) trials are taken first, as ``ask()`` does, and marked right after.
+    """
+    if hasattr(study, "_thread_local"):
+        study._thread_local.cached_all_trials = None  # see other workers' trials, as ask() does
+    trial_id = study._pop_waiting_trial_id()
+    if trial_id is not None:
+        trial = optuna.Trial(study, trial_id)
+        mark_worker(study, trial)
+        return trial
+    now = datetime.now()
+    template = optuna.trial.FrozenTrial(
+        number=-1, state=TrialState.RUNNING, value=None, datetime_start=now, datetime_complete=None, params={},
+        distributions={}, user_attrs={}, system_attrs={"miner_worker": _worker_id(), "miner_heartbeat": time.time()},
+        intermediate_values={}, trial_id=-1,
+    )
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return optuna.Trial(study, trial_id)
+
+
 def mark_worker(study: optuna.Study, trial: optuna.Trial) -> None:
-    study._storage.set_trial_system_attr(trial._trial_id, "miner_worker", f"{_HOST}:{os.getpid()}:{_START}")
+    study._storage.set_trial_system_attr(trial._trial_id, "miner_worker", _worker_id())
     heartbeat(study, trial)
 
 
@@ -161,7 +207,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _is_stale(t: optuna.trial.FrozenTrial, grace_s: float) -> bool:
-    worker = t.system_attrs.get("miner_worker", "")
+    worker = t.system_attrs.get("miner_worker")
+    if worker is None:  # popped from the queue, owner not recorded yet (or killed in between)
+        started = t.datetime_start.timestamp() if t.datetime_start else time.time()
+        return time.time() - started > min(grace_s, UNMARKED_GRACE_S)
     host, _, rest = worker.partition(":")
     pid_s, _, start = rest.partition(":")
     if host == _HOST and pid_s.isdigit():
