@@ -8,7 +8,7 @@ from miner.prompts import Prompt, Verbalizer, parse_template  # noqa: E402
 __all__ = [
     "__version__", "BudgetExhausted", "ConfigError", "DataError", "MinerError", "ModelLoadError", "Prompt",
     "PromptError", "Verbalizer", "parse_template", "run", "load_config", "load_backend", "load_task",
-    "Leaderboard", "Scorer", "export_best", "load_exported", "predict",
+    "Leaderboard", "Scorer", "export_best", "load_exported", "predict", "plot_leaderboard",
 ]
 
 
@@ -42,4 +42,8 @@ def __getattr__(name: str):
         from miner import export
 
         return getattr(export, name)
+    if name == "plot_leaderboard":
+        from miner.plot import plot_leaderboard
+
+        return plot_leaderboard
     raise AttributeError(f"module 'miner' has no attribute {name!r}")

@@ -19,6 +19,7 @@ EPILOG = """examples:
   miner leaderboard --task rotten_tomatoes          best prompts so far (by dev score)
   miner export --task rotten_tomatoes -o best.json  write the best prompt as JSON
   miner predict --prompt best.json --text "A gem."  apply it to new text
+  miner plot --task rotten_tomatoes -o board.png    best dev score against cost; dev against test
   miner searchers                                   list the registered searchers
 """
 
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input", help="a file: .txt (one text per line), .csv/.tsv/.jsonl (columns = the task's text fields)")
     p.add_argument("--model", help="override the exported prompt's model")
     p.add_argument("--json", action="store_true", help="print JSON lines with all label probabilities")
+
+    p = sub.add_parser("plot", help="plot best dev score against cost, and dev against test", description="Draw two panels from the leaderboard: best dev score so far against forward passes spent (one line per job, coloured by searcher), and dev against test score for the test-scored rows. Needs matplotlib (pip install 'miner[plot]').")
+    _add_filters(p)
+    p.add_argument("--run", dest="run_id", help="only this run id")
+    p.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf or .svg)")
+    p.add_argument("--title", help="figure title (default: task, model and row count)")
 
     sub.add_parser("searchers", help="list the registered searchers", description="List the registered searchers, one line each.")
     return parser
@@ -186,6 +193,15 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_plot(args) -> int:
+    from miner.plot import plot_leaderboard
+
+    out = plot_leaderboard(args.storage, args.output, task=args.task, model=args.model, searcher=args.searcher,
+                           seed=args.seed, k=args.k, run_id=args.run_id, title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_searchers(args) -> int:
     from miner.search import searchers
 
@@ -197,7 +213,8 @@ def _cmd_searchers(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "leaderboard": _cmd_leaderboard, "export": _cmd_export, "predict": _cmd_predict, "searchers": _cmd_searchers}
+COMMANDS = {"run": _cmd_run, "leaderboard": _cmd_leaderboard, "export": _cmd_export, "predict": _cmd_predict, "plot": _cmd_plot,
+            "searchers": _cmd_searchers}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -176,3 +176,32 @@ def test_soft_prompt_run_export_predict(tmp_path, tiny_dir, capsys):
     assert (tmp_path / "soft").is_dir() and json.loads(out_json.read_text())["soft_export"] == "soft"
     assert main(["predict", "--prompt", str(out_json), "--text", "A gem of a movie."]) == 0
     assert capsys.readouterr().out.split("\t")[0] in ("negative", "positive")
+
+
+def test_plot_draws_the_leaderboard_and_refuses_bad_input(tmp_path, tiny_dir, capsys):
+    from miner.plot import anytime_curves
+
+    path, cfg = _config(tmp_path, tiny_dir)
+    assert main(["run", str(path)]) == 0
+    rows = Leaderboard(cfg["storage"]).rows(order="time")
+    curves = anytime_curves(rows)
+    assert len(curves) == 2  # one job per seed
+    for curve in curves.values():
+        passes, best = zip(*curve)
+        assert list(passes) == sorted(passes) and list(best) == sorted(best)  # cost spent, best so far
+    by_seed = {key[2]: curve for key, curve in curves.items()}
+    for seed, curve in by_seed.items():
+        mine = [r for r in rows if r.seed == seed]
+        assert curve[-1] == (sum(r.forward_passes for r in mine), max(r.dev_score for r in mine))
+
+    out = tmp_path / "board.png"
+    capsys.readouterr()
+    assert main(["plot", "--storage", cfg["storage"], "--task", "rotten_tomatoes", "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+    assert main(["plot", "--storage", cfg["storage"], "--task", "nope", "-o", str(tmp_path / "x.png")]) == 2
+    assert "no leaderboard rows match" in capsys.readouterr().err
+    assert main(["plot", "--storage", cfg["storage"], "-o", str(tmp_path / "x.txt")]) == 2
+    assert ".png, .pdf or .svg" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.txt").exists()
