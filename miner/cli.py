@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--resume", action="store_true", help="continue a killed run: reuse the rows (and searcher state) of identical jobs already in storage")
     p.add_argument("--limit", type=int, default=20, help="rows of the run's leaderboard to print (default: %(default)s)")
+    p.add_argument("--jobs", type=int, metavar="N", help="run the jobs on N joblib worker processes (overrides parallel.n_jobs; each loads the model once)")
 
     p = sub.add_parser("leaderboard", help="show the leaderboard (filterable)", description="Show evaluated prompts, best first.")
     _add_filters(p)
@@ -93,7 +94,8 @@ def _cmd_run(args) -> int:
     from miner.leaderboard import Leaderboard, format_table
     from miner.runner import run
 
-    result = run(args.config, storage=args.storage, progress=False if args.no_progress else None, resume=args.resume or None)
+    result = run(args.config, storage=args.storage, progress=False if args.no_progress else None, resume=args.resume or None,
+                 n_jobs=args.jobs)
     print(f"run {result.run_id} -> {result.storage}")
     for jr in result.jobs:
         j = jr.job

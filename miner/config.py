@@ -52,6 +52,21 @@ class BudgetSpec(_Strict):
     max_seconds: PositiveFloat | None = None
 
 
+class ParallelSpec(_Strict):
+    """Where the jobs run. One process by default; with ``n_jobs`` > 1 they go to joblib workers.
+
+    ``backend``: ``loky`` (processes on this machine), ``dask`` (a Dask cluster: ``scheduler`` is its
+    address, or a local cluster of ``n_jobs`` workers when unset), or null for the backend active in
+    the caller's ``joblib.parallel_config`` (loky when none is). Each worker loads the model once and
+    writes to the shared ``storage``, which must therefore be a database file or server.
+    """
+
+    n_jobs: PositiveInt = 1
+    backend: Literal["loky", "dask"] | None = None
+    scheduler: str | None = None  # dask only: e.g. tcp://10.0.0.5:8786
+    threads_per_job: PositiveInt | None = None  # torch threads per worker; default: cores / n_jobs
+
+
 class RunConfig(_Strict):
     name: str | None = None
     task: TaskSpec = Field(default_factory=TaskSpec)
@@ -68,6 +83,7 @@ class RunConfig(_Strict):
     score_train: bool = True
     content_free: list[str] = Field(default_factory=lambda: ["N/A", "", "[MASK]"])
     progress: bool = True
+    parallel: ParallelSpec = Field(default_factory=ParallelSpec)
 
     @field_validator("model", mode="before")
     @classmethod

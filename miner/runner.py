@@ -298,8 +298,12 @@ def run(
     backend: Backend | None = None,
     progress: bool | None = None,
     resume: bool | None = None,
+    n_jobs: int | None = None,
 ) -> RunResult:
-    """Run a mining job. Everything is validated before the first leaderboard row is written."""
+    """Run a mining job. Everything is validated before the first leaderboard row is written.
+
+    ``n_jobs`` overrides ``parallel.n_jobs``: the jobs then run on that many joblib workers.
+    """
     if isinstance(config, (str, Path)):
         from miner.config import load_config
 
@@ -310,6 +314,10 @@ def run(
         cfg = cfg.model_copy(update={"storage": storage})
     if resume is not None:
         cfg = cfg.model_copy(update={"resume": resume})
+    if n_jobs is not None:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+            raise ConfigError(f"n_jobs must be a positive int, got {n_jobs!r}")
+        cfg = cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"n_jobs": n_jobs})})
     show = cfg.progress if progress is None else progress
 
     # 1. Validate everything that can fail before touching the leaderboard.
@@ -320,6 +328,8 @@ def run(
     for s in searcher_objs:
         if s.capabilities.needs_seed_prompts and not prompts and not getattr(s, "prompts", None):
             raise ConfigError(f"searcher {s.name!r} needs hand-written prompts: add a 'prompts' list to the config")
+    if cfg.parallel.n_jobs > 1:
+        _check_parallel(cfg, backend is not None)
     if backend is None:
         m = cfg.model
         backend = load_backend(m.name, kind=m.kind, device=m.device, dtype=m.dtype, max_length=m.max_length)
@@ -338,6 +348,7 @@ def run(
             raise
 
     # 2. Run the jobs.
+    par = cfg.parallel
     board = Leaderboard(cfg.storage)
     artifacts = artifacts_for_storage(cfg.storage, cfg.artifacts)
     run_id = board.start_run(cfg.model_dump(mode="json"), provenance())
@@ -345,8 +356,11 @@ def run(
     status = "failed"
     try:
         jobs = [(d, i, s) for d in datasets.values() for i, s in enumerate(searcher_objs)]
-        for data, i, searcher in tqdm(jobs, desc="jobs", disable=not show or len(jobs) < 2):
-            results.append(_run_job(cfg, i, data, searcher, backend, prompts, board, run_id, show, artifacts))
+        if par.n_jobs > 1 and len(jobs) > 1:
+            results = _run_parallel(cfg, [(d.k, d.seed, i) for d, i, _ in jobs], run_id, show)
+        else:
+            for data, i, searcher in tqdm(jobs, desc="jobs", disable=not show or len(jobs) < 2):
+                results.append(_run_job(cfg, i, data, searcher, backend, prompts, board, run_id, show, artifacts))
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -354,6 +368,78 @@ def run(
     finally:
         board.finish_run(run_id, status)
     return RunResult(run_id, board.url, results)
+
+
+def _check_parallel(cfg: RunConfig, backend_given: bool) -> None:
+    import sqlalchemy as sa
+
+    if backend_given:
+        raise ConfigError("parallel.n_jobs > 1 loads the model in each worker: leave out run(backend=...) "
+                          "or set parallel.n_jobs to 1")
+    url = sa.make_url(cfg.storage)
+    if url.get_backend_name() == "sqlite" and (not url.database or url.database == ":memory:"):
+        raise ConfigError("parallel.n_jobs > 1 needs a shared storage (a SQLite file or a database server), "
+                          f"not {cfg.storage!r}")
+    if cfg.parallel.backend == "dask":
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            raise ConfigError("parallel.backend 'dask' needs dask.distributed: pip install 'miner[dask]'") from None
+    elif cfg.parallel.scheduler is not None:
+        raise ConfigError("parallel.scheduler is a Dask scheduler address: set parallel.backend to 'dask' too")
+
+
+def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str, show: bool) -> list[JobResult]:
+    """Run the jobs on joblib workers (loky processes or a Dask cluster), results in job order."""
+    import contextlib
+    import os
+
+    from joblib import Parallel, delayed, parallel_config
+
+    par = cfg.parallel
+    n = min(par.n_jobs, len(specs))
+    threads = par.threads_per_job or max(1, (os.cpu_count() or 1) // n)
+    payload = cfg.model_dump(mode="json")
+    with contextlib.ExitStack() as stack:
+        backend = par.backend
+        if backend == "dask":
+            from dask.distributed import Client, LocalCluster
+
+            if par.scheduler:
+                client = stack.enter_context(Client(par.scheduler))
+            else:
+                cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                           dashboard_address=None))
+                client = stack.enter_context(Client(cluster))
+            logger.info("parallel: %d jobs on Dask at %s", len(specs), client.scheduler.address)
+        if backend is not None:
+            stack.enter_context(parallel_config(backend=backend, n_jobs=n))
+        calls = (delayed(_job_in_worker)(payload, k, seed, i, run_id, threads) for k, seed, i in specs)
+        out = Parallel(n_jobs=n, return_as="generator_unordered")(calls)
+        done = {}
+        for (index, result) in tqdm(out, total=len(specs), desc=f"jobs ({n} workers)", disable=not show):
+            done[index] = result
+    return [done[(k, seed, i)] for k, seed, i in specs]
+
+
+_WORKER_BACKENDS: dict[tuple[Any, ...], Backend] = {}  # one model per worker process, kept across its jobs
+
+
+def _job_in_worker(payload: dict, k: Any, seed: int, index: int, run_id: str, threads: int):
+    torch.set_num_threads(threads)
+    cfg = parse_config(payload)
+    m = cfg.model
+    key = (m.name, m.kind, m.device, m.dtype, m.max_length)
+    if key not in _WORKER_BACKENDS:
+        _WORKER_BACKENDS[key] = load_backend(m.name, kind=m.kind, device=m.device, dtype=m.dtype,
+                                             max_length=m.max_length)
+    data = load_task(cfg.task, k, seed)
+    searcher = build_searchers(cfg)[index]
+    prompts = build_prompts(cfg, data.label_names)
+    board = Leaderboard(cfg.storage)
+    artifacts = artifacts_for_storage(cfg.storage, cfg.artifacts)
+    result = _run_job(cfg, index, data, searcher, _WORKER_BACKENDS[key], prompts, board, run_id, False, artifacts)
+    return (k, seed, index), result
 
 
 def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backend, prompts, board, run_id, show, artifacts) -> JobResult:

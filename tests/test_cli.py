@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from miner.cli import main
+from miner.errors import ConfigError
 from miner.export import load_exported
 from miner.leaderboard import Leaderboard
 from miner.models import load_backend
@@ -205,3 +206,41 @@ def test_plot_draws_the_leaderboard_and_refuses_bad_input(tmp_path, tiny_dir, ca
     assert main(["plot", "--storage", cfg["storage"], "-o", str(tmp_path / "x.txt")]) == 2
     assert ".png, .pdf or .svg" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.txt").exists()
+
+
+def _board_summary(url):
+    rows = Leaderboard(url).rows(order="time")
+    return sorted((r.seed, r.prompt_key, r.dev_score, r.train_score, r.test_score) for r in rows), {r.run_id for r in rows}
+
+
+@pytest.mark.parametrize("backend", ["loky", "dask"])
+def test_parallel_jobs_write_what_a_sequential_run_writes(tmp_path, tiny_dir, capsys, backend):
+    if backend == "dask":
+        pytest.importorskip("dask.distributed")
+    seq_path, seq = _config(tmp_path, tiny_dir, storage=f"sqlite:///{tmp_path / 'seq.db'}")
+    assert main(["run", str(seq_path), "--no-progress"]) == 0
+    (tmp_path / "p").mkdir()
+    par_path, par = _config(tmp_path / "p", tiny_dir, storage=f"sqlite:///{tmp_path / 'par.db'}",
+                            parallel={"backend": backend, "threads_per_job": 1})
+    assert main(["run", str(par_path), "--no-progress", "--jobs", "2"]) == 0
+    capsys.readouterr()
+    seq_rows, _ = _board_summary(seq["storage"])
+    par_rows, run_ids = _board_summary(par["storage"])
+    assert len(par_rows) == 8 and len(run_ids) == 1  # 2 seeds x 4 prompts, all under one run
+    assert par_rows == seq_rows  # the same prompts and scores as one process
+
+
+def test_parallel_needs_a_shared_storage_and_no_given_backend(tmp_path, tiny_dir, capsys):
+    from miner.runner import run
+
+    path, cfg = _config(tmp_path, tiny_dir, storage="sqlite://")
+    assert main(["run", str(path), "--jobs", "2"]) == 2
+    assert "needs a shared storage" in capsys.readouterr().err
+    path, cfg = _config(tmp_path, tiny_dir, parallel={"scheduler": "tcp://127.0.0.1:1"})
+    assert main(["run", str(path), "--jobs", "2"]) == 2
+    assert "set parallel.backend to 'dask'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="leave out run\\(backend=...\\)"):
+        run(cfg | {"parallel": {"n_jobs": 2}}, backend=object())
+    with pytest.raises(ConfigError, match="n_jobs must be a positive int"):
+        run(cfg, n_jobs=0)
+    assert not (tmp_path / "lb.db").exists()  # nothing was written

@@ -1,0 +1,201 @@
+"""Choose the optuna searcher's SST-2 search space on validation data, never on test.
+
+The plan (committed before any number was seen) is ``results/optuna_validation_plan.md``. In short:
+
+- V_s, the validation set of seed s: the SST-2 sentences of the other seeds' 16-shot train and dev
+  splits that are not in seed s's own split. They all come from SST-2's *training* set.
+- ``--score``: every trial prompt of an optuna study database and the six manual baselines are
+  scored on V_s (one seed list per process, so two processes can share the work).
+- default (analysis): for each candidate restriction of the search space (demonstrations, pool
+  sizes, calibration, number of trials), the product's own rule (dev score, then dev
+  log-likelihood, then train score) picks one prompt per seed among the trials inside it, and
+  its V accuracy is averaged over seeds. Writes ``results/optuna_validation.{json,md}``.
+
+Test scores are never read by this script.
+
+Usage::
+
+    python benchmarks/validate_optuna_space.py --score 13,42,100 -o a.json   # two processes
+    python benchmarks/validate_optuna_space.py --score 21,87 -o b.json
+    python benchmarks/validate_optuna_space.py a.json b.json                  # the analysis
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+SEEDS = [13, 21, 42, 87, 100]
+BASELINES = [
+    ("{sentence} Overall, the movie was {answer}", "terrible", "great"),
+    ("{sentence} It was {answer}", "terrible", "great"),
+    ("Review: {sentence}\nSentiment: {answer}", "negative", "positive"),
+]
+MIN_GAIN = 0.01  # the plan: a candidate replaces the current space only if it wins by >= 1 point
+
+
+def validation_set(data: dict, seed: int) -> list:
+    own = {e.fields["sentence"] for e in list(data[seed].train) + list(data[seed].dev)}
+    out, seen = [], set()
+    for s in SEEDS:
+        if s == seed:
+            continue
+        for e in list(data[s].train) + list(data[s].dev):
+            x = e.fields["sentence"]
+            if x not in own and x not in seen:
+                seen.add(x)
+                out.append(e)
+    return out
+
+
+def score(seeds: list[int], config: Path, storage: str, out: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from miner import load_config
+    from miner.leaderboard import Leaderboard
+    from miner.models import load_backend
+    from miner.prompts import Prompt
+    from miner.scoring import Scorer
+    from miner.tasks import load_task
+
+    cfg = load_config(config)
+    be = load_backend(cfg.model.name)
+    scorer = Scorer(be, progress=False, content_free=cfg.content_free)
+    data = {s: load_task(cfg.task, 16, s) for s in SEEDS}
+    labels = data[SEEDS[0]].label_names
+    board = Leaderboard(storage)
+    res = []
+    for s in seeds:
+        V = validation_set(data, s)
+        rows = [r for r in board.rows(searcher="optuna", seed=s, order="time")
+                if r.extra and r.extra.get("optuna") and r.task == "sst-2"]
+        for tpl, neg, pos in BASELINES:
+            for cal in (False, True):
+                r = scorer.score(Prompt.create(tpl, {labels[0]: [neg], labels[1]: [pos]}, labels, calibrate=cal), V)
+                res.append({"seed": s, "kind": "manual", "template": tpl, "calibrate": cal,
+                            "V": r.metrics["accuracy"], "V_loglik": r.loglik, "nV": len(V)})
+        for row in rows:
+            t0 = time.time()
+            r = scorer.score(Prompt.from_dict(row.prompt, labels), V)
+            res.append({"seed": s, "kind": "trial", "id": row.id, "trial": row.extra["optuna"]["trial"],
+                        "params": row.extra["optuna"]["params"], "train": row.train_score, "dev": row.dev_score,
+                        "dev_loglik": row.dev_loglik, "V": r.metrics["accuracy"], "V_loglik": r.loglik, "nV": len(V)})
+            print(s, row.id, f"{time.time() - t0:.1f}s", row.dev_score, r.metrics["accuracy"], flush=True)
+            out.write_text(json.dumps(res))
+        scorer.clear_cache()
+    out.write_text(json.dumps(res))
+
+
+CANDIDATES = {
+    "demonstrations": {"[0, 1]": (0, 1), "[1]": (1,), "[0]": (0,)},
+    "pool_sizes": {"[0, 2]": (0, 2), "[0]": (0,), "[2]": (2,)},
+    "calibration": {"[false, true]": (False, True), "[true]": (True,), "[false]": (False,)},
+    "n_trials": {"32": None, "16": 16},  # None: every trial of the run
+}
+CURRENT = ("[0, 1]", "[0, 2]", "[false, true]", "32")
+
+
+def _pick(trials: list[dict]) -> dict | None:
+    neg = float("-inf")
+    key = lambda t: (t["dev"] if t["dev"] is not None else neg, t["dev_loglik"] if t["dev_loglik"] is not None else neg,  # noqa: E731
+                     t["train"] if t["train"] is not None else neg, -t["id"])
+    return max(trials, key=key) if trials else None
+
+
+def analyse(records: list[dict]) -> dict:
+    trials = [r for r in records if r["kind"] == "trial"]
+    for t in trials:
+        t.pop("test", None)  # never looked at
+    out = []
+    for combo in itertools.product(*(CANDIDATES[k].items() for k in CANDIDATES)):
+        names = tuple(c[0] for c in combo)
+        demos, pools, cals, n = (c[1] for c in combo)
+        picks = []
+        for s in SEEDS:
+            inside = [t for t in trials if t["seed"] == s and (n is None or t["trial"] < n) and t["params"].get("demonstrations", 0) in demos
+                      and t["params"].get("pool_size") in pools and t["params"].get("calibrate") in cals]
+            p = _pick(inside)
+            picks.append(None if p is None else {"seed": s, "trial": p["trial"], "dev": p["dev"], "V": p["V"],
+                                                 "inside": len(inside)})
+        if any(p is None for p in picks):
+            continue
+        vs = [p["V"] for p in picks]
+        out.append({"space": dict(zip(CANDIDATES, names)), "current": names == CURRENT, "V_mean": statistics.mean(vs),
+                    "V_std": statistics.stdev(vs), "picks": picks})
+    out.sort(key=lambda c: -c["V_mean"])
+    current = next(c for c in out if c["current"])
+    best = out[0]
+    adopt = best["V_mean"] >= current["V_mean"] + MIN_GAIN
+    manual = {}
+    for r in records:
+        if r["kind"] == "manual":
+            manual.setdefault((r["template"], r["calibrate"]), []).append(r["V"])
+    oracle = [max(t["V"] for t in trials if t["seed"] == s) for s in SEEDS]
+    return {"candidates": out, "current": current, "best": best, "adopt": adopt, "min_gain": MIN_GAIN,
+            "manual": [{"template": k[0], "calibrate": k[1], "V_mean": statistics.mean(v)} for k, v in manual.items()],
+            "oracle_V_mean": statistics.mean(oracle),
+            "nV": sorted({r["nV"] for r in records})}
+
+
+def markdown(res: dict, command: str) -> str:
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [
+        "# optuna on SST-2: search space chosen on validation data (not test)", "",
+        f"Plan: `results/optuna_validation_plan.md` (committed before these numbers). Command: `{command}`, "
+        f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}. V_s: {res['nV']} SST-2 training "
+        "sentences per seed from the other seeds' 16-shot splits. Trials: `results/optuna_experiments_v2.db` "
+        "(`configs/optuna_sst2.yaml` as run before: demonstrations [0, 1], pool_sizes [0, 2], calibration "
+        "[false, true], 32 trials).", "",
+        "Manual baselines on V (mean over seeds): " + "; ".join(
+            f"`{m['template']!r}`{' [cal]' if m['calibrate'] else ''} {pct(m['V_mean'])}" for m in res["manual"]) + ".",
+        f"Best single trial per seed on V (an oracle no rule can use): {pct(res['oracle_V_mean'])}.", "",
+        "| demonstrations | pool_sizes | calibration | n_trials | V accuracy of the prompt picked by dev (mean ± std, 5 seeds) | per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in res["candidates"]:
+        sp = c["space"]
+        mark = " **(current)**" if c["current"] else ""
+        lines.append(f"| {sp['demonstrations']} | {sp['pool_sizes']} | {sp['calibration']} | {sp['n_trials']}{mark} | "
+                     f"{pct(c['V_mean'])} ± {pct(c['V_std'])} | " + ", ".join(pct(p["V"]) for p in c["picks"]) + " |")
+    b, cur = res["best"], res["current"]
+    lines += ["", f"Best candidate: {b['space']} at {pct(b['V_mean'])} vs current {pct(cur['V_mean'])}: "
+              + (f"adopted (gain >= {pct(res['min_gain'])} points)." if res["adopt"] else
+                 f"NOT adopted (the plan needs a gain of at least {pct(res['min_gain'])} points); the current config stays.")]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("scores", nargs="*", help="score files written by --score (analysis mode)")
+    ap.add_argument("--score", help="comma-separated seeds to score on their validation sets")
+    ap.add_argument("-o", "--output", help="score file to write (with --score)")
+    ap.add_argument("--config", default=str(REPO / "configs/optuna_sst2.yaml"))
+    ap.add_argument("--storage", default=f"sqlite:///{REPO / 'results/optuna_experiments_v2.db'}")
+    args = ap.parse_args(argv)
+    if args.score:
+        score([int(x) for x in args.score.split(",")], Path(args.config), args.storage, Path(args.output))
+        return 0
+    records = [r for f in args.scores for r in json.loads(Path(f).read_text())]
+    res = analyse(records)
+    (REPO / "results/optuna_validation_scores.json").write_text(json.dumps(
+        [{k: v for k, v in r.items() if k != "test"} for r in records]))
+    (REPO / "results/optuna_validation.json").write_text(json.dumps(res, indent=1))
+    command = "python benchmarks/validate_optuna_space.py --score 13,42,100 -o a.json; ... --score 21,87 -o b.json; " \
+              "python benchmarks/validate_optuna_space.py a.json b.json"
+    (REPO / "results/optuna_validation.md").write_text(markdown(res, command))
+    print(markdown(res, " ".join(shlex.quote(a) for a in sys.argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
