@@ -136,14 +136,17 @@ def analyse(records: list[dict]) -> dict:
     current = next(c for c in out if c["current"])
     best = out[0]
     adopt = best["V_mean"] >= current["V_mean"] + MIN_GAIN
-    manual = {}
-    for r in records:
-        if r["kind"] == "manual":
-            manual.setdefault((r["template"], r["calibrate"]), []).append(r["V"])
+    manual, manual_by_seed = {}, {}
+    for r in sorted((r for r in records if r["kind"] == "manual"), key=lambda r: r["seed"]):
+        manual.setdefault((r["template"], r["calibrate"]), []).append(r["V"])
+        manual_by_seed.setdefault((r["template"], r["calibrate"]), {})[r["seed"]] = r["V"]
+    best_manual = max(manual, key=lambda k: statistics.mean(manual[k]))
     oracle = [max(t["V"] for t in trials if t["seed"] == s) for s in SEEDS]
     return {"candidates": out, "current": current, "best": best, "adopt": adopt, "min_gain": MIN_GAIN,
             "manual": [{"template": k[0], "calibrate": k[1], "V_mean": statistics.mean(v)} for k, v in manual.items()],
             "oracle_V_mean": statistics.mean(oracle),
+            "best_manual": {"template": best_manual[0], "calibrate": best_manual[1],
+                            "V_by_seed": manual_by_seed[best_manual], "V_mean": statistics.mean(manual[best_manual])},
             "nV": sorted({r["nV"] for r in records})}
 
 
@@ -168,6 +171,12 @@ def markdown(res: dict, command: str) -> str:
         lines.append(f"| {sp['demonstrations']} | {sp['pool_sizes']} | {sp['calibration']} | {sp['n_trials']}{mark} | "
                      f"{pct(c['V_mean'])} ± {pct(c['V_std'])} | " + ", ".join(pct(p["V"]) for p in c["picks"]) + " |")
     b, cur = res["best"], res["current"]
+    bm = res["best_manual"]
+    wins = sum(p["V"] > bm["V_by_seed"][p["seed"]] for p in cur["picks"])
+    lines += ["", f"The current config's picks against the best manual prompt on V (`{bm['template']!r}`"
+              f"{' [cal]' if bm['calibrate'] else ''}), per seed: " + ", ".join(
+                  f"{p['seed']}: {pct(p['V'])} vs {pct(bm['V_by_seed'][p['seed']])}"
+                  for p in cur["picks"]) + f"; mean {pct(cur['V_mean'])} vs {pct(bm['V_mean'])}, better on {wins} of 5 seeds."]
     lines += ["", f"Best candidate: {b['space']} at {pct(b['V_mean'])} vs current {pct(cur['V_mean'])}: "
               + (f"adopted (gain >= {pct(res['min_gain'])} points)." if res["adopt"] else
                  f"NOT adopted (the plan needs a gain of at least {pct(res['min_gain'])} points); the current config stays.")]
@@ -185,13 +194,19 @@ def main(argv=None) -> int:
     if args.score:
         score([int(x) for x in args.score.split(",")], Path(args.config), args.storage, Path(args.output))
         return 0
-    records = [r for f in args.scores for r in json.loads(Path(f).read_text())]
+    records, seen = [], set()
+    for f in args.scores:  # several processes may have scored the same rows: keep one of each
+        for r in json.loads(Path(f).read_text()):
+            key = (r["kind"], r["seed"], r.get("id"), r.get("template"), r.get("calibrate"))
+            if key not in seen:
+                seen.add(key)
+                records.append(r)
     res = analyse(records)
     (REPO / "results/optuna_validation_scores.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "test"} for r in records]))
     (REPO / "results/optuna_validation.json").write_text(json.dumps(res, indent=1))
-    command = "python benchmarks/validate_optuna_space.py --score 13,42,100 -o a.json; ... --score 21,87 -o b.json; " \
-              "python benchmarks/validate_optuna_space.py a.json b.json"
+    command = "python benchmarks/validate_optuna_space.py --score 13,42,100 -o a.json (and --score 21,87 -o b.json " \
+              "in a second process); python benchmarks/validate_optuna_space.py a.json b.json"
     (REPO / "results/optuna_validation.md").write_text(markdown(res, command))
     print(markdown(res, " ".join(shlex.quote(a) for a in sys.argv)))
     return 0
