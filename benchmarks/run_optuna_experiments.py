@@ -108,6 +108,62 @@ def collect(cfg, storage: str) -> list[dict]:
     return jobs
 
 
+def full_test(cfg, summary_path: Path, out_dir: Path) -> dict:
+    """Score each job's already-picked prompt and the manual baselines on the *whole* test split.
+
+    Nothing is chosen here: the prompts are the ones in ``summary_path`` (picked by dev). This only
+    replaces the 400-example test sample by the full split, whose mean has half the sampling noise.
+    """
+    from miner.models import load_backend
+    from miner.prompts import Prompt
+    from miner.scoring import Scorer
+    from miner.tasks import load_task
+
+    summary = json.loads(summary_path.read_text())
+    full = cfg.task.model_copy(update={"max_test": None})
+    backend = load_backend(cfg.model.name)
+    scorer = Scorer(backend, progress=False, content_free=cfg.content_free)
+    data = load_task(full, cfg.k[0], cfg.seeds[0])
+    labels = data.label_names
+    started = time.time()
+    base = []
+    for template, neg, pos in BASELINES:
+        for calibrate in (False, True):
+            p = Prompt.create(template, {labels[0]: neg, labels[1]: pos}, labels, calibrate=calibrate)
+            base.append({"template": template, "calibrate": calibrate,
+                         "test": scorer.score(p, data.test).metrics[data.metric]})
+            logging.info("full test, baseline %s: %.4f", p.describe(), base[-1]["test"])
+    jobs = []
+    for j in summary["jobs"]:
+        p = Prompt.from_dict(j["best_prompt"], labels)
+        jobs.append({"seed": j["seed"], "test_sample": j["test"], "test_full": scorer.score(p, data.test).metrics[data.metric]})
+        logging.info("full test, seed %s: %.4f", j["seed"], jobs[-1]["test_full"])
+    mean, std = _mean_std([j["test_full"] for j in jobs])
+    best = max(base, key=lambda b: b["test"])
+    out = {"name": summary["name"], "n_test": len(data.test), "baselines": base, "jobs": jobs, "searcher_mean": mean,
+           "searcher_std": std, "best_baseline": best, "sample_n_test": summary["n_test"], "machine": _machine(),
+           "command": " ".join(shlex.quote(a) for a in sys.argv), "seconds": time.time() - started,
+           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    (out_dir / f"{summary['name']}_fulltest.json").write_text(json.dumps(out, indent=2))
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [f"# {summary['name']}: the picked prompts on the whole test split ({len(data.test)} examples)", "",
+             f"Informational. The requirement is judged on the pre-specified {summary['n_test']}-example test sample "
+             f"(`results/{summary['name']}.md`); this scores the same picks (by dev, nothing re-chosen) and the manual "
+             f"baselines on the whole split. Command: `{out['command']}`, {out['date']}; {out['machine']['cpu']} "
+             f"({out['machine']['cores']} cores), torch {out['machine']['torch']}, {out['machine']['torch_threads']} threads.", "",
+             "| prompt | test, " + f"{summary['n_test']} sample | test, all {len(data.test)} |", "|---|---|---|"]
+    sample_base = {(b["template"], b["calibrate"]): b["test"] for b in summary["baselines"]}
+    for b in base:
+        lines.append(f"| manual `{b['template']!r}`{' [cal]' if b['calibrate'] else ''} | "
+                     f"{pct(sample_base.get((b['template'], b['calibrate']), float('nan')))} | {pct(b['test'])} |")
+    for j in jobs:
+        lines.append(f"| optuna, seed {j['seed']} | {pct(j['test_sample'])} | {pct(j['test_full'])} |")
+    lines.append(f"| **optuna, mean ± std** | {pct(summary['searcher_test_mean'])} ± {pct(summary['searcher_test_std'])} | "
+                 f"**{pct(mean)} ± {pct(std)}** |")
+    (out_dir / f"{summary['name']}_fulltest.md").write_text("\n".join(lines) + "\n")
+    return out
+
+
 def _task_name(cfg) -> str:
     return cfg.task.name.replace("sst-2", "sst-2")
 
@@ -190,18 +246,29 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--baselines-only", action="store_true", help="only score the manual baselines (a parallel process)")
     ap.add_argument("--collect", action="store_true", help="no search: build the results from the database")
+    ap.add_argument("--full-test", action="store_true",
+                    help="score the picks already in results/<name>.json and the baselines on the whole test split")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("miner.scoring").setLevel(logging.WARNING)
     if args.report:
-        files = sorted(p for p in args.out.glob("optuna_*.json") if not p.stem.endswith("_baselines"))
+        files = sorted(p for p in args.out.glob("optuna_*.json") if not p.stem.endswith(("_baselines", "_fulltest")))
         summaries = [json.loads(p.read_text()) for p in files]
         summaries = [s for s in summaries if isinstance(s, dict) and "baselines" in s]
         (args.out / "optuna_results.md").write_text("# optuna searcher: results\n\n" + markdown(summaries))
         return 0
     if args.config is None:
         ap.error("give a config or --report")
+    if args.full_test:
+        from miner.config import load_config
+
+        cfg = load_config(args.config)
+        name = cfg.name or args.config.stem
+        r = full_test(cfg, args.out / f"{name}.json", args.out)
+        print(f"{name}, all {r['n_test']} test examples: optuna {100 * r['searcher_mean']:.1f} ± "
+              f"{100 * r['searcher_std']:.1f}; best baseline {100 * r['best_baseline']['test']:.1f}")
+        return 0
     s = run_config(args.config, args.out, search=not args.collect, baselines_only=args.baselines_only)
     if not s:
         return 0
