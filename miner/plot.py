@@ -8,7 +8,8 @@
 - **dev score against test score** for the rows that have a test score, with the diagonal:
   points far below it are prompts whose dev score was luck (32 dev examples tie and overfit).
 
-Needs matplotlib (``pip install 'miner[plot]'``); it is drawn off-screen (Agg) to a file.
+Needs matplotlib (``pip install 'miner[plot]'``); it draws on a ``Figure`` of its own and saves
+it to a file, without pyplot, so a notebook's plotting backend is left alone.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ from typing import Any
 from miner.errors import ConfigError, MinerError
 
 
-def _pyplot():
+def _matplotlib():
+    """``Figure`` and the colormaps, without pyplot: the caller's backend (e.g. Jupyter's) is left alone."""
     try:
-        import matplotlib
+        from matplotlib import colormaps
+        from matplotlib.figure import Figure
     except ImportError:
         raise MinerError("plotting needs matplotlib: pip install 'miner[plot]' (or pip install matplotlib)") from None
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure, colormaps
 
 
 def anytime_curves(rows) -> dict[tuple[Any, ...], list[tuple[int, float]]]:
@@ -67,11 +67,12 @@ def plot_leaderboard(storage: str, output: str | Path, *, task: str | None = Non
         raise ConfigError("no leaderboard rows match these filters; nothing to plot")
     tasks = sorted({r.task for r in rows})
     models = sorted({r.model for r in rows})
-    plt = _pyplot()
+    Figure, colormaps = _matplotlib()
     searchers = sorted({r.searcher for r in rows})
-    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(searchers)}
+    colours = {s: colormaps["tab10"](i % 10) for i, s in enumerate(searchers)}
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig = Figure(figsize=(12, 4.8))
+    ax1, ax2 = fig.subplots(1, 2)
     seen: set[str] = set()
     for (_, name, _, _), curve in sorted(anytime_curves(rows).items(), key=lambda kv: str(kv[0])):
         xs = [max(1, x) for x, _ in curve]
@@ -81,8 +82,9 @@ def plot_leaderboard(storage: str, output: str | Path, *, task: str | None = Non
         ax1.plot(xs[-1:], ys[-1:], "o", color=colours[name], ms=4)
         seen.add(name)
     ax1.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    ax1.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax1.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax1.xaxis.set_minor_formatter(NullFormatter())
     ax1.set_xlabel("forward passes spent (cumulative, log scale)")
@@ -114,6 +116,8 @@ def plot_leaderboard(storage: str, output: str | Path, *, task: str | None = Non
     ax2.grid(alpha=0.3)
     fig.suptitle(title or f"{', '.join(tasks)} / {', '.join(models)}: {len(rows)} leaderboard rows")
     fig.tight_layout()
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(output, dpi=120)
+    except OSError as exc:
+        raise MinerError(f"cannot write plot {str(output)!r}: {exc.strerror or exc}") from None
     return output

@@ -304,6 +304,7 @@ def run(
 
     ``n_jobs`` overrides ``parallel.n_jobs``: the jobs then run on that many joblib workers.
     """
+    started_at = time.time()  # searchers tell work launched beside this run from earlier runs by it
     if isinstance(config, (str, Path)):
         from miner.config import load_config
 
@@ -346,9 +347,18 @@ def run(
             if isinstance(exc, PromptError):
                 raise PromptError(f"prompts[{i}]: {exc}") from None
             raise
+    par = cfg.parallel
+    in_workers = par.n_jobs > 1 and len(datasets) * len(searcher_objs) > 1
+    if in_workers:  # each worker loads its own copy: hold no spare one here (GPU memory)
+        del probe
+        backend = None
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # 2. Run the jobs.
-    par = cfg.parallel
     board = Leaderboard(cfg.storage)
     artifacts = artifacts_for_storage(cfg.storage, cfg.artifacts)
     run_id = board.start_run(cfg.model_dump(mode="json"), provenance())
@@ -356,11 +366,12 @@ def run(
     status = "failed"
     try:
         jobs = [(d, i, s) for d in datasets.values() for i, s in enumerate(searcher_objs)]
-        if par.n_jobs > 1 and len(jobs) > 1:
-            results = _run_parallel(cfg, [(d.k, d.seed, i) for d, i, _ in jobs], run_id, show)
+        if in_workers:
+            results = _run_parallel(cfg, [(d.k, d.seed, i) for d, i, _ in jobs], run_id, show, started_at)
         else:
             for data, i, searcher in tqdm(jobs, desc="jobs", disable=not show or len(jobs) < 2):
-                results.append(_run_job(cfg, i, data, searcher, backend, prompts, board, run_id, show, artifacts))
+                results.append(_run_job(cfg, i, data, searcher, backend, prompts, board, run_id, show, artifacts,
+                                        started_at))
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -371,13 +382,13 @@ def run(
 
 
 def _check_parallel(cfg: RunConfig, backend_given: bool) -> None:
-    import sqlalchemy as sa
+    from miner.leaderboard._engine import _is_sqlite_file, normalize_url
 
     if backend_given:
         raise ConfigError("parallel.n_jobs > 1 loads the model in each worker: leave out run(backend=...) "
                           "or set parallel.n_jobs to 1")
-    url = sa.make_url(cfg.storage)
-    if url.get_backend_name() == "sqlite" and (not url.database or url.database == ":memory:"):
+    url = normalize_url(cfg.storage)
+    if url.get_backend_name() == "sqlite" and not _is_sqlite_file(url):
         raise ConfigError("parallel.n_jobs > 1 needs a shared storage (a SQLite file or a database server), "
                           f"not {cfg.storage!r}")
     if cfg.parallel.backend == "dask":
@@ -389,7 +400,8 @@ def _check_parallel(cfg: RunConfig, backend_given: bool) -> None:
         raise ConfigError("parallel.scheduler is a Dask scheduler address: set parallel.backend to 'dask' too")
 
 
-def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str, show: bool) -> list[JobResult]:
+def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str, show: bool,
+                  started_at: float) -> list[JobResult]:
     """Run the jobs on joblib workers (loky processes or a Dask cluster), results in job order."""
     import contextlib
     import os
@@ -400,6 +412,12 @@ def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str
     n = min(par.n_jobs, len(specs))
     threads = par.threads_per_job or max(1, (os.cpu_count() or 1) // n)
     payload = cfg.model_dump(mode="json")
+    from miner.leaderboard._engine import normalize_url
+
+    url = normalize_url(cfg.storage)
+    if url.get_backend_name() == "sqlite":  # workers may have another working directory: an absolute path
+        payload["storage"] = url.set(database=str(Path(url.database).expanduser().resolve())).render_as_string(
+            hide_password=False)
     with contextlib.ExitStack() as stack:
         backend = par.backend
         if backend == "dask":
@@ -414,7 +432,7 @@ def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str
             logger.info("parallel: %d jobs on Dask at %s", len(specs), client.scheduler.address)
         if backend is not None:
             stack.enter_context(parallel_config(backend=backend, n_jobs=n))
-        calls = (delayed(_job_in_worker)(payload, k, seed, i, run_id, threads) for k, seed, i in specs)
+        calls = (delayed(_job_in_worker)(payload, k, seed, i, run_id, threads, started_at) for k, seed, i in specs)
         out = Parallel(n_jobs=n, return_as="generator_unordered")(calls)
         done = {}
         for (index, result) in tqdm(out, total=len(specs), desc=f"jobs ({n} workers)", disable=not show):
@@ -423,26 +441,30 @@ def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str
 
 
 _WORKER_BACKENDS: dict[tuple[Any, ...], Backend] = {}  # one model per worker process, kept across its jobs
+_WORKER_LOCK = __import__("threading").Lock()  # a Dask worker with several threads runs jobs side by side
 
 
-def _job_in_worker(payload: dict, k: Any, seed: int, index: int, run_id: str, threads: int):
+def _job_in_worker(payload: dict, k: Any, seed: int, index: int, run_id: str, threads: int, started_at: float):
     torch.set_num_threads(threads)
     cfg = parse_config(payload)
     m = cfg.model
     key = (m.name, m.kind, m.device, m.dtype, m.max_length)
-    if key not in _WORKER_BACKENDS:
-        _WORKER_BACKENDS[key] = load_backend(m.name, kind=m.kind, device=m.device, dtype=m.dtype,
-                                             max_length=m.max_length)
+    with _WORKER_LOCK:
+        if key not in _WORKER_BACKENDS:
+            _WORKER_BACKENDS[key] = load_backend(m.name, kind=m.kind, device=m.device, dtype=m.dtype,
+                                                 max_length=m.max_length)
     data = load_task(cfg.task, k, seed)
     searcher = build_searchers(cfg)[index]
     prompts = build_prompts(cfg, data.label_names)
     board = Leaderboard(cfg.storage)
     artifacts = artifacts_for_storage(cfg.storage, cfg.artifacts)
-    result = _run_job(cfg, index, data, searcher, _WORKER_BACKENDS[key], prompts, board, run_id, False, artifacts)
+    result = _run_job(cfg, index, data, searcher, _WORKER_BACKENDS[key], prompts, board, run_id, False, artifacts,
+                      started_at)
     return (k, seed, index), result
 
 
-def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backend, prompts, board, run_id, show, artifacts) -> JobResult:
+def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backend, prompts, board, run_id, show, artifacts,
+             started_at: float | None = None) -> JobResult:
     m = cfg.model
     scorer_kw = dict(batch_size=m.batch_size, max_batch_tokens=m.max_batch_tokens, progress=show,
                      content_free=cfg.content_free, soft_resolver=artifacts.get_tensor)
@@ -450,7 +472,7 @@ def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backe
         searcher, backend, data, Scorer(backend, counter=CostCounter(), **scorer_kw),
         prompts=prompts, budget=cfg.budget, board=board, run_id=run_id, score_train=cfg.score_train,
         progress=show, model_name=m.name, artifacts=artifacts, key=job_key(cfg, index, data.seed, data.k),
-        resume=cfg.resume,
+        resume=cfg.resume, started_at=started_at,
     )
     # Held-out test scores for the best prompts (not charged to the searcher's budget).
     if data.test and result.evaluations:
@@ -466,7 +488,7 @@ def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backe
 
 
 def _search(searcher, backend, data, scorer, *, prompts, budget, board, run_id, score_train, progress,
-            model_name, artifacts, key, resume) -> JobResult:
+            model_name, artifacts, key, resume, started_at: float | None = None) -> JobResult:
     job = Job(data, model_name, searcher.name, data.seed, data.k)
     logger.info("job %s", job.label)
     b = Budget(budget, scorer.counter)
@@ -479,6 +501,7 @@ def _search(searcher, backend, data, scorer, *, prompts, budget, board, run_id, 
         task=data.without_test(), backend=backend, scorer=scorer, seed=data.seed, prompts=tuple(prompts),
         budget=b, logger=logging.getLogger(f"miner.search.{searcher.name}"), progress=progress,
         artifacts=artifacts, storage_url=board.url if board is not None else None, job_key=key,
+        started_at=started_at if started_at is not None else time.time(),
     )
     torch.manual_seed(data.seed)
     stopped = None

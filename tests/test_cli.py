@@ -214,18 +214,18 @@ def _board_summary(url):
 
 
 @pytest.mark.parametrize("backend", ["loky", "dask"])
-def test_parallel_jobs_write_what_a_sequential_run_writes(tmp_path, tiny_dir, capsys, backend):
+def test_parallel_jobs_write_what_a_sequential_run_writes(tmp_path, tiny_dir, capsys, backend, monkeypatch):
     if backend == "dask":
         pytest.importorskip("dask.distributed")
+    monkeypatch.chdir(tmp_path)  # the parallel run names its storage by a bare relative path
     seq_path, seq = _config(tmp_path, tiny_dir, storage=f"sqlite:///{tmp_path / 'seq.db'}")
     assert main(["run", str(seq_path), "--no-progress"]) == 0
     (tmp_path / "p").mkdir()
-    par_path, par = _config(tmp_path / "p", tiny_dir, storage=f"sqlite:///{tmp_path / 'par.db'}",
-                            parallel={"backend": backend, "threads_per_job": 1})
+    par_path, par = _config(tmp_path / "p", tiny_dir, storage="par.db", parallel={"backend": backend, "threads_per_job": 1})
     assert main(["run", str(par_path), "--no-progress", "--jobs", "2"]) == 0
     capsys.readouterr()
     seq_rows, _ = _board_summary(seq["storage"])
-    par_rows, run_ids = _board_summary(par["storage"])
+    par_rows, run_ids = _board_summary(f"sqlite:///{tmp_path / 'par.db'}")
     assert len(par_rows) == 8 and len(run_ids) == 1  # 2 seeds x 4 prompts, all under one run
     assert par_rows == seq_rows  # the same prompts and scores as one process
 
@@ -233,9 +233,10 @@ def test_parallel_jobs_write_what_a_sequential_run_writes(tmp_path, tiny_dir, ca
 def test_parallel_needs_a_shared_storage_and_no_given_backend(tmp_path, tiny_dir, capsys):
     from miner.runner import run
 
-    path, cfg = _config(tmp_path, tiny_dir, storage="sqlite://")
-    assert main(["run", str(path), "--jobs", "2"]) == 2
-    assert "needs a shared storage" in capsys.readouterr().err
+    for storage in ("sqlite://", ":memory:", "sqlite:///file:m?mode=memory&uri=true"):
+        path, cfg = _config(tmp_path, tiny_dir, storage=storage)
+        assert main(["run", str(path), "--jobs", "2"]) == 2
+        assert "needs a shared storage" in capsys.readouterr().err
     path, cfg = _config(tmp_path, tiny_dir, parallel={"scheduler": "tcp://127.0.0.1:1"})
     assert main(["run", str(path), "--jobs", "2"]) == 2
     assert "set parallel.backend to 'dask'" in capsys.readouterr().err

@@ -339,26 +339,36 @@ def test_an_enqueued_trial_is_taken_first_and_an_unmarked_one_is_recovered(tmp_p
     assert study._storage.get_trial(retry._trial_id).user_attrs["retry_of"] == orphan.number
 
 
-def test_a_late_worker_joins_a_study_finished_after_it_started_and_a_rerun_starts_afresh(tmp_path, monkeypatch):
+def test_a_late_worker_joins_a_study_finished_after_its_run_started_and_a_rerun_starts_afresh(tmp_path):
     from miner.search import _optuna_study as st
 
-    def open_(name, resumed=False):
+    def open_(name, started_at, resumed=False):
         return st.open_study(f"sqlite:///{tmp_path / 's.db'}", name, ["maximize"], optuna.samplers.RandomSampler(seed=0),
-                             optuna.pruners.NopPruner(), 2, resumed).study_name
+                             optuna.pruners.NopPruner(), 2, resumed, started_at).study_name
 
-    monkeypatch.setattr(st, "_START", f"{time.time() - 60:.6f}")  # this process started a minute ago
-    other = st.open_study(f"sqlite:///{tmp_path / 's.db'}", "a", ["maximize"], None, None, 2, False)
-    for v in (0.1, 0.2):  # another process finishes study 'a' now
-        t = other.ask()
-        other._storage.set_trial_system_attr(t._trial_id, "miner_worker", "otherhost:1:0.0")
-        other.tell(t, v)
-    assert open_("a") == "a"  # it finished after we started: we were launched beside it, so we join
-    assert open_("a", resumed=True) == "a"
-    monkeypatch.setattr(st, "_START", f"{time.time() + 60:.6f}")  # a process started after it finished
-    assert open_("a") == "a-2"  # is a re-run: a fresh study
+    launched = time.time()  # our run started (then it loaded its model: slow)
+    other = st.open_study(f"sqlite:///{tmp_path / 's.db'}", "a", ["maximize"], None, None, 2, False, launched)
+    for v in (0.1, 0.2):  # meanwhile another worker finishes study 'a'
+        other.tell(st.ask_marked(other), v)
+    assert open_("a", launched) == "a"  # finished after our run started: we were launched beside it, we join
+    assert open_("a", launched, resumed=True) == "a"
+    assert open_("a", time.time() + 1) == "a-2"  # a run started after it finished is a re-run: a fresh study
+    assert open_("a", None) == "a-2"  # no start time known: as a re-run
 
-    monkeypatch.setattr(st, "_START", f"{time.time() - 60:.6f}")
-    mine = st.open_study(f"sqlite:///{tmp_path / 's.db'}", "b", ["maximize"], None, None, 2, False)
-    for v in (0.1, 0.2):  # this process finishes study 'b' itself (a notebook that runs twice)
-        mine.tell(st.ask_marked(mine), v)
-    assert open_("b") == "b-2"  # our own trials never make us a late joiner
+
+def test_the_runner_gives_searchers_the_time_its_run_started(tmp_path, tiny_dir, monkeypatch):
+    # The late-joiner rule needs the run's start, before the (slow) model load, not a module import time.
+    import miner.runner as runner
+    from miner.search import _optuna_study as st
+
+    seen, loads = [], []
+    real_open, real_load = st.open_study, runner.load_backend
+    monkeypatch.setattr(st, "open_study", lambda *a, **k: seen.append(a[7]) or real_open(*a, **k))
+    import miner.search._optuna_run as orun
+
+    monkeypatch.setattr(orun, "open_study", st.open_study)
+    monkeypatch.setattr(runner, "load_backend", lambda *a, **k: loads.append(time.time()) or real_load(*a, **k))
+    path, cfg = _config(tmp_path, tiny_dir, 2)
+    before = time.time()
+    assert main(["run", str(path), "--no-progress"]) == 0
+    assert len(seen) == 1 and before <= seen[0] <= loads[0]

@@ -86,6 +86,7 @@ class SearchContext:
     artifacts: Any = None  # miner.artifacts.ArtifactStore for tensors (soft prompts)
     storage_url: str | None = None  # the leaderboard's database URL (searchers may keep state there, e.g. an Optuna study)
     job_key: str = ""  # stable identity of this job (same config -> same key), for resumable searcher state
+    started_at: float | None = None  # time.time() when the run that launched this job started (before loading)
 
     @property
     def label_names(self) -> tuple[str, ...]:

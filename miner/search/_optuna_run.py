@@ -103,7 +103,7 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
     directions = ["maximize", "minimize"] if job.multi_objective else ["maximize"]
     study = open_study(ctx.storage_url if persistent else None, name, directions,
                        make_sampler(s.sampler, seed, s.n_startup_trials), make_pruner(s.pruner, s.n_startup_trials),
-                       s.n_trials, resumed)
+                       s.n_trials, resumed, ctx.started_at)
     study.set_user_attr("miner", {"job_key": ctx.job_key, "task": ctx.task.name, "model": be.name,
                                   "objective": "dev score + tie_weight * exp(dev loglik)", "tie_weight": s.tie_weight})
     ctx.logger.info("optuna: study %r (%s), %d finished trials", study.study_name,

@@ -128,15 +128,15 @@ def _finished(study: optuna.Study) -> int:
 
 
 def open_study(url: str | None, base_name: str, directions: list[str], sampler, pruner, n_trials: int,
-               resumed: bool) -> optuna.Study:
+               resumed: bool, started_at: float | None = None) -> optuna.Study:
     """Load or create the job's study.
 
     A study that already has ``n_trials`` finished trials is reused only when the runner is
     resuming (``resumed``: the job's rows were preloaded, so the finished trials count as done).
     A plain re-run of the same config gets a fresh study ``<name>-2``, ``-3``, ... as the runner
-    gives it fresh leaderboard rows. A finished study is joined, not restarted, when another
-    process finished trials of it after this process started: this worker was launched beside
-    it and came late (it then finds nothing left to do).
+    gives it fresh leaderboard rows. A finished study is joined, not restarted, when trials of it
+    were finished after ``started_at`` (when the run calling this started, before it loaded
+    anything): this worker was launched beside the others and came late (it finds nothing to do).
     """
     storage = make_storage(url)
     name = base_name
@@ -145,18 +145,19 @@ def open_study(url: str | None, base_name: str, directions: list[str], sampler, 
                                     pruner=pruner, load_if_exists=True)
         if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
             raise ConfigError(f"optuna study {name!r} exists with other objectives; set 'study_name' to start another")
-        if resumed or _finished(study) < n_trials or _others_finished_since_start(study):
+        if resumed or _finished(study) < n_trials or _finished_since(study, started_at):
             return study
         name = f"{base_name}-{attempt}"
     raise ConfigError(f"optuna study {base_name!r}: too many finished re-runs in this database")
 
 
-def _others_finished_since_start(study: optuna.Study) -> bool:
-    me, start = _worker_id(), float(_START)
+def _finished_since(study: optuna.Study, started_at: float | None) -> bool:
+    """Did some worker finish a trial of ``study`` after ``started_at`` (when our run started)?"""
+    if started_at is None:
+        return False
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        # datetime_complete is naive local time, as optuna writes it
-        if t.datetime_complete is not None and t.datetime_complete.timestamp() >= start \
-                and t.system_attrs.get("miner_worker") != me:
+        # optuna (>= 5) returns datetime_complete as naive local time: .timestamp() reads it as such
+        if t.datetime_complete is not None and t.datetime_complete.timestamp() >= started_at:
             return True
     return False
 
