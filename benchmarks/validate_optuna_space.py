@@ -35,11 +35,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 SEEDS = [13, 21, 42, 87, 100]
-BASELINES = [
-    ("{sentence} Overall, the movie was {answer}", "terrible", "great"),
-    ("{sentence} It was {answer}", "terrible", "great"),
-    ("Review: {sentence}\nSentiment: {answer}", "negative", "positive"),
-]
 MIN_GAIN = 0.01  # the plan: a candidate replaces the current space only if it wins by >= 1 point
 
 
@@ -61,6 +56,8 @@ def score(seeds: list[int], config: Path, storage: str, out: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
+    from run_optuna_experiments import BASELINES  # the same manual prompts as the experiments
+
     from miner import load_config
     from miner.leaderboard import Leaderboard
     from miner.models import load_backend
@@ -81,7 +78,7 @@ def score(seeds: list[int], config: Path, storage: str, out: Path) -> None:
                 if r.extra and r.extra.get("optuna") and r.task == "sst-2"]
         for tpl, neg, pos in BASELINES:
             for cal in (False, True):
-                r = scorer.score(Prompt.create(tpl, {labels[0]: [neg], labels[1]: [pos]}, labels, calibrate=cal), V)
+                r = scorer.score(Prompt.create(tpl, {labels[0]: neg, labels[1]: pos}, labels, calibrate=cal), V)
                 res.append({"seed": s, "kind": "manual", "template": tpl, "calibrate": cal,
                             "V": r.metrics["accuracy"], "V_loglik": r.loglik, "nV": len(V)})
         for row in rows:

@@ -16,6 +16,7 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -332,8 +333,7 @@ def run(
     if cfg.parallel.n_jobs > 1:
         _check_parallel(cfg, backend is not None)
     if backend is None:
-        m = cfg.model
-        backend = load_backend(m.name, kind=m.kind, device=m.device, dtype=m.dtype, max_length=m.max_length)
+        backend = _load_model(cfg)
     for s in searcher_objs:
         if backend.kind not in s.capabilities.model_kinds:
             raise ConfigError(f"searcher {s.name!r} does not support {backend.kind} LMs (model {backend.name!r})")
@@ -408,12 +408,12 @@ def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str
 
     from joblib import Parallel, delayed, parallel_config
 
+    from miner.leaderboard._engine import normalize_url
+
     par = cfg.parallel
     n = min(par.n_jobs, len(specs))
     threads = par.threads_per_job or max(1, (os.cpu_count() or 1) // n)
     payload = cfg.model_dump(mode="json")
-    from miner.leaderboard._engine import normalize_url
-
     url = normalize_url(cfg.storage)
     if url.get_backend_name() == "sqlite":  # workers may have another working directory: an absolute path
         payload["storage"] = url.set(database=str(Path(url.database).expanduser().resolve())).render_as_string(
@@ -440,8 +440,13 @@ def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str
     return [done[(k, seed, i)] for k, seed, i in specs]
 
 
+def _load_model(cfg: RunConfig) -> Backend:
+    m = cfg.model
+    return load_backend(m.name, kind=m.kind, device=m.device, dtype=m.dtype, max_length=m.max_length)
+
+
 _WORKER_BACKENDS: dict[tuple[Any, ...], Backend] = {}  # one model per worker process, kept across its jobs
-_WORKER_LOCK = __import__("threading").Lock()  # a Dask worker with several threads runs jobs side by side
+_WORKER_LOCK = threading.Lock()  # a Dask worker with several threads runs jobs side by side
 
 
 def _job_in_worker(payload: dict, k: Any, seed: int, index: int, run_id: str, threads: int, started_at: float):
@@ -451,8 +456,7 @@ def _job_in_worker(payload: dict, k: Any, seed: int, index: int, run_id: str, th
     key = (m.name, m.kind, m.device, m.dtype, m.max_length)
     with _WORKER_LOCK:
         if key not in _WORKER_BACKENDS:
-            _WORKER_BACKENDS[key] = load_backend(m.name, kind=m.kind, device=m.device, dtype=m.dtype,
-                                                 max_length=m.max_length)
+            _WORKER_BACKENDS[key] = _load_model(cfg)
     data = load_task(cfg.task, k, seed)
     searcher = build_searchers(cfg)[index]
     prompts = build_prompts(cfg, data.label_names)

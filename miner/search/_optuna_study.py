@@ -208,9 +208,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _is_stale(t: optuna.trial.FrozenTrial, grace_s: float) -> bool:
+    started = t.datetime_start.timestamp() if t.datetime_start else time.time()
     worker = t.system_attrs.get("miner_worker")
     if worker is None:  # popped from the queue, owner not recorded yet (or killed in between)
-        started = t.datetime_start.timestamp() if t.datetime_start else time.time()
         return time.time() - started > min(grace_s, UNMARKED_GRACE_S)
     host, _, rest = worker.partition(":")
     pid_s, _, start = rest.partition(":")
@@ -220,9 +220,7 @@ def _is_stale(t: optuna.trial.FrozenTrial, grace_s: float) -> bool:
             return start != _START  # our pid, but an earlier process that had it
         if not _pid_alive(pid):
             return True
-    beat = t.system_attrs.get("miner_heartbeat")
-    if beat is None:
-        beat = t.datetime_start.timestamp() if t.datetime_start else time.time()
+    beat = t.system_attrs.get("miner_heartbeat", started)
     return time.time() - float(beat) > grace_s
 
 
