@@ -180,6 +180,67 @@ def markdown(res: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------- the pick rule (results/optuna_selection_plan.md)
+_NEG = float("-inf")
+
+
+def _v(x):
+    return _NEG if x is None else x
+
+
+RULES = {
+    "R0": ("dev accuracy, then dev log-likelihood, then train accuracy (current)",
+           lambda t, ts: (_v(t["dev"]), _v(t["dev_loglik"]), _v(t["train"]))),
+    "R1": ("dev log-likelihood", lambda t, ts: (_v(t["dev_loglik"]),)),
+    "R2": ("mean of train and dev accuracy, then dev log-likelihood",
+           lambda t, ts: ((_v(t["train"]) + _v(t["dev"])) / 2, _v(t["dev_loglik"]))),
+    "R3": ("dev accuracy within one example (1/32) of the best, then dev log-likelihood",
+           lambda t, ts: (_v(t["dev"]) >= max(_v(u["dev"]) for u in ts) - 1 / 32 - 1e-9, _v(t["dev_loglik"]))),
+}
+
+
+def analyse_selection(records: list[dict]) -> dict:
+    """Each rule picks one trial per seed (ties: the earlier trial); its V accuracy, never test."""
+    trials = [r for r in records if r["kind"] == "trial"]
+    out = {}
+    for name, (desc, key) in RULES.items():
+        picks = []
+        for s in SEEDS:
+            ts = [t for t in trials if t["seed"] == s]
+            p = max(ts, key=lambda t: (*key(t, ts), -t["id"]))
+            picks.append({"seed": s, "id": p["id"], "trial": p["trial"], "params": p["params"], "train": p["train"],
+                          "dev": p["dev"], "dev_loglik": p["dev_loglik"], "V": p["V"]})
+        vs = [p["V"] for p in picks]
+        out[name] = {"rule": desc, "V_mean": statistics.mean(vs), "V_std": statistics.stdev(vs), "picks": picks}
+    r0 = out["R0"]
+    best = max((n for n in out if n != "R0"), key=lambda n: out[n]["V_mean"])
+    b = out[best]
+    worse = sum(p["V"] < q["V"] - 1e-12 for p, q in zip(b["picks"], r0["picks"]))
+    adopt = b["V_mean"] >= r0["V_mean"] + MIN_GAIN - 1e-12 and worse <= 2
+    return {"rules": out, "best": best, "worse_seeds": worse, "adopt": adopt, "min_gain": MIN_GAIN,
+            "nV": sorted({r["nV"] for r in records})}
+
+
+def markdown_selection(res: dict, command: str) -> str:
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = ["# optuna on SST-2: the rule that picks the final prompt, chosen on validation data (not test)", "",
+             "Plan: `results/optuna_selection_plan.md` (committed before these numbers). Command: "
+             f"`{command}`, {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}. The same trials and "
+             f"validation scores as `results/optuna_validation.md` (V_s: {res['nV']} SST-2 training sentences per seed); "
+             "no model call, test never read.", "",
+             "| rule | picks by | V accuracy of the pick (mean ± std, 5 seeds) | per seed (13, 21, 42, 87, 100) |",
+             "|---|---|---|---|"]
+    for n, r in res["rules"].items():
+        lines.append(f"| {n} | {r['rule']} | {pct(r['V_mean'])} ± {pct(r['V_std'])} | "
+                     + ", ".join(pct(p["V"]) for p in r["picks"]) + " |")
+    b, r0 = res["rules"][res["best"]], res["rules"]["R0"]
+    lines += ["", f"Best alternative: {res['best']} at {pct(b['V_mean'])} vs R0 {pct(r0['V_mean'])}, worse than R0 on "
+              f"{res['worse_seeds']} of 5 seeds: " + (
+                  "adopted (the plan's bar: +1.0 point and worse on at most 2 seeds)." if res["adopt"] else
+                  "NOT adopted (the plan's bar: +1.0 point and worse on at most 2 seeds); R0 stays.")]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("scores", nargs="*", help="score files written by --score (analysis mode)")
@@ -187,7 +248,16 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", help="score file to write (with --score)")
     ap.add_argument("--config", default=str(REPO / "configs/optuna_sst2.yaml"))
     ap.add_argument("--storage", default=f"sqlite:///{REPO / 'results/optuna_experiments_v2.db'}")
+    ap.add_argument("--selection", action="store_true",
+                    help="compare the pick rules of results/optuna_selection_plan.md on the stored validation scores")
     args = ap.parse_args(argv)
+    if args.selection:
+        res = analyse_selection(json.loads((REPO / "results/optuna_validation_scores.json").read_text()))
+        (REPO / "results/optuna_selection.json").write_text(json.dumps(res, indent=1))
+        md = markdown_selection(res, "python benchmarks/validate_optuna_space.py --selection")
+        (REPO / "results/optuna_selection.md").write_text(md)
+        print(md)
+        return 0
     if args.score:
         score([int(x) for x in args.score.split(",")], Path(args.config), args.storage, Path(args.output))
         return 0
