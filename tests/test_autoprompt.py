@@ -8,9 +8,10 @@ import yaml
 from miner.config import BudgetSpec
 from miner.errors import ConfigError
 from miner.prompts import Prompt, parse_template
-from miner.runner import run_searcher
-from miner.scoring import Scorer
-from miner.search import SearchContext
+from miner.runner import Budget, run_searcher
+from miner.scoring import Cost, Scorer
+from miner.search import Evaluation, SearchContext
+from miner.search._base import SplitScore
 from miner.search._hotflip import (
     CandidateScorer, allowed_tokens, hotflip_topk, round_trips, sample_candidates, soft_template, trigger_gradient,
 )
@@ -212,3 +213,23 @@ def test_cli_run_export_rescore(tmp_path, causal):
     data = load_task(TaskSpec(**cfg["task"]), 4, 3)
     res = Scorer(load_backend(str(d)), progress=False).score(ex.prompt, data.dev)
     assert res.metrics["accuracy"] == best.dev_score and res.loglik == pytest.approx(best.dev_loglik, abs=1e-6)
+
+
+def test_last_evaluation_is_labelled_with_the_steps_actually_run(causal, data):
+    """Stopped by its budget long before ``steps``, the final dev evaluation names the step it stopped at."""
+    seen = []
+    searcher = AutoPromptSearcher(steps=10**6, batch_size=4, n_candidates=4, top_k=8, eval_every=10**6, patience=0)
+    ctx = SearchContext(task=data.without_test(), backend=causal, scorer=Scorer(causal, progress=False), seed=3)
+    ctx.budget = Budget(BudgetSpec(max_forward_passes=12), ctx.scorer.counter)
+
+    def evaluate(prompts, *, extra=None):
+        seen.append(extra["step"])
+        return [_fake_eval(p, len(seen)) for p in prompts]
+
+    searcher.search(ctx, evaluate)
+    # initial trigger at step 0; the changed trigger once more at the step the budget stopped (not 10**6)
+    assert len(seen) == 2 and seen[0] == 0 and 1 <= seen[1] < 12
+
+
+def _fake_eval(prompt, i):
+    return Evaluation(prompt=prompt, train=None, dev=SplitScore(0.5, {"accuracy": 0.5}, -float(i), 8), cost=Cost())

@@ -139,6 +139,7 @@ class AutoPromptSearcher(Searcher):
         bar = tqdm(range(1, self.steps + 1), desc="autoprompt", disable=not context.progress, leave=False)
         accepted = 0
         objective = None
+        done = 0  # steps completed (the last dev evaluation is labelled with it)
         for step in bar:
             grad_batch, cand_batch = batches.next(), batches.next()
             need = cand_scorer.gradient_passes(grad_batch) + cand_scorer.passes(self.n_candidates, cand_batch)
@@ -152,6 +153,7 @@ class AutoPromptSearcher(Searcher):
                 log.info("autoprompt: no valid candidate at step %d; stopping", step)
                 break
             scores = cand_scorer.score([current.triggers] + cands, cand_batch)
+            done = step
             objective = float(scores[0])
             j = int(np.argmax(scores[1:]))
             if scores[1 + j] > scores[0]:
@@ -167,7 +169,7 @@ class AutoPromptSearcher(Searcher):
             bar.set_postfix(best_dev=f"{best.dev.score:.3f}" if best and best.dev else "-",
                             loss=f"{loss:.3f}", accepted=accepted)
         if current.triggers != state["evaluated"]:
-            dev_eval(current, self.steps, objective)
+            dev_eval(current, done, objective)
 
 
 def _count_triggers(template: str) -> int:
