@@ -84,6 +84,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "results")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from an existing JSON in --out")
+    ap.add_argument("--summary", nargs="+", metavar="NAME",
+                    help="only write --name's .md: one table over these result stems in --out (several seeds/tasks)")
     return ap.parse_args(argv)
 
 
@@ -180,6 +182,11 @@ def time_to(traj, target, key="dev"):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.summary:
+        runs = [(n, json.loads((args.out / f"{n}.json").read_text())) for n in args.summary]
+        (args.out / f"{args.name}.md").write_text(summary(runs))
+        print(summary(runs))
+        return 0
     if args.render_only:
         r = json.loads((args.out / f"{args.name}.json").read_text())
         (args.out / f"{args.name}.md").write_text(render(r))
@@ -291,6 +298,27 @@ def render(r) -> str:
         "- autoprompt: " + ", ".join(f"{p['t']:.0f} s {100 * p['dev']:.1f} `{p['trigger']}`" for p in r["ours_run"]["trajectory"]),
         "",
     ]) + "\n"
+
+
+def summary(runs) -> str:
+    """One row per benchmark run: per-iteration ratio and time to each of the reference's targets."""
+    f = lambda x: "not reached" if x is None else f"{x:.0f} s"  # noqa: E731
+    x = lambda a, b: f"**{a / b:.1f}x**" if a and b else "-"  # noqa: E731
+    lines = ["# autoprompt vs the reference AutoPrompt loop: all runs (CPU)", "",
+             "Each row is one `bench_autoprompt.py` run (its own .md has the command, machine, load and trajectories). "
+             "Targets: the reference's final (best) dev accuracy after its iterations, and that trigger's dev "
+             "log-likelihood; autoprompt runs until it has reached both or used the reference's whole wall time.", "",
+             "| run | task, seed | per iteration ref / ours | ratio | dev acc target | ref reached at | ours reached at | ratio "
+             "| dev loglik target | ref reached at | ours reached at | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in runs:
+        t, o = r["time_per_iteration"], r["time_to_objective"]
+        lines.append(
+            f"| `{name}` | {r['settings']['task']}, {r['settings']['seed']} | {t['reference_median_s']:.1f} / {t['ours_median_s']:.1f} s | "
+            f"{t['speedup']:.1f}x | {100 * o['target_dev_accuracy']:.1f} | {f(o['reference_s'])} | {f(o['ours_s'])} | "
+            f"{x(o['reference_s'], o['ours_s'])} | {o.get('target_dev_loglik', float('nan')):.4f} | {f(o.get('reference_loglik_s'))} | "
+            f"{f(o.get('ours_loglik_s'))} | {x(o.get('reference_loglik_s'), o.get('ours_loglik_s'))} |")
+    return "\n".join(lines) + "\n"
 
 
 def _note(r) -> str:
