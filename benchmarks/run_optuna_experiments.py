@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_model  # sibling module: benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINES = [
@@ -45,15 +46,7 @@ BASELINES = [
 
 
 def _machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_avg": os.getloadavg(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_avg": os.getloadavg(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "host": platform.node(), "python": platform.python_version()}
 
 
