@@ -78,6 +78,8 @@ def parse_args(argv=None):
     ap.add_argument("--candidates", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--init", default=" the")
+    ap.add_argument("--objective", choices=["vocab", "label"], default=None,
+                    help="autoprompt's objective (default: the searcher's default); the reference always accepts on accuracy")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ours-seconds", type=float, default=None,
                     help="cap on autoprompt's run (default: the reference's whole run time)")
@@ -201,7 +203,8 @@ def main(argv=None) -> int:
         data = load_task(TaskSpec(source="builtin", name="rotten_tomatoes", max_test=1), args.k, args.seed)
         task_label = f"Rotten Tomatoes {args.k} per class (train {len(data.train)}, dev {len(data.dev)})"
     searcher = AutoPromptSearcher(template=TEMPLATE, init=args.init, steps=args.iters, batch_size=args.batch_size,
-                                  n_candidates=args.candidates, top_k=args.candidates, patience=0)
+                                  n_candidates=args.candidates, top_k=args.candidates, patience=0,
+                                  **({"objective": args.objective} if args.objective else {}))
     manual = Prompt.create("{sentence} It was {answer}", VERBALIZER, data.label_names)
     prompt = searcher.initial_prompt(SearchContext(task=data.without_test(), backend=be, scorer=None, seed=args.seed,
                                                    prompts=(manual,)))
