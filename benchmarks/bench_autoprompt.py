@@ -276,7 +276,8 @@ def render(r) -> str:
         f"Command: `{r['command']}`  ", f"Date: {r['date']}; CPU: {m['cpu']}, {m['cores']} cores shared with other jobs "
         f"(load average during the run: {', '.join(f'{l[0]:.1f}' for l in m['loadavg'])}); torch {m['torch']}, {m['torch_threads']} thread(s).", "",
         f"Settings (both): {s['task']} seed {s['seed']}, template `{s['template']}`, {s['trigger_length']} triggers initialised to "
-        f"{s['init']!r}, {s['candidates_per_step']} candidates per step, batch {s['batch_size']}, model {s['model']}.", "",
+        f"{s['init']!r}, {s['candidates_per_step']} candidates per step, batch {s['batch_size']}, model {s['model']}; "
+        f"autoprompt's objective `{s['ours'].get('objective', 'vocab')}`, dev every {s['ours'].get('eval_every')} iterations.", "",
         "| | reference loop | autoprompt | ratio |", "|---|---|---|---|",
         f"| time per iteration ({tpi.get('source', 'interleaved')}) | {tpi['reference_median_s']:.2f} s | {tpi['ours_median_s']:.2f} s | {tpi['speedup']:.1f}x |",
         f"| time to the reference's final dev accuracy ({100 * tto['target_dev_accuracy']:.1f}) | {f(tto['reference_s'])} | {f(tto['ours_s'])} | "
