@@ -312,13 +312,13 @@ def summary(runs) -> str:
              "Each row is one `bench_autoprompt.py` run (its own .md has the command, machine, load and trajectories). "
              "Targets: the reference's final (best) dev accuracy after its iterations, and that trigger's dev "
              "log-likelihood; autoprompt runs until it has reached both or used the reference's whole wall time.", "",
-             "| run | task, seed | per iteration ref / ours | ratio | dev acc target | ref reached at | ours reached at | ratio "
+             "| run | task, seed | autoprompt objective | per iteration ref / ours | ratio | dev acc target | ref reached at | ours reached at | ratio "
              "| dev loglik target | ref reached at | ours reached at | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs:
         t, o = r["time_per_iteration"], r["time_to_objective"]
         lines.append(
-            f"| `{name}` | {r['settings']['task']}, {r['settings']['seed']} | {t['reference_median_s']:.1f} / {t['ours_median_s']:.1f} s | "
+            f"| `{name}` | {r['settings']['task']}, {r['settings']['seed']} | {r['settings']['ours'].get('objective', 'vocab')} | {t['reference_median_s']:.1f} / {t['ours_median_s']:.1f} s | "
             f"{t['speedup']:.1f}x | {100 * o['target_dev_accuracy']:.1f} | {f(o['reference_s'])} | {f(o['ours_s'])} | "
             f"{x(o['reference_s'], o['ours_s'])} | {o.get('target_dev_loglik', float('nan')):.4f} | {f(o.get('reference_loglik_s'))} | "
             f"{f(o.get('ours_loglik_s'))} | {x(o.get('reference_loglik_s'), o.get('ours_loglik_s'))} |")

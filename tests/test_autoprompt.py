@@ -198,7 +198,8 @@ def test_cli_run_export_rescore(tmp_path, causal):
         "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 16},
         "model": {"name": str(d)},
         "prompts": [{"template": "{sentence} It was {answer}", "verbalizer": {"negative": "terrible", "positive": "great"}}],
-        "searchers": [{"name": "autoprompt", "params": {**SMALL, "template": "{sentence} {trigger:3} It was {answer}"}}],
+        "searchers": [{"name": "autoprompt", "params": {**SMALL, "template": "{sentence} {trigger:3} It was {answer}",
+                                                                 "objective": "vocab"}}],  # moves in 3 steps on this tiny model
         "seeds": [3], "k": 4, "storage": db, "progress": False, "budget": {"max_forward_passes": 30},
     }
     path = tmp_path / "c.yaml"
@@ -218,7 +219,8 @@ def test_cli_run_export_rescore(tmp_path, causal):
 def test_last_evaluation_is_labelled_with_the_steps_actually_run(causal, data):
     """Stopped by its budget long before ``steps``, the final dev evaluation names the step it stopped at."""
     seen = []
-    searcher = AutoPromptSearcher(steps=10**6, batch_size=4, n_candidates=4, top_k=8, eval_every=10**6, patience=0)
+    searcher = AutoPromptSearcher(steps=10**6, batch_size=4, n_candidates=4, top_k=8, eval_every=10**6, patience=0,
+                                  objective="vocab")  # vocab: the trigger moves within this budget on the tiny model
     ctx = SearchContext(task=data.without_test(), backend=causal, scorer=Scorer(causal, progress=False), seed=3)
     ctx.budget = Budget(BudgetSpec(max_forward_passes=12), ctx.scorer.counter)
 

@@ -10,7 +10,8 @@ Each step:
 4. the current trigger and all candidates scored on a *fresh* training batch in a few
    batched passes (KV-cached text prefix on causal LMs);
 5. the best candidate replaces the current trigger if it raises the summed gold
-   log-probability (a smooth objective: accuracy on a small batch ties constantly).
+   log-probability (a smooth objective: accuracy on a small batch ties constantly), by default
+   normalised over the labels (``objective: label``; ``vocab`` is AutoPrompt's unnormalised loss).
 
 The dev set is scored through ``evaluate`` every ``eval_every`` steps (not after every
 swap); the search stops after ``patience`` evaluations without a better dev score. The
@@ -53,7 +54,10 @@ class AutoPromptSearcher(Searcher):
     batch_size: int = 16  # training examples per gradient step and per candidate re-scoring
     top_k: int = 32  # HotFlip tokens kept per position
     n_candidates: int = 32  # single-swap candidates re-scored per step
-    objective: Literal["vocab", "label"] = "vocab"  # vocab: log p(gold words) (AutoPrompt); label: normalised over labels
+    # label: log p(gold words) normalised over the labels (the classifier's log-likelihood);
+    # vocab: log p(gold words) over the whole vocabulary (AutoPrompt's loss), which also rewards triggers
+    # that make every label word likely (see results/autoprompt_bench*.md)
+    objective: Literal["vocab", "label"] = "label"
     words_only: bool = True  # trigger tokens must decode to alphabetic words
     allow_capitalized: bool = False
     exclude_tokens: list[str] = field(default_factory=list)  # words that may not become triggers
