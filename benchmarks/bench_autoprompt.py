@@ -140,7 +140,7 @@ def run_ours(be, searcher: AutoPromptSearcher, data, manual, seed, *, max_second
             traj.append({"t": time.perf_counter() - t0, "iter": (extra or {}).get("step"), "dev": e.dev.score,
                          "dev_loglik": e.dev.loglik, "trigger": e.prompt.meta.get("trigger_text")})
             logger.info("ours step %s: %r dev %.3f", (extra or {}).get("step"), e.prompt.meta.get("trigger_text"), e.dev.score)
-        if targets and time_to(traj, *targets[:1]) is not None and time_to(traj, targets[1], "dev_loglik") is not None:
+        if targets and time_to(traj, targets[0]) is not None and time_to(traj, targets[1], "dev_loglik") is not None:
             raise _TargetsReached
         return out
 
@@ -332,7 +332,8 @@ def _note(r) -> str:
                 f"(strict accuracy on a batch of {r['settings']['batch_size']} ties; {len(ref) - 1} swap(s) accepted), so its "
                 "final dev objective is the initial trigger's, which both sides "
                 "reach at their first dev evaluation: the time-to-objective ratio then only compares those first evaluations. "
-                f"autoprompt's best dev accuracy after the same number of iterations: {100 * r['ours_run']['best_dev']:.1f} "
+                f"autoprompt's best dev accuracy in its run ({r['ours_run'].get('iterations', r['settings']['iterations'])} "
+                f"iterations): {100 * r['ours_run']['best_dev']:.1f} "
                 f"(reached at {next(p['t'] for p in ours if p['dev'] >= r['ours_run']['best_dev']):.0f} s).")
     return ""
 

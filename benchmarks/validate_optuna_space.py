@@ -102,11 +102,29 @@ CANDIDATES = {
 CURRENT = ("[0, 1]", "[0, 2]", "[false, true]", "32")
 
 
-def _pick(trials: list[dict]) -> dict | None:
-    neg = float("-inf")
-    key = lambda t: (t["dev"] if t["dev"] is not None else neg, t["dev_loglik"] if t["dev_loglik"] is not None else neg,  # noqa: E731
-                     t["train"] if t["train"] is not None else neg, -t["id"])
-    return max(trials, key=key) if trials else None
+# ----------------------------------------------------------------- the pick rule (results/optuna_selection_plan.md)
+_NEG = float("-inf")
+
+
+def _v(x):
+    return _NEG if x is None else x
+
+
+RULES = {
+    "R0": ("dev accuracy, then dev log-likelihood, then train accuracy (current)",
+           lambda t, ts: (_v(t["dev"]), _v(t["dev_loglik"]), _v(t["train"]))),
+    "R1": ("dev log-likelihood", lambda t, ts: (_v(t["dev_loglik"]),)),
+    "R2": ("mean of train and dev accuracy, then dev log-likelihood",
+           lambda t, ts: ((_v(t["train"]) + _v(t["dev"])) / 2, _v(t["dev_loglik"]))),
+    "R3": ("dev accuracy within one example (1/32) of the best, then dev log-likelihood",
+           lambda t, ts: (_v(t["dev"]) >= max(_v(u["dev"]) for u in ts) - 1 / 32 - 1e-9, _v(t["dev_loglik"]))),
+}
+
+
+def _pick(trials: list[dict], rule: str = "R0") -> dict | None:
+    """The trial ``rule`` picks (R0 is the product's: dev, dev log-likelihood, train); the earlier trial on a tie."""
+    key = RULES[rule][1]
+    return max(trials, key=lambda t: (*key(t, trials), -t["id"])) if trials else None
 
 
 def analyse(records: list[dict]) -> dict:
@@ -180,34 +198,14 @@ def markdown(res: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------- the pick rule (results/optuna_selection_plan.md)
-_NEG = float("-inf")
-
-
-def _v(x):
-    return _NEG if x is None else x
-
-
-RULES = {
-    "R0": ("dev accuracy, then dev log-likelihood, then train accuracy (current)",
-           lambda t, ts: (_v(t["dev"]), _v(t["dev_loglik"]), _v(t["train"]))),
-    "R1": ("dev log-likelihood", lambda t, ts: (_v(t["dev_loglik"]),)),
-    "R2": ("mean of train and dev accuracy, then dev log-likelihood",
-           lambda t, ts: ((_v(t["train"]) + _v(t["dev"])) / 2, _v(t["dev_loglik"]))),
-    "R3": ("dev accuracy within one example (1/32) of the best, then dev log-likelihood",
-           lambda t, ts: (_v(t["dev"]) >= max(_v(u["dev"]) for u in ts) - 1 / 32 - 1e-9, _v(t["dev_loglik"]))),
-}
-
-
 def analyse_selection(records: list[dict]) -> dict:
     """Each rule picks one trial per seed (ties: the earlier trial); its V accuracy, never test."""
     trials = [r for r in records if r["kind"] == "trial"]
     out = {}
-    for name, (desc, key) in RULES.items():
+    for name, (desc, _) in RULES.items():
         picks = []
         for s in SEEDS:
-            ts = [t for t in trials if t["seed"] == s]
-            p = max(ts, key=lambda t: (*key(t, ts), -t["id"]))
+            p = _pick([t for t in trials if t["seed"] == s], name)
             picks.append({"seed": s, "id": p["id"], "trial": p["trial"], "params": p["params"], "train": p["train"],
                           "dev": p["dev"], "dev_loglik": p["dev_loglik"], "V": p["V"]})
         vs = [p["V"] for p in picks]
