@@ -239,6 +239,103 @@ def markdown_selection(res: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------- top-k ensembles (results/optuna_ensemble_plan.md)
+ENSEMBLE_K = (1, 3, 5)  # E1 is the current pick (R0), the sanity check
+
+
+def _ranked(trials: list, key) -> list:
+    """Trials best first by R0 (the earlier trial on a tie), as ``_pick`` orders them."""
+    return sorted(trials, key=lambda t: (*RULES["R0"][1](key(t), None), -key(t)["id"]), reverse=True)
+
+
+def ensemble_score(seeds: list[int], config: Path, storage: str, out: Path) -> None:
+    """Score each seed's top ``max(ENSEMBLE_K)`` trials (by R0) on V_s, keeping every example's label probabilities."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from miner import load_config
+    from miner.leaderboard import Leaderboard
+    from miner.models import load_backend
+    from miner.prompts import Prompt
+    from miner.scoring import Scorer
+    from miner.tasks import load_task
+
+    cfg = load_config(config)
+    scorer = Scorer(load_backend(cfg.model.name), progress=False, content_free=cfg.content_free)
+    data = {s: load_task(cfg.task, 16, s) for s in SEEDS}
+    labels = data[SEEDS[0]].label_names
+    board = Leaderboard(storage)
+    res = []
+    for s in seeds:
+        V = validation_set(data, s)
+        rows = [r for r in board.rows(searcher="optuna", seed=s, order="time")
+                if r.extra and r.extra.get("optuna") and r.task == "sst-2"]
+        as_trial = lambda r: {"id": r.id, "dev": r.dev_score, "dev_loglik": r.dev_loglik, "train": r.train_score}  # noqa: E731
+        for rank, row in enumerate(_ranked(rows, as_trial)[: max(ENSEMBLE_K)]):
+            t0 = time.time()
+            r = scorer.score(Prompt.from_dict(row.prompt, labels), V)
+            res.append({"seed": s, "rank": rank, "id": row.id, "trial": row.extra["optuna"]["trial"],
+                        "dev": row.dev_score, "dev_loglik": row.dev_loglik, "train": row.train_score,
+                        "V": r.metrics["accuracy"], "nV": len(V), "gold": r.gold.tolist(),
+                        "probs": np.exp(r.scores).round(6).tolist()})
+            print(s, rank, row.id, f"{time.time() - t0:.1f}s", row.dev_score, r.metrics["accuracy"], flush=True)
+            out.write_text(json.dumps(res))
+        scorer.clear_cache()
+    out.write_text(json.dumps(res))
+
+
+def analyse_ensemble(records: list[dict]) -> dict:
+    """E_k: the mean of the top-k trials' label probabilities, arg max; V accuracy per seed (never test)."""
+    import numpy as np
+
+    stored = {(r["seed"], r["id"]): r["V"] for r in json.loads((REPO / "results/optuna_validation_scores.json").read_text())
+              if r["kind"] == "trial"}
+    out = {}
+    for k in ENSEMBLE_K:
+        per_seed = []
+        for s in SEEDS:
+            members = sorted((r for r in records if r["seed"] == s), key=lambda r: r["rank"])[:k]
+            if len(members) < k:
+                raise SystemExit(f"seed {s} has {len(members)} scored trials, E{k} needs {k}")
+            gold = np.array(members[0]["gold"])
+            probs = np.mean([np.array(m["probs"]) for m in members], axis=0)
+            per_seed.append({"seed": s, "V": float((probs.argmax(1) == gold).mean()),
+                             "members": [{"id": m["id"], "trial": m["trial"], "dev": m["dev"], "V": m["V"]} for m in members]})
+        vs = [p["V"] for p in per_seed]
+        out[f"E{k}"] = {"k": k, "V_mean": statistics.mean(vs), "V_std": statistics.stdev(vs), "per_seed": per_seed}
+    e1 = out["E1"]
+    sane = all(abs(p["V"] - stored[(p["seed"], p["members"][0]["id"])]) < 1e-9 for p in e1["per_seed"])
+    best = max((n for n in out if n != "E1"), key=lambda n: out[n]["V_mean"])
+    worse = sum(p["V"] < q["V"] - 1e-12 for p, q in zip(out[best]["per_seed"], e1["per_seed"]))
+    adopt = sane and out[best]["V_mean"] >= e1["V_mean"] + MIN_GAIN - 1e-12 and worse <= 2
+    return {"ensembles": out, "sane": sane, "best": best, "worse_seeds": worse, "adopt": adopt, "min_gain": MIN_GAIN,
+            "nV": sorted({r["nV"] for r in records})}
+
+
+def markdown_ensemble(res: dict, command: str) -> str:
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = ["# optuna on SST-2: an ensemble of the top trials, checked on validation data (not test)", "",
+             "Plan: `results/optuna_ensemble_plan.md` (committed before these numbers). Command: "
+             f"`{command}`, {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}. The same trials "
+             f"(`results/optuna_experiments_v2.db`) and V_s ({res['nV']} SST-2 training sentences per seed) as "
+             "`results/optuna_validation.md`; test never read. Members are ranked by the product's pick rule R0 "
+             "(dev accuracy, dev log-likelihood, train accuracy); an ensemble averages its members' label "
+             "probabilities (each calibrated when its trial chose calibration).", "",
+             "| candidate | V accuracy (mean ± std, 5 seeds) | per seed (13, 21, 42, 87, 100) | members' own V per seed |",
+             "|---|---|---|---|"]
+    for n, e in res["ensembles"].items():
+        lines.append(f"| {n} | {pct(e['V_mean'])} ± {pct(e['V_std'])} | " + ", ".join(pct(p["V"]) for p in e["per_seed"])
+                     + " | " + "; ".join("/".join(pct(m["V"]) for m in p["members"]) for p in e["per_seed"]) + " |")
+    b, e1 = res["ensembles"][res["best"]], res["ensembles"]["E1"]
+    lines += ["", "Sanity check (E1 equals the stored V of the current pick): " + ("passed." if res["sane"] else "FAILED."),
+              "", f"Best ensemble: {res['best']} at {pct(b['V_mean'])} vs E1 {pct(e1['V_mean'])}, worse than E1 on "
+              f"{res['worse_seeds']} of 5 seeds: " + (
+                  "adopted (the plan's bar: +1.0 point and worse on at most 2 seeds)." if res["adopt"] else
+                  "NOT adopted (the plan's bar: +1.0 point and worse on at most 2 seeds); nothing changes.")]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("scores", nargs="*", help="score files written by --score (analysis mode)")
@@ -248,7 +345,24 @@ def main(argv=None) -> int:
     ap.add_argument("--storage", default=f"sqlite:///{REPO / 'results/optuna_experiments_v2.db'}")
     ap.add_argument("--selection", action="store_true",
                     help="compare the pick rules of results/optuna_selection_plan.md on the stored validation scores")
+    ap.add_argument("--ensemble-score", help="comma-separated seeds: score their top trials on V, per example")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="analyse the top-k ensembles of results/optuna_ensemble_plan.md from the given --ensemble-score files")
     args = ap.parse_args(argv)
+    if args.ensemble_score:
+        ensemble_score([int(x) for x in args.ensemble_score.split(",")], Path(args.config), args.storage, Path(args.output))
+        return 0
+    if args.ensemble:
+        records = [r for f in args.scores for r in json.loads(Path(f).read_text())]
+        res = analyse_ensemble(records)
+        (REPO / "results/optuna_ensemble.json").write_text(json.dumps(res, indent=1))
+        md = markdown_ensemble(res, "python benchmarks/validate_optuna_space.py --ensemble-score 13,42,100 -o "
+                               "results/optuna_ensemble_scores_a.json (and --ensemble-score 21,87 -o "
+                               "results/optuna_ensemble_scores_b.json in a second process); python "
+                               "benchmarks/validate_optuna_space.py --ensemble results/optuna_ensemble_scores_{a,b}.json")
+        (REPO / "results/optuna_ensemble.md").write_text(md)
+        print(md)
+        return 0
     if args.selection:
         res = analyse_selection(json.loads((REPO / "results/optuna_validation_scores.json").read_text()))
         (REPO / "results/optuna_selection.json").write_text(json.dumps(res, indent=1))
