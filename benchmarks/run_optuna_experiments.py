@@ -77,7 +77,8 @@ def score_baselines(cfg) -> list[dict]:
 
 
 def collect(cfg, storage: str) -> list[dict]:
-    """Each job's best prompt (dev score, then dev log-likelihood, then train) and its test score, from the database."""
+    """Each job's pick (its ensemble when the searcher declared one, else its best prompt by dev score, then dev
+    log-likelihood, then train) and its test score, from the database."""
     from miner.leaderboard import Leaderboard
 
     board = Leaderboard(storage)
@@ -88,9 +89,10 @@ def collect(cfg, storage: str) -> list[dict]:
         if not rows:
             continue
         neg = float("-inf")
-        best = max(rows, key=lambda r: (r.dev_score if r.dev_score is not None else neg,
-                                        r.dev_loglik if r.dev_loglik is not None else neg,
-                                        r.train_score if r.train_score is not None else neg))
+        picks = [r for r in rows if r.extra.get("pick")]  # the job's declared pick (its ensemble), if any
+        best = picks[0] if picks else max(rows, key=lambda r: (r.dev_score if r.dev_score is not None else neg,
+                                                               r.dev_loglik if r.dev_loglik is not None else neg,
+                                                               r.train_score if r.train_score is not None else neg))
         jobs.append({
             "seed": seed, "k": best.k, "best_prompt": best.prompt, "dev": best.dev_score, "dev_loglik": best.dev_loglik,
             "train": best.train_score, "test": best.test_score, "n_test": best.n_test, "evaluations": len(rows),
@@ -154,6 +156,109 @@ def full_test(cfg, summary_path: Path, out_dir: Path) -> dict:
     lines.append(f"| **optuna, mean ± std** | {pct(summary['searcher_test_mean'])} ± {pct(summary['searcher_test_std'])} | "
                  f"**{pct(mean)} ± {pct(std)}** |")
     (out_dir / f"{summary['name']}_fulltest.md").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def ensemble_test(cfg, seeds: list[int], k: int, out: Path) -> None:
+    """Score each seed's top-``k`` ensemble (results/optuna_ensemble_plan.md, step 5) on the test split.
+
+    The ensembles are built by the product (``top_trials`` on each seed's *unchanged* study, the
+    same members the validation check used) and scored once by ``Scorer.score``, on the whole
+    test split; the 400-example sample is read off the same predictions. Per seed this also
+    records the ensemble's train and dev scores and the top trial's test accuracy (a check
+    against the stored single-prompt results).
+    """
+    import optuna
+
+    from miner.leaderboard import Leaderboard
+    from miner.models import load_backend
+    from miner.prompts import Prompt, PromptEnsemble
+    from miner.scoring import Scorer
+    from miner.search._optuna_run import top_trials
+    from miner.search._optuna_study import make_storage
+    from miner.tasks import load_task
+
+    storage = cfg.storage
+    board = Leaderboard(storage)
+    backend = load_backend(cfg.model.name)
+    full = cfg.task.model_copy(update={"max_test": None})
+    res = []
+    for seed in seeds:
+        rows = [r for r in board.rows(searcher="optuna", seed=seed, order="time")
+                if r.extra and r.extra.get("optuna") and r.task == _task_name(cfg)]
+        names = sorted({r.extra["optuna"]["study"] for r in rows})
+        assert len(names) == 1, names
+        study = optuna.load_study(study_name=names[0], storage=make_storage(storage))
+        data = load_task(full, cfg.k[0], seed)
+        sample = load_task(cfg.task, cfg.k[0], seed).test
+        labels = data.label_names
+        top = top_trials(study, k)
+        ens = PromptEnsemble(tuple(Prompt.from_dict(t.user_attrs["prompt"], labels) for t in top))
+        scorer = Scorer(backend, progress=False, content_free=cfg.content_free)
+        t0 = time.time()
+        r = scorer.score(ens, data.test)
+        first = scorer.score(ens.members[0], data.test)  # cached: no new pass
+        where = {}
+        for i, e in enumerate(data.test):
+            where.setdefault((e.fields["sentence"], e.label), i)
+        idx = [where[(e.fields["sentence"], e.label)] for e in sample]
+        gold = r.gold
+        acc = lambda preds, ix: float((preds[ix] == gold[ix]).mean())  # noqa: E731
+        tr, dv = scorer.score(ens, data.train), scorer.score(ens, data.dev)
+        res.append({"seed": seed, "study": names[0], "trials": [t.number for t in top],
+                    "row_ids": [t.user_attrs.get("row_id") for t in top], "prompt": ens.to_dict(),
+                    "train": tr.metrics[data.metric], "dev": dv.metrics[data.metric], "dev_loglik": dv.loglik,
+                    "test_sample": acc(r.preds, idx), "test_full": r.metrics[data.metric],
+                    "top_trial_test_sample": acc(first.preds, idx), "top_trial_test_full": first.metrics[data.metric],
+                    "n_test_sample": len(idx), "n_test_full": len(data.test), "seconds": time.time() - t0,
+                    "forward_passes": r.cost.forward_passes})
+        logging.info("ensemble test, seed %s: sample %.4f, full %.4f (top trial %.4f / %.4f) %.0f s", seed,
+                     res[-1]["test_sample"], res[-1]["test_full"], res[-1]["top_trial_test_sample"],
+                     res[-1]["top_trial_test_full"], res[-1]["seconds"])
+        out.write_text(json.dumps(res, indent=1))
+    out.write_text(json.dumps(res, indent=1))
+
+
+def ensemble_report(parts: list[Path], out_dir: Path, k: int) -> dict:
+    jobs = sorted((j for p in parts for j in json.loads(p.read_text())), key=lambda j: j["seed"])
+    single = json.loads((out_dir / "optuna_sst2.json").read_text())
+    fulltest = json.loads((out_dir / "optuna_sst2_fulltest.json").read_text())
+    single_by_seed = {j["seed"]: j for j in single["jobs"]}
+    full_by_seed = {j["seed"]: j["test_full"] for j in fulltest["jobs"]}
+    for j in jobs:  # the top trial is the single prompt the product picked before: the same test scores
+        j["check_single"] = (abs(j["top_trial_test_sample"] - single_by_seed[j["seed"]]["test"]) < 1e-9
+                             and abs(j["top_trial_test_full"] - full_by_seed[j["seed"]]) < 1e-9)
+    ms, ss = _mean_std([j["test_sample"] for j in jobs])
+    mf, sf = _mean_std([j["test_full"] for j in jobs])
+    best_sample = max(b["test"] for b in single["baselines"])
+    best_full = max(b["test"] for b in fulltest["baselines"])
+    out = {"k": k, "jobs": jobs, "sample_mean": ms, "sample_std": ss, "full_mean": mf, "full_std": sf,
+           "single_sample_mean": single["searcher_test_mean"], "single_full_mean": fulltest["searcher_mean"],
+           "best_manual_sample": best_sample, "best_manual_full": best_full, "machine": _machine(),
+           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    (out_dir / "optuna_sst2_ensemble.json").write_text(json.dumps(out, indent=1))
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [f"# optuna on SST-2: the top-{k} ensemble on test (scored once)", "",
+             "Plan: `results/optuna_ensemble_plan.md`; adopted on validation data (`results/optuna_ensemble.md`, E5 84.2 vs "
+             "82.3) before any ensemble touched test. The members are each seed's best 5 trials of the *unchanged* studies "
+             "(`results/optuna_experiments_v2.db`), chosen by the product's `top_trials` (dev, dev log-likelihood, train). "
+             "Commands: `python benchmarks/run_optuna_experiments.py configs/optuna_sst2.yaml --ensemble-test 13,42,87 -o "
+             "results/optuna_sst2_ensemble_a.json` (and `--ensemble-test 21,100 -o results/optuna_sst2_ensemble_b.json` in a "
+             "second process), then `--ensemble-report results/optuna_sst2_ensemble_{a,b}.json`; "
+             f"{out['date']}, {out['machine']['cpu']} ({out['machine']['cores']} cores), torch {out['machine']['torch']}, "
+             "1 thread per process.", "",
+             f"| seed | trials (ranked) | train | dev | test, 400 sample | test, all {jobs[0]['n_test_full']} | "
+             "single pick (top trial): 400 sample / all | same as stored |", "|---|---|---|---|---|---|---|---|"]
+    for j in jobs:
+        lines.append(f"| {j['seed']} | {j['trials']} | {pct(j['train'])} | {pct(j['dev'])} | {pct(j['test_sample'])} | "
+                     f"{pct(j['test_full'])} | {pct(j['top_trial_test_sample'])} / {pct(j['top_trial_test_full'])} | "
+                     f"{'yes' if j['check_single'] else 'NO'} |")
+    lines += [f"| **mean ± std** | | | | **{pct(ms)} ± {pct(ss)}** | **{pct(mf)} ± {pct(sf)}** | "
+              f"{pct(out['single_sample_mean'])} / {pct(out['single_full_mean'])} | |", "",
+              f"Best manual prompt: {pct(best_sample)} (400 sample), {pct(best_full)} (all). "
+              f"Ensemble vs best manual: {pct(ms - best_sample):+s} points on the sample, {pct(mf - best_full):+s} on "
+              "the whole split."]
+    (out_dir / "optuna_sst2_ensemble.md").write_text("\n".join(lines) + "\n")
     return out
 
 
@@ -241,6 +346,10 @@ def main(argv=None) -> int:
     ap.add_argument("--collect", action="store_true", help="no search: build the results from the database")
     ap.add_argument("--full-test", action="store_true",
                     help="score the picks already in results/<name>.json and the baselines on the whole test split")
+    ap.add_argument("--ensemble-test", help="comma-separated seeds: score their top-k ensembles on test (after the plan)")
+    ap.add_argument("--ensemble-report", nargs="+", type=Path, help="merge --ensemble-test files into results/optuna_sst2_ensemble.md")
+    ap.add_argument("--ensemble-k", type=int, default=5)
+    ap.add_argument("-o", "--output", type=Path, help="file for --ensemble-test")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -251,8 +360,18 @@ def main(argv=None) -> int:
         summaries = [s for s in summaries if isinstance(s, dict) and "baselines" in s]
         (args.out / "optuna_results.md").write_text("# optuna searcher: results\n\n" + markdown(summaries))
         return 0
+    if args.ensemble_report:
+        r = ensemble_report(args.ensemble_report, args.out, args.ensemble_k)
+        print(f"ensemble: {100 * r['sample_mean']:.1f} ± {100 * r['sample_std']:.1f} (sample), {100 * r['full_mean']:.1f} ± "
+              f"{100 * r['full_std']:.1f} (all); best manual {100 * r['best_manual_sample']:.1f} / {100 * r['best_manual_full']:.1f}")
+        return 0
     if args.config is None:
         ap.error("give a config or --report")
+    if args.ensemble_test:
+        from miner.config import load_config
+
+        ensemble_test(load_config(args.config), [int(x) for x in args.ensemble_test.split(",")], args.ensemble_k, args.output)
+        return 0
     if args.full_test:
         from miner.config import load_config
 

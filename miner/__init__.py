@@ -3,11 +3,11 @@
 __version__ = "0.1.0"
 
 from miner.errors import BudgetExhausted, ConfigError, DataError, MinerError, ModelLoadError, PromptError  # noqa: E402
-from miner.prompts import Prompt, Verbalizer, parse_template  # noqa: E402
+from miner.prompts import Prompt, PromptEnsemble, Verbalizer, parse_template  # noqa: E402
 
 __all__ = [
     "__version__", "BudgetExhausted", "ConfigError", "DataError", "MinerError", "ModelLoadError", "Prompt",
-    "PromptError", "Verbalizer", "parse_template", "run", "load_config", "load_backend", "load_task",
+    "PromptEnsemble", "PromptError", "Verbalizer", "parse_template", "run", "load_config", "load_backend", "load_task",
     "Leaderboard", "Scorer", "export_best", "load_exported", "predict", "plot_leaderboard",
 ]
 

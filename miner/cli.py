@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20, help="rows to show (default: %(default)s; 0 = all)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
-    p = sub.add_parser("export", help="write the best prompt of a task/model as JSON", description="Write the best prompt (by dev score, ties by dev log-likelihood) as a JSON file with its scores and provenance.")
+    p = sub.add_parser("export", help="write the best prompt of a task/model as JSON", description="Write the best prompt (by dev score, ties by dev log-likelihood; a job whose searcher declared a pick, such as the optuna searcher's ensemble, is represented by that pick) as a JSON file with its scores and provenance.")
     _add_filters(p, task_required=True)
     p.add_argument("-o", "--output", required=True, help="output JSON file")
 

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from miner._io import atomic_write_text, read_format_json
 from miner.errors import MinerError
-from miner.prompts import Prompt
+from miner.prompts import Prompt, PromptEnsemble
 
 FORMAT = "miner-prompt/1"
 
@@ -54,7 +54,7 @@ def export_best(
     k: Any = ...,
     out: str | Path | None = None,
 ) -> ExportedPrompt:
-    """Write the best leaderboard prompt (by dev score) of a task/model as JSON."""
+    """Write the best leaderboard prompt of a task/model as JSON: by dev score, or a job's declared pick (its ensemble)."""
     from miner.leaderboard import Leaderboard
     from miner.runner import code_version
 
@@ -75,13 +75,12 @@ def export_best(
         cfg = run.config if run else {}
     finally:
         board.close()
-    labels = list(row.prompt["verbalizer"].keys())
+    prompt = Prompt.from_dict(row.prompt)
+    labels = list(prompt.verbalizer.labels)
     task_cfg = cfg.get("task", {})
-    from miner.prompts import parse_template
-
-    fields = list(parse_template(row.prompt["template"]).fields)
+    fields = list(prompt.fields if isinstance(prompt, PromptEnsemble) else prompt.parsed.fields)
     exported = ExportedPrompt(
-        prompt=Prompt.from_dict(row.prompt, labels),
+        prompt=prompt,
         model=model,
         task={
             "name": task,

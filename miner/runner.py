@@ -6,7 +6,8 @@ Jobs are task x model x searcher x seed x k. For each job the runner builds the 
 checks the budget *before* spending (the scorer plans the forward passes a prompt would
 need), scores on train and dev, and writes one leaderboard row per new prompt. After the
 search, the best prompts by dev score (ties broken by dev log-likelihood, then train)
-get their held-out test score.
+get their held-out test score; a prompt the searcher proposed with ``extra={"pick": True}``
+(the optuna searcher's ensemble) is the job's pick instead, and is tested first.
 """
 
 from __future__ import annotations
@@ -135,10 +136,17 @@ def job_key(cfg: RunConfig, searcher_index: int, seed: int, k: int | None) -> st
     import hashlib
     import json
 
+    searcher = cfg.searchers[searcher_index].model_dump(mode="json")
+    try:
+        exempt = searchers.get(searcher["name"]).post_search_params
+    except ConfigError:  # an unknown searcher fails later, with its own error
+        exempt = ()
+    if exempt and isinstance(searcher.get("params"), dict):
+        searcher["params"] = {k: v for k, v in searcher["params"].items() if k not in exempt}
     ident = {
         "task": cfg.task.model_dump(mode="json"),
         "model": cfg.model.name,
-        "searcher": cfg.searchers[searcher_index].model_dump(mode="json"),
+        "searcher": searcher,
         "prompts": [p.model_dump(mode="json") for p in cfg.prompts],
         "seed": seed,
         "k": k,
@@ -163,6 +171,14 @@ class JobEvaluator:
         self.evaluations: list[Evaluation] = []
         self._last = scorer.counter.snapshot()
         self.best: Evaluation | None = None
+        self.pick: Evaluation | None = None  # the searcher's declared pick (``extra={"pick": True}``), if any
+
+    def _consider(self, ev: Evaluation, pick: bool) -> None:
+        """The job's best is the searcher's latest declared pick, else the best by dev (``rank_key``)."""
+        if pick:
+            self.pick = self.best = ev
+        elif self.pick is None and (self.best is None or ev.rank_key > self.best.rank_key):
+            self.best = ev
 
     def _splits(self) -> list[tuple[str, Sequence[Any]]]:
         splits = [("dev", self.job.task.dev)]
@@ -172,9 +188,12 @@ class JobEvaluator:
 
     def __call__(self, prompts: Sequence[Prompt], *, extra: dict[str, Any] | None = None) -> list[Evaluation]:
         out = []
+        pick = bool((extra or {}).get("pick"))
         for prompt in prompts:
             if prompt.key in self.seen:
                 prev = self.seen[prompt.key]
+                if pick:
+                    self._consider(prev, True)
                 out.append(Evaluation(prompt, prev.train, prev.dev, Cost(), prev.row_id, duplicate=True))
                 continue
             planned = sum(self.scorer.plan(prompt, data) for _, data in self._splits())
@@ -190,8 +209,7 @@ class JobEvaluator:
             self.budget.evaluations += 1
             self.seen[prompt.key] = ev
             self.evaluations.append(ev)
-            if self.best is None or ev.rank_key > self.best.rank_key:
-                self.best = ev
+            self._consider(ev, pick)
             out.append(ev)
         return out
 
@@ -245,8 +263,7 @@ class JobEvaluator:
             self.evaluations.append(ev)
             self.budget.evaluations += 1
             self.budget.previous_passes += r.forward_passes
-            if self.best is None or ev.rank_key > self.best.rank_key:
-                self.best = ev
+            self._consider(ev, bool(ex.get("pick")))
         return len(rows)
 
 
@@ -481,6 +498,8 @@ def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backe
     # Held-out test scores for the best prompts (not charged to the searcher's budget).
     if data.test and result.evaluations:
         ranked = sorted(result.evaluations, key=lambda e: e.rank_key, reverse=True)
+        if result.best is not None:  # a searcher's declared pick comes first, whatever its dev rank
+            ranked = [result.best] + [e for e in ranked if e is not result.best]
         top = ranked if cfg.test_top == "all" else ranked[: cfg.test_top]
         test_scorer = Scorer(backend, **scorer_kw)
         for ev in top:

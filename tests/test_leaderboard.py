@@ -258,6 +258,23 @@ def test_best_and_filters(board):
     assert counts[run_a] == 4 and counts[run_b] == 2
 
 
+def test_best_prefers_a_jobs_declared_pick(board):
+    """A job whose searcher marked a pick (an ensemble) is represented by it, even at a lower dev score."""
+    run = board.start_run({}, {})
+    task = unique_task()
+    job_a, job_b = {"job_key": "a"}, {"job_key": "b"}
+    board.add_evaluations([
+        record(run, task=task, dev_score=0.95, prompt_key="a-single", extra=job_a),
+        record(run, task=task, dev_score=0.90, prompt_key="a-pick", extra={**job_a, "pick": True}),
+        record(run, task=task, dev_score=0.85, prompt_key="b-single", extra=job_b, seed=1),
+        record(run, task=task, dev_score=0.97, prompt_key="c-no-key", seed=2, searcher="other"),
+    ])
+    assert board.best(task=task, model="tiny-gpt").prompt_key == "c-no-key"  # jobs compete by dev
+    assert board.best(task=task, model="tiny-gpt", seed=0).prompt_key == "a-pick"  # not a-single (0.95)
+    assert board.best(task=task, model="tiny-gpt", seed=1).prompt_key == "b-single"
+    assert [r.prompt_key for r in board.rows(task=task, seed=0)] == ["a-single", "a-pick"]  # rows keep dev order
+
+
 # ---------------------------------------------------------------- transactions
 def _count(board, run_id):
     return len(board.rows(run_id=run_id))
@@ -437,6 +454,14 @@ def test_format_table_options_column():
     cal = {"template": "{t} {trigger:2} {answer}", "verbalizer": {"a": "x", "b": "y"}, "calibrate": True, "triggers": [5, 6]}
     line = format_table([_row(prompt=cal)], columns=["id", "options"]).splitlines()[2]
     assert line.split() == ["7", "cal,2", "trig"]
+
+
+def test_format_table_shows_an_ensemble_by_its_first_member():
+    a = {"template": "{t} It was {answer}", "verbalizer": {"a": "x", "b": "y"}, "calibrate": True}
+    b = {"template": "{t} Overall {answer}", "verbalizer": {"a": "u", "b": "v"}}
+    line = format_table([_row(prompt={"ensemble": [a, b]}, extra={"pick": True})],
+                        columns=["id", "template", "verbalizer", "options"]).splitlines()[2]
+    assert "{t} It was {answer}" in line and "a:x|b:y" in line and line.split()[-1] == "ens2,pick,cal"
 
 
 def test_format_table_columns_and_edge_cases():

@@ -33,6 +33,12 @@ class TestOptunaConformance(SearcherConformance):
         return OptunaSearcher(n_trials=4, pool_sizes=[3], max_words=2, n_startup_trials=2)
 
 
+class TestOptunaEnsembleConformance(SearcherConformance):
+    @pytest.fixture
+    def searcher(self):
+        return OptunaSearcher(n_trials=4, pool_sizes=[3], max_words=2, n_startup_trials=2, ensemble_top=2)
+
+
 @pytest.fixture(scope="module")
 def causal():
     return tiny_causal()
@@ -372,3 +378,70 @@ def test_the_runner_gives_searchers_the_time_its_run_started(tmp_path, tiny_dir,
     before = time.time()
     assert main(["run", str(path), "--no-progress"]) == 0
     assert len(seen) == 1 and before <= seen[0] <= loads[0]
+
+
+def test_ensemble_of_the_top_trials_is_the_jobs_pick(tmp_path, tiny_dir):
+    """ensemble_top: the study's best trials, averaged, are proposed last, tested, exported and resumed as the pick."""
+    from miner.export import export_best, load_exported
+    from miner.prompts import PromptEnsemble
+    from miner.search._optuna_run import top_trials
+    from miner.tasks import TaskSpec, load_task
+
+    path, cfg = _config(tmp_path, tiny_dir, 6)
+    cfg["searchers"][0]["params"].update(ensemble_top=3, pruner="none", train_shares=[1.0])
+    path.write_text(yaml.safe_dump(cfg))
+    url = cfg["storage"]
+    assert main(["run", str(path), "--no-progress"]) == 0
+    board = Leaderboard(url)
+    rows = board.rows(order="time")
+    ens_row = rows[0]
+    assert "ensemble" in ens_row.prompt and ens_row.extra["pick"] is True
+    study = _study(url)
+    top = top_trials(study, 3)
+    assert ens_row.extra["optuna"]["ensemble_of"] == [t.number for t in top]
+    assert [m["template"] for m in ens_row.prompt["ensemble"]] == [t.user_attrs["prompt"]["template"] for t in top]
+    assert study.user_attrs["ensemble"]["row_id"] == ens_row.id
+    # the members are the best trials by (dev, dev log-likelihood, train)
+    singles = sorted((r for r in rows if "ensemble" not in r.prompt), reverse=True,
+                     key=lambda r: (r.dev_score, r.dev_loglik, r.train_score, -r.id))
+    assert [t.user_attrs["prompt_key"] for t in top] == [r.prompt_key for r in singles[:3]]
+    # the pick gets the test score (test_top: 1), not the single trial with the best dev score
+    assert ens_row.test_score is not None and all(r.test_score is None for r in singles)
+    out = tmp_path / "best.json"
+    ex = export_best(url, task="rotten_tomatoes", out=out)
+    assert isinstance(ex.prompt, PromptEnsemble) and ex.leaderboard["row_id"] == ens_row.id
+    back = load_exported(out)
+    data = load_task(TaskSpec(source="builtin", name="rotten_tomatoes", max_test=8), 4, 1)
+    from miner.models import load_backend
+
+    res = Scorer(load_backend(str(tiny_dir)), progress=False).score(back.prompt, data.test)
+    assert res.metrics["accuracy"] == pytest.approx(ens_row.test_score)  # the exported ensemble re-scores the same
+    assert main(["predict", "--prompt", str(out), "--text", "A gem.", "--text", "A mess."]) == 0
+    # resuming the finished job writes nothing new and keeps the ensemble as the pick
+    assert main(["run", str(path), "--resume", "--no-progress"]) == 0
+    assert len(Leaderboard(url).rows()) == len(rows)
+    assert Leaderboard(url).best(task="rotten_tomatoes", model=str(tiny_dir)).id == ens_row.id
+
+
+def test_ensemble_top_must_not_be_negative(causal, data):
+    with pytest.raises(ConfigError, match="ensemble_top"):
+        run_searcher(OptunaSearcher(ensemble_top=-1), causal, data)
+
+
+def test_turning_on_the_ensemble_for_a_finished_job_adds_only_the_ensemble(tmp_path, tiny_dir):
+    """ensemble_top is not part of the job key: --resume finds the finished study and proposes just the ensemble."""
+    path, cfg = _config(tmp_path, tiny_dir, 4)
+    cfg["searchers"][0]["params"].update(pruner="none", train_shares=[1.0])
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    url = cfg["storage"]
+    before = {r.id for r in Leaderboard(url).rows()}
+    n_trials = len(_study(url).trials)
+    cfg["searchers"][0]["params"]["ensemble_top"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--resume", "--no-progress"]) == 0
+    rows = Leaderboard(url).rows()
+    new = [r for r in rows if r.id not in before]
+    assert len(new) == 1 and "ensemble" in new[0].prompt and new[0].extra["pick"]
+    assert len(_study(url).trials) == n_trials  # no new trial
+    assert Leaderboard(url).best(task="rotten_tomatoes", model=str(tiny_dir)).id == new[0].id

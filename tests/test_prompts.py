@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from miner.errors import PromptError
@@ -81,3 +83,27 @@ def test_trigger_count_must_match():
 def test_unknown_prompt_key():
     with pytest.raises(PromptError, match="unknown key"):
         Prompt.from_dict({"template": "{sentence} {answer}", "verbalizer": {"negative": "a", "positive": "b"}, "evil": 1}, LABELS)
+
+
+def test_prompt_ensemble_round_trips_and_validates():
+    from miner.prompts import PromptEnsemble
+
+    labels = ["negative", "positive"]
+    a = Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "good"}, labels)
+    b = Prompt.create("Review: {sentence}\nSentiment: {answer}", {"negative": ["negative"], "positive": ["positive"]}, labels, calibrate=True)
+    ens = PromptEnsemble((a, b), meta={"searcher": "optuna"})
+    back = Prompt.from_dict(json.loads(json.dumps(ens.to_dict())), labels)
+    assert isinstance(back, PromptEnsemble) and back == ens and back.key == ens.key
+    assert back.members[1].calibrate and back.verbalizer.labels == tuple(labels)
+    assert PromptEnsemble((b, a)).key != ens.key  # the order is part of the identity
+    assert ens.key not in (a.key, b.key) and "ensemble of 2" in ens.describe()
+    with pytest.raises(PromptError, match="at least 2"):
+        PromptEnsemble((a,))
+    with pytest.raises(PromptError, match="repeats"):
+        PromptEnsemble((a, a))
+    with pytest.raises(PromptError, match="disagree on the labels"):
+        PromptEnsemble((a, Prompt.create("{sentence} {answer}", {"neg": "bad", "pos": "good"})))
+    with pytest.raises(PromptError, match="unknown key"):
+        Prompt.from_dict({"ensemble": [a.to_dict(), b.to_dict()], "calibrate": True}, labels)
+    with pytest.raises(PromptError, match="do not nest"):
+        Prompt.from_dict({"ensemble": [ens.to_dict(), a.to_dict()]}, labels)

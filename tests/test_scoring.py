@@ -162,3 +162,30 @@ def test_lm_head_gets_a_contiguous_input_with_logits_to_keep(causal):
         handle.remove()
     assert seen and all(seen)
     torch.testing.assert_close(last[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_ensemble_averages_member_probabilities(causal, masked):
+    from miner.prompts import PromptEnsemble
+
+    for be in (causal, masked):
+        members = (
+            Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS),
+            Prompt.create("Review: {sentence}\nSentiment:{answer}", VERBALIZERS[1], LABELS, calibrate=True),
+            Prompt.create("{sentence} It was {answer}", {"negative": "awful", "positive": "good"}, LABELS),
+        )
+        ens = PromptEnsemble(members)
+        s = Scorer(be, batch_size=2, progress=False)
+        planned = s.plan(ens, EXAMPLES)
+        res = s.score(ens, EXAMPLES)
+        assert res.cost.forward_passes == planned > 0
+        singles = [Scorer(be, progress=False).score(m, EXAMPLES) for m in members]
+        mean = np.mean([np.exp(r.scores) for r in singles], axis=0)
+        np.testing.assert_allclose(np.exp(res.scores), mean, atol=1e-5)
+        gold = np.array([e.label for e in EXAMPLES])
+        assert (res.preds == mean.argmax(1)).all()
+        assert res.metrics["accuracy"] == pytest.approx((mean.argmax(1) == gold).mean())
+        assert res.loglik == pytest.approx(np.log(mean[np.arange(len(gold)), gold]).mean(), abs=1e-5)
+        # members already scored: the ensemble costs nothing more
+        assert s.plan(ens, EXAMPLES) == 0 and s.score(ens, EXAMPLES).cost.forward_passes == 0
+        with pytest.raises(PromptError, match="ensemble"):
+            s.distributions(ens, EXAMPLES)

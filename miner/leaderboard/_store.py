@@ -271,9 +271,23 @@ class Leaderboard:
         k: Any = ...,
         run_id: str | None = None,
     ) -> LeaderboardRow | None:
-        """The top row by dev order for these filters, or None when there is none."""
-        top = self.rows(task=task, model=model, searcher=searcher, seed=seed, k=k, run_id=run_id, limit=1)
-        return top[0] if top else None
+        """The top row by dev order for these filters, or None when there is none.
+
+        A job whose searcher declared a pick (``extra["pick"]``, e.g. the optuna searcher's
+        ensemble) is represented by its pick alone: its other rows are passed over.
+        """
+        rows = self.rows(task=task, model=model, searcher=searcher, seed=seed, k=k, run_id=run_id)
+        picked = {_job_of(r) for r in rows if (r.extra or {}).get("pick")}
+        for r in rows:
+            if _job_of(r) not in picked or (r.extra or {}).get("pick"):
+                return r
+        return None
+
+
+def _job_of(row: LeaderboardRow) -> tuple:
+    """The job a row belongs to: its runner job key (shared by a job's workers), else its run and job fields."""
+    key = (row.extra or {}).get("job_key")
+    return ("key", key) if key else ("run", row.run_id, row.task, row.model, row.searcher, row.seed, row.k)
 
 
 def _to_row(m: RowMapping) -> LeaderboardRow:

@@ -22,13 +22,20 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100.0 * value:.1f}"
 
 
+def _first(prompt: Any) -> dict:
+    """The prompt, or an ensemble's first member (the table shows that one and says how many there are)."""
+    prompt = prompt or {}
+    members = prompt.get("ensemble")
+    return members[0] if isinstance(members, list) and members and isinstance(members[0], dict) else prompt
+
+
 def _template(row: Any) -> str:
-    template = (row.prompt or {}).get("template")
+    template = _first(row.prompt).get("template")
     return "-" if template is None else _shorten(str(template), TEMPLATE_WIDTH)
 
 
 def _verbalizer(row: Any) -> str:
-    verbalizer = (row.prompt or {}).get("verbalizer")
+    verbalizer = _first(row.prompt).get("verbalizer")
     if not isinstance(verbalizer, dict) or not verbalizer:
         return "-"
     parts = []
@@ -39,9 +46,14 @@ def _verbalizer(row: Any) -> str:
 
 
 def _options(row: Any) -> str:
-    """What else shapes the prompt: calibration, trigger tokens, a soft prompt."""
+    """What else shapes the prompt: an ensemble (and the searcher's pick), calibration, trigger tokens, a soft prompt."""
     prompt = row.prompt or {}
     parts = []
+    if isinstance(prompt.get("ensemble"), list):
+        parts.append(f"ens{len(prompt['ensemble'])}")
+        prompt = _first(prompt)
+    if (getattr(row, "extra", None) or {}).get("pick"):
+        parts.append("pick")
     if prompt.get("calibrate"):
         parts.append("cal")
     if prompt.get("triggers"):

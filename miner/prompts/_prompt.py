@@ -99,6 +99,11 @@ class Prompt:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], label_names: Sequence[str] | None = None) -> "Prompt":
+        """A prompt from its JSON form; a ``{"ensemble": [...]}`` dict gives a :class:`PromptEnsemble`."""
+        if not isinstance(d, Mapping):
+            raise PromptError(f"a prompt must be a mapping, got {type(d).__name__}")
+        if "ensemble" in d:
+            return PromptEnsemble.from_dict(d, label_names)  # type: ignore[return-value]
         known = {"template", "verbalizer", "triggers", "calibrate", "soft", "meta"}
         extra = set(d) - known
         if extra:
@@ -131,6 +136,94 @@ class Prompt:
     def describe(self) -> str:
         cal = " [calibrated]" if self.calibrate else ""
         return f"{self.template!r} ({self.verbalizer.short()}){cal}"
+
+
+@dataclass(frozen=True)
+class PromptEnsemble:
+    """Several discrete prompts whose label probabilities are averaged (a prompt ensemble, as in PET).
+
+    Each member is scored as usual (with its own calibration); the ensemble's label
+    distribution is the mean of the members' distributions. It plays a prompt's part for the
+    scorer, the runner, the leaderboard and export: ``to_dict`` is ``{"ensemble": [...]}``.
+    """
+
+    members: tuple[Prompt, ...]
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    # a prompt's other attributes, for code that asks any prompt
+    triggers: tuple[int, ...] = field(default=(), init=False, compare=False)
+    calibrate: bool = field(default=False, init=False, compare=False)
+    soft: None = field(default=None, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 2:
+            raise PromptError(f"a prompt ensemble needs at least 2 members, got {len(self.members)}")
+        if any(not isinstance(m, Prompt) for m in self.members):
+            raise PromptError("prompt ensemble members must be prompts (ensembles do not nest)")
+        labels = self.members[0].verbalizer.labels
+        for m in self.members:
+            if m.verbalizer.labels != labels:
+                raise PromptError(f"prompt ensemble members disagree on the labels: {list(labels)} vs {list(m.verbalizer.labels)}")
+            if m.soft is not None or m.parsed.n_soft:
+                raise PromptError(f"prompt ensembles take discrete prompts only; {m.template!r} is a soft prompt")
+        if len({m.key for m in self.members}) != len(self.members):
+            raise PromptError("prompt ensemble repeats a member")
+
+    @property
+    def verbalizer(self) -> Verbalizer:
+        return self.members[0].verbalizer
+
+    @property
+    def template(self) -> str:
+        """The first member's template (for display; each member keeps its own)."""
+        return self.members[0].template
+
+    @property
+    def parsed(self) -> Template:
+        return self.members[0].parsed
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The text fields any member uses, in first-seen order."""
+        return tuple(dict.fromkeys(f for m in self.members for f in m.parsed.fields))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"ensemble": [m.to_dict() for m in self.members]}
+        if self.meta:
+            d["meta"] = dict(self.meta)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], label_names: Sequence[str] | None = None) -> "PromptEnsemble":
+        extra = set(d) - {"ensemble", "meta"}
+        if extra:
+            raise PromptError(f"prompt ensemble has unknown key {sorted(extra)[0]!r} (known: ['ensemble', 'meta'])")
+        members = d["ensemble"]
+        if not isinstance(members, Sequence) or isinstance(members, str):
+            raise PromptError("'ensemble' must be a list of prompts")
+        out = []
+        for m in members:
+            if isinstance(m, Mapping) and "ensemble" in m:
+                raise PromptError("prompt ensemble members must be prompts (ensembles do not nest)")
+            out.append(Prompt.from_dict(m, label_names))
+        return cls(tuple(out), meta=dict(d.get("meta", {})))
+
+    @property
+    def key(self) -> str:
+        d = self.to_dict()
+        d.pop("meta", None)
+        for m in d["ensemble"]:
+            m.pop("meta", None)
+        blob = json.dumps(d, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+    def with_(self, **changes: Any) -> "PromptEnsemble":
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        return f"ensemble of {len(self.members)}: " + "; ".join(m.describe() for m in self.members)
 
 
 from functools import lru_cache  # noqa: E402

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from miner.errors import PromptError
 from miner.models import Backend
-from miner.prompts import Prompt
+from miner.prompts import Prompt, PromptEnsemble
 from miner.scoring._cost import Cost, CostCounter
 from miner.scoring._encode import CompiledPrompt, Encoded, compile_prompt, encode
 from miner.scoring._metrics import compute_metrics
@@ -63,6 +63,10 @@ class ScoreResult:
 
     def metric(self, name: str) -> float | None:
         return self.metrics.get(name)
+
+
+def _members(prompt: Prompt | PromptEnsemble) -> tuple[Prompt, ...]:
+    return prompt.members if isinstance(prompt, PromptEnsemble) else (prompt,)
 
 
 def _fields_of(example: Any) -> Mapping[str, str]:
@@ -98,6 +102,8 @@ class Scorer:
 
     # ------------------------------------------------------------------ public
     def compile(self, prompt: Prompt) -> CompiledPrompt:
+        if isinstance(prompt, PromptEnsemble):
+            raise PromptError("a prompt ensemble has no single compiled form: score it with Scorer.score, or use its members")
         cp = self._compiled.get(prompt.key)
         if cp is None:
             cp = compile_prompt(prompt, self.backend)
@@ -106,8 +112,10 @@ class Scorer:
 
     def plan(self, prompt: Prompt, examples: Sequence[Any]) -> int:
         """Forward passes that scoring ``prompt`` on ``examples`` would spend now."""
-        cp = self.compile(prompt)
-        reqs = self._requests(cp, self._all_fields(cp, examples))[0]
+        reqs = []
+        for member in _members(prompt):
+            cp = self.compile(member)
+            reqs += self._requests(cp, self._all_fields(cp, examples))[0]
         todo = [r for r in dict.fromkeys(reqs) if r not in self._cache]
         return len(self._batches(todo))
 
@@ -119,7 +127,13 @@ class Scorer:
         desc: str | None = None,
         soft_embeds: torch.Tensor | None = None,
     ) -> ScoreResult:
-        """Score one prompt on examples (labels, if the examples have them, give metrics)."""
+        """Score one prompt on examples (labels, if the examples have them, give metrics).
+
+        A :class:`PromptEnsemble` is scored member by member (requests pooled, as in
+        ``score_many``) and its label distribution is the mean of the members'.
+        """
+        if isinstance(prompt, PromptEnsemble):
+            return self._score_ensemble(prompt, examples, desc)
         before = self.counter.snapshot()
         cp = self.compile(prompt)
         if not examples:
@@ -138,6 +152,8 @@ class Scorer:
         template with other verbalizers) or are many and small (trigger candidates).
         The call's cost is reported on the first result; the others carry none.
         """
+        if any(isinstance(p, PromptEnsemble) for p in prompts):
+            return [self.score(p, examples, desc=desc) for p in prompts]
         before = self.counter.snapshot()
         cps = [self.compile(p) for p in prompts]
         if any(p.soft is not None or p.parsed.n_soft for p in prompts):
@@ -172,12 +188,25 @@ class Scorer:
         rows = [results[r] if r.kind == "next" else results[r][0] for r in reqs]
         return torch.stack(rows) if rows else torch.zeros(0, be.vocab_size)
 
+    def _score_ensemble(self, ens: PromptEnsemble, examples: Sequence[Any], desc: str | None) -> ScoreResult:
+        before = self.counter.snapshot()
+        if not examples:
+            empty = np.zeros((0, len(ens.verbalizer.labels)))
+            return ScoreResult(empty, empty, np.zeros(0, dtype=int), None, {}, None)
+        parts = self.score_many(ens.members, examples, desc=desc)
+        probs = np.mean([np.exp(r.scores) for r in parts], axis=0)
+        scores = torch.log(torch.as_tensor(probs, dtype=torch.float32).clamp_min(1e-30))
+        return self._result(scores, scores, examples, len(ens.verbalizer.labels), self.counter.snapshot() - before)
+
     def _finish(self, prompt: Prompt, raw_all: torch.Tensor, examples: Sequence[Any], cost: Cost) -> ScoreResult:
-        n_labels = len(prompt.verbalizer.labels)
         raw = raw_all[: len(examples)]
         scores = torch.log_softmax(raw, dim=-1)
         if prompt.calibrate:
             scores = calibrate(scores, raw_all[len(examples) :])
+        return self._result(scores, raw, examples, len(prompt.verbalizer.labels), cost)
+
+    @staticmethod
+    def _result(scores: torch.Tensor, raw: torch.Tensor, examples: Sequence[Any], n_labels: int, cost: Cost) -> ScoreResult:
         gold = None
         metrics: dict[str, float] = {}
         loglik = None

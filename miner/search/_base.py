@@ -67,7 +67,9 @@ class Evaluate(Protocol):
         """Score prompts (train and dev), record them, and return their evaluations.
 
         Raises :class:`miner.errors.BudgetExhausted` when the next prompt would exceed the
-        job's budget; earlier prompts of the same call are recorded.
+        job's budget; earlier prompts of the same call are recorded. ``extra`` goes into the
+        rows; ``extra={"pick": True}`` declares the prompt the job's pick (its best for test
+        scoring and export) instead of the best by dev.
         """
 
 
@@ -103,6 +105,9 @@ class Searcher:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # Parameters that only add work after the search proper (they change no earlier row), left out of
+    # the job key so that turning one on for a finished job and resuming it reuses that job's rows.
+    post_search_params: ClassVar[tuple[str, ...]] = ()
     # Validated by pydantic at the config edge: an unknown parameter is an error.
     __pydantic_config__ = ConfigDict(extra="forbid")
 

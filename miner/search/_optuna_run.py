@@ -13,7 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from miner.errors import BudgetExhausted, ConfigError, PromptError
-from miner.prompts import Prompt
+from miner.prompts import Prompt, PromptEnsemble
 from miner.search._base import Evaluate, SearchContext
 from miner.search._labelwords import candidate_pool, decoded_vocab, search_verbalizers, word_mask
 from miner.search._optuna_space import TemplateSpace, build_space
@@ -123,6 +123,52 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
             study.tell(trial, state=TrialState.FAIL)
             raise
         study.tell(trial, values)
+    if s.ensemble_top >= 2:
+        _propose_ensemble(job, study)
+
+
+def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """The study's ``k`` best finished trials with distinct prompts, best first.
+
+    Ranked like the runner ranks prompts: dev score, then dev log-likelihood, then train
+    score (the earlier trial on a tie); trials without a scored prompt are skipped.
+    """
+    neg = float("-inf")
+
+    def rank(t):
+        a = t.user_attrs
+        return tuple(neg if a.get(x) is None else a[x] for x in ("dev_score", "dev_loglik", "train_score")) + (-t.number,)
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "prompt" in t.user_attrs]
+    out, keys = [], set()
+    for t in sorted(done, key=rank, reverse=True):
+        if t.user_attrs.get("prompt_key") not in keys:
+            keys.add(t.user_attrs.get("prompt_key"))
+            out.append(t)
+    return out[:k]
+
+
+def _propose_ensemble(job: _Job, study: optuna.Study) -> None:
+    """Propose the mean of the top trials' label probabilities as the job's pick (not an Optuna trial)."""
+    labels = job.ctx.label_names
+    recover_stale(study, job.s.heartbeat_grace_s)
+    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # Another worker's trial is still running: the last worker to finish proposes the ensemble.
+        job.ctx.logger.info("optuna: other workers' trials are still running; the last one to finish proposes the ensemble")
+        return
+    top = top_trials(study, job.s.ensemble_top)
+    if len(top) < 2:
+        job.ctx.logger.info("optuna: fewer than 2 finished trials, no ensemble")
+        return
+    ens = PromptEnsemble(tuple(Prompt.from_dict(t.user_attrs["prompt"], labels) for t in top))
+    extra = {"pick": True, "optuna": {"study": study.study_name, "ensemble_of": [t.number for t in top],
+                                      "members_dev": [t.user_attrs.get("dev_score") for t in top]}}
+    ev = job.evaluate([ens], extra=extra)[0]
+    study.set_user_attr("ensemble", {"trials": [t.number for t in top], "row_id": ev.row_id, "prompt_key": ens.key,
+                                     "dev_score": ev.dev.score if ev.dev else None})
+    split = ev.dev or ev.train
+    job.ctx.logger.info("optuna: ensemble of trials %s: dev %.3f (loglik %.3f), the job's pick",
+                        [t.number for t in top], split.score, split.loglik)
 
 
 def _vocabulary(value) -> frozenset[str] | None:

@@ -20,6 +20,9 @@ how the inner search ranks verbalizers. The trial then
 Dev data only ranks templates (Optuna's objective); verbalizers are fitted on train. With
 ``demonstrations`` a trial may also put k training examples per label before the query (one
 of ``demo_sets`` seeded draws); the examples shown are left out of that trial's word fitting.
+With ``ensemble_top: k`` the study's k best trials are averaged into a :class:`PromptEnsemble`
+that is proposed last and marked as the job's pick (``extra["pick"]``), chosen over the best
+single trial by dev (checked on validation data: ``results/optuna_ensemble.md``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class OptunaSearcher(Searcher):
     name = "optuna"
     summary = "Optuna (TPE/random/CMA-ES/NSGA-II) over templates; label words found and searched on cached distributions"
     capabilities = Capabilities()
+    post_search_params = ("ensemble_top",)  # `--resume` on a finished study adds its ensemble, no new trials
 
     n_trials: int = 30  # trials of the study (shared by all workers of the job; a resume continues it)
     sampler: str = "tpe"  # tpe (multivariate) | random | cmaes | nsga2 (dev score vs template length)
@@ -73,6 +77,9 @@ class OptunaSearcher(Searcher):
     select: list[str] = field(default_factory=lambda: ["metric", "loglik"])  # inner ranking of verbalizers
     max_verbalizers: int = 200_000  # exhaustive inner search up to this many; coordinate ascent beyond
     tie_weight: float = 1e-3  # objective = dev score + tie_weight * exp(dev loglik)
+    # Ensemble: after the study, the mean of the label probabilities of its best `ensemble_top` trials
+    # (distinct prompts, ranked by dev, dev log-likelihood, train) is proposed as the job's pick.
+    ensemble_top: int = 0  # 0 or 1: no ensemble, the job's pick is its best trial by dev
     study_name: str | None = None  # default: "miner-" + job key (so --resume and workers find it)
     heartbeat_grace_s: float = 600.0  # a RUNNING trial of another host is dead after this long without a heartbeat
 
@@ -99,6 +106,8 @@ class OptunaSearcher(Searcher):
         if not self.demonstrations or min(self.demonstrations) < 0 or self.demo_sets < 1:
             raise ConfigError("optuna searcher: demonstrations needs choices of at least 0 and demo_sets at least 1, "
                               f"got {self.demonstrations} and {self.demo_sets}")
+        if self.ensemble_top < 0:
+            raise ConfigError(f"optuna searcher: ensemble_top must be 0 (off) or at least 2, got {self.ensemble_top}")
         bad = [s for s in self.select if s not in ("metric", "loglik")]
         if bad or not self.select:
             raise ConfigError(f"optuna searcher: select must be a non-empty list of 'metric'/'loglik', got {self.select}")

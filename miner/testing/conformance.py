@@ -96,8 +96,9 @@ class SearcherConformance:
         for ev in res.evaluations:
             p = ev.prompt
             assert p.verbalizer.labels == conformance_data.label_names
-            p.parsed.check_fields(conformance_data.text_fields)
-            scorer.compile(p)  # raises on words that tokenize to nothing, bad triggers, ...
+            for m in getattr(p, "members", (p,)):  # a prompt ensemble: each member must be a valid prompt
+                m.parsed.check_fields(conformance_data.text_fields)
+                scorer.compile(m)  # raises on words that tokenize to nothing, bad triggers, ...
             assert Prompt.from_dict(p.to_dict(), conformance_data.label_names).key == p.key
 
     def test_no_run_state_on_self(self, searcher, backend, conformance_data):
