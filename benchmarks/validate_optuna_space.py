@@ -198,6 +198,12 @@ def markdown(res: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _verdict(mean: float, base_mean: float, per_seed: list[dict], base_per_seed: list[dict]) -> tuple[int, bool]:
+    """The plans' bar: adopted if at least MIN_GAIN above the base and worse than it on at most 2 of the 5 seeds."""
+    worse = sum(p["V"] < q["V"] - 1e-12 for p, q in zip(per_seed, base_per_seed))
+    return worse, mean >= base_mean + MIN_GAIN - 1e-12 and worse <= 2
+
+
 def analyse_selection(records: list[dict]) -> dict:
     """Each rule picks one trial per seed (ties: the earlier trial); its V accuracy, never test."""
     trials = [r for r in records if r["kind"] == "trial"]
@@ -213,8 +219,7 @@ def analyse_selection(records: list[dict]) -> dict:
     r0 = out["R0"]
     best = max((n for n in out if n != "R0"), key=lambda n: out[n]["V_mean"])
     b = out[best]
-    worse = sum(p["V"] < q["V"] - 1e-12 for p, q in zip(b["picks"], r0["picks"]))
-    adopt = b["V_mean"] >= r0["V_mean"] + MIN_GAIN - 1e-12 and worse <= 2
+    worse, adopt = _verdict(b["V_mean"], r0["V_mean"], b["picks"], r0["picks"])
     return {"rules": out, "best": best, "worse_seeds": worse, "adopt": adopt, "min_gain": MIN_GAIN,
             "nV": sorted({r["nV"] for r in records})}
 
@@ -307,8 +312,8 @@ def analyse_ensemble(records: list[dict]) -> dict:
     e1 = out["E1"]
     sane = all(abs(p["V"] - stored[(p["seed"], p["members"][0]["id"])]) < 1e-9 for p in e1["per_seed"])
     best = max((n for n in out if n != "E1"), key=lambda n: out[n]["V_mean"])
-    worse = sum(p["V"] < q["V"] - 1e-12 for p, q in zip(out[best]["per_seed"], e1["per_seed"]))
-    adopt = sane and out[best]["V_mean"] >= e1["V_mean"] + MIN_GAIN - 1e-12 and worse <= 2
+    worse, adopt = _verdict(out[best]["V_mean"], e1["V_mean"], out[best]["per_seed"], e1["per_seed"])
+    adopt = adopt and sane
     return {"ensembles": out, "sane": sane, "best": best, "worse_seeds": worse, "adopt": adopt, "min_gain": MIN_GAIN,
             "nV": sorted({r["nV"] for r in records})}
 

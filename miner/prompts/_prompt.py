@@ -125,8 +125,7 @@ class Prompt:
         """Stable identity for deduplication (ignores ``meta``)."""
         d = self.to_dict()
         d.pop("meta", None)
-        blob = json.dumps(d, sort_keys=True, ensure_ascii=False)
-        return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+        return _digest(d)
 
     def with_(self, **changes: Any) -> "Prompt":
         from dataclasses import replace
@@ -210,12 +209,12 @@ class PromptEnsemble:
 
     @property
     def key(self) -> str:
+        """Stable identity for deduplication (ignores ``meta``, its own and its members')."""
         d = self.to_dict()
         d.pop("meta", None)
         for m in d["ensemble"]:
             m.pop("meta", None)
-        blob = json.dumps(d, sort_keys=True, ensure_ascii=False)
-        return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+        return _digest(d)
 
     def with_(self, **changes: Any) -> "PromptEnsemble":
         from dataclasses import replace
@@ -224,6 +223,11 @@ class PromptEnsemble:
 
     def describe(self) -> str:
         return f"ensemble of {len(self.members)}: " + "; ".join(m.describe() for m in self.members)
+
+
+def _digest(d: Mapping[str, Any]) -> str:
+    blob = json.dumps(d, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
 
 from functools import lru_cache  # noqa: E402
