@@ -256,7 +256,7 @@ def ensemble_report(parts: list[Path], out_dir: Path, k: int) -> dict:
     lines += [f"| **mean ± std** | | | | **{pct(ms)} ± {pct(ss)}** | **{pct(mf)} ± {pct(sf)}** | "
               f"{pct(out['single_sample_mean'])} / {pct(out['single_full_mean'])} | |", "",
               f"Best manual prompt: {pct(best_sample)} (400 sample), {pct(best_full)} (all). "
-              f"Ensemble vs best manual: {pct(ms - best_sample):+s} points on the sample, {pct(mf - best_full):+s} on "
+              f"Ensemble vs best manual: {100 * (ms - best_sample):+.1f} points on the sample, {100 * (mf - best_full):+.1f} on "
               "the whole split."]
     (out_dir / "optuna_sst2_ensemble.md").write_text("\n".join(lines) + "\n")
     return out
