@@ -75,7 +75,7 @@ def score(seeds: list[int], config: Path, storage: str, out: Path) -> None:
     for s in seeds:
         V = validation_set(data, s)
         rows = [r for r in board.rows(searcher="optuna", seed=s, order="time")
-                if r.extra and r.extra.get("optuna") and r.task == "sst-2"]
+                if r.extra and r.extra.get("optuna") and r.task == "sst-2" and "ensemble" not in r.prompt]
         for tpl, neg, pos in BASELINES:
             for cal in (False, True):
                 r = scorer.score(Prompt.create(tpl, {labels[0]: neg, labels[1]: pos}, labels, calibrate=cal), V)
@@ -275,7 +275,7 @@ def ensemble_score(seeds: list[int], config: Path, storage: str, out: Path) -> N
     for s in seeds:
         V = validation_set(data, s)
         rows = [r for r in board.rows(searcher="optuna", seed=s, order="time")
-                if r.extra and r.extra.get("optuna") and r.task == "sst-2"]
+                if r.extra and r.extra.get("optuna") and r.task == "sst-2" and "ensemble" not in r.prompt]
         as_trial = lambda r: {"id": r.id, "dev": r.dev_score, "dev_loglik": r.dev_loglik, "train": r.train_score}  # noqa: E731
         for rank, row in enumerate(_ranked(rows, as_trial)[: max(ENSEMBLE_K)]):
             t0 = time.time()
