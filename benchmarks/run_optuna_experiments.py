@@ -80,6 +80,7 @@ def collect(cfg, storage: str) -> list[dict]:
     """Each job's pick (its ensemble when the searcher declared one, else its best prompt by dev score, then dev
     log-likelihood, then train) and its test score, from the database."""
     from miner.leaderboard import Leaderboard
+    from miner.search._base import rank_key
 
     board = Leaderboard(storage)
     jobs = []
@@ -88,11 +89,8 @@ def collect(cfg, storage: str) -> list[dict]:
                 and r.task == _task_name(cfg)]
         if not rows:
             continue
-        neg = float("-inf")
         picks = [r for r in rows if r.extra.get("pick")]  # the job's declared pick (its ensemble), if any
-        best = picks[0] if picks else max(rows, key=lambda r: (r.dev_score if r.dev_score is not None else neg,
-                                                               r.dev_loglik if r.dev_loglik is not None else neg,
-                                                               r.train_score if r.train_score is not None else neg))
+        best = picks[0] if picks else max(rows, key=lambda r: rank_key(r.dev_score, r.dev_loglik, r.train_score))
         jobs.append({
             "seed": seed, "k": best.k, "best_prompt": best.prompt, "dev": best.dev_score, "dev_loglik": best.dev_loglik,
             "train": best.train_score, "test": best.test_score, "n_test": best.n_test, "evaluations": len(rows),

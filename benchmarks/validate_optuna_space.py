@@ -52,30 +52,39 @@ def validation_set(data: dict, seed: int) -> list:
     return out
 
 
+def _setup(config: Path, storage: str):
+    """The scorer (default model, the config's content-free texts), every seed's data, the study database."""
+    from miner import load_config
+    from miner.leaderboard import Leaderboard
+    from miner.models import load_backend
+    from miner.scoring import Scorer
+    from miner.tasks import load_task
+
+    cfg = load_config(config)
+    scorer = Scorer(load_backend(cfg.model.name), progress=False, content_free=cfg.content_free)
+    return scorer, {s: load_task(cfg.task, 16, s) for s in SEEDS}, Leaderboard(storage)
+
+
+def _trial_rows(board, seed: int) -> list:
+    """The seed's SST-2 optuna trial rows, oldest first (not the ensembles added later)."""
+    return [r for r in board.rows(searcher="optuna", seed=seed, order="time")
+            if r.extra and r.extra.get("optuna") and r.task == "sst-2" and "ensemble" not in r.prompt]
+
+
 def score(seeds: list[int], config: Path, storage: str, out: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
     from run_optuna_experiments import BASELINES  # the same manual prompts as the experiments
 
-    from miner import load_config
-    from miner.leaderboard import Leaderboard
-    from miner.models import load_backend
     from miner.prompts import Prompt
-    from miner.scoring import Scorer
-    from miner.tasks import load_task
 
-    cfg = load_config(config)
-    be = load_backend(cfg.model.name)
-    scorer = Scorer(be, progress=False, content_free=cfg.content_free)
-    data = {s: load_task(cfg.task, 16, s) for s in SEEDS}
+    scorer, data, board = _setup(config, storage)
     labels = data[SEEDS[0]].label_names
-    board = Leaderboard(storage)
     res = []
     for s in seeds:
         V = validation_set(data, s)
-        rows = [r for r in board.rows(searcher="optuna", seed=s, order="time")
-                if r.extra and r.extra.get("optuna") and r.task == "sst-2" and "ensemble" not in r.prompt]
+        rows = _trial_rows(board, s)
         for tpl, neg, pos in BASELINES:
             for cal in (False, True):
                 r = scorer.score(Prompt.create(tpl, {labels[0]: neg, labels[1]: pos}, labels, calibrate=cal), V)
@@ -165,12 +174,20 @@ def analyse(records: list[dict]) -> dict:
             "nV": sorted({r["nV"] for r in records})}
 
 
+def _plan_line(plan: str, command: str) -> str:
+    return (f"Plan: `results/{plan}` (committed before these numbers). Command: `{command}`, "
+            f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}.")
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
 def markdown(res: dict, command: str) -> str:
-    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    pct = _pct
     lines = [
         "# optuna on SST-2: search space chosen on validation data (not test)", "",
-        f"Plan: `results/optuna_validation_plan.md` (committed before these numbers). Command: `{command}`, "
-        f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}. V_s: {res['nV']} SST-2 training "
+        _plan_line("optuna_validation_plan.md", command) + f" V_s: {res['nV']} SST-2 training "
         "sentences per seed from the other seeds' 16-shot splits. Trials: `results/optuna_experiments_v2.db` "
         "(`configs/optuna_sst2.yaml` as run before: demonstrations [0, 1], pool_sizes [0, 2], calibration "
         "[false, true], 32 trials).", "",
@@ -225,10 +242,9 @@ def analyse_selection(records: list[dict]) -> dict:
 
 
 def markdown_selection(res: dict, command: str) -> str:
-    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    pct = _pct
     lines = ["# optuna on SST-2: the rule that picks the final prompt, chosen on validation data (not test)", "",
-             "Plan: `results/optuna_selection_plan.md` (committed before these numbers). Command: "
-             f"`{command}`, {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}. The same trials and "
+             _plan_line("optuna_selection_plan.md", command) + " The same trials and "
              f"validation scores as `results/optuna_validation.md` (V_s: {res['nV']} SST-2 training sentences per seed); "
              "no model call, test never read.", "",
              "| rule | picks by | V accuracy of the pick (mean ± std, 5 seeds) | per seed (13, 21, 42, 87, 100) |",
@@ -259,23 +275,14 @@ def ensemble_score(seeds: list[int], config: Path, storage: str, out: Path) -> N
     import torch
 
     torch.set_num_threads(1)
-    from miner import load_config
-    from miner.leaderboard import Leaderboard
-    from miner.models import load_backend
     from miner.prompts import Prompt
-    from miner.scoring import Scorer
-    from miner.tasks import load_task
 
-    cfg = load_config(config)
-    scorer = Scorer(load_backend(cfg.model.name), progress=False, content_free=cfg.content_free)
-    data = {s: load_task(cfg.task, 16, s) for s in SEEDS}
+    scorer, data, board = _setup(config, storage)
     labels = data[SEEDS[0]].label_names
-    board = Leaderboard(storage)
     res = []
     for s in seeds:
         V = validation_set(data, s)
-        rows = [r for r in board.rows(searcher="optuna", seed=s, order="time")
-                if r.extra and r.extra.get("optuna") and r.task == "sst-2" and "ensemble" not in r.prompt]
+        rows = _trial_rows(board, s)
         as_trial = lambda r: {"id": r.id, "dev": r.dev_score, "dev_loglik": r.dev_loglik, "train": r.train_score}  # noqa: E731
         for rank, row in enumerate(_ranked(rows, as_trial)[: max(ENSEMBLE_K)]):
             t0 = time.time()
@@ -319,10 +326,9 @@ def analyse_ensemble(records: list[dict]) -> dict:
 
 
 def markdown_ensemble(res: dict, command: str) -> str:
-    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    pct = _pct
     lines = ["# optuna on SST-2: an ensemble of the top trials, checked on validation data (not test)", "",
-             "Plan: `results/optuna_ensemble_plan.md` (committed before these numbers). Command: "
-             f"`{command}`, {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}. The same trials "
+             _plan_line("optuna_ensemble_plan.md", command) + " The same trials "
              f"(`results/optuna_experiments_v2.db`) and V_s ({res['nV']} SST-2 training sentences per seed) as "
              "`results/optuna_validation.md`; test never read. Members are ranked by the product's pick rule R0 "
              "(dev accuracy, dev log-likelihood, train accuracy); an ensemble averages its members' label "

@@ -200,12 +200,8 @@ class PromptEnsemble:
         members = d["ensemble"]
         if not isinstance(members, Sequence) or isinstance(members, str):
             raise PromptError("'ensemble' must be a list of prompts")
-        out = []
-        for m in members:
-            if isinstance(m, Mapping) and "ensemble" in m:
-                raise PromptError("prompt ensemble members must be prompts (ensembles do not nest)")
-            out.append(Prompt.from_dict(m, label_names))
-        return cls(tuple(out), meta=dict(d.get("meta", {})))
+        # a nested ensemble comes back as a PromptEnsemble, which __post_init__ rejects
+        return cls(tuple(Prompt.from_dict(m, label_names) for m in members), meta=dict(d.get("meta", {})))
 
     @property
     def key(self) -> str:

@@ -69,6 +69,11 @@ def _members(prompt: Prompt | PromptEnsemble) -> tuple[Prompt, ...]:
     return prompt.members if isinstance(prompt, PromptEnsemble) else (prompt,)
 
 
+def _empty_result(n_labels: int) -> ScoreResult:
+    empty = np.zeros((0, n_labels))
+    return ScoreResult(empty, empty, np.zeros(0, dtype=int), None, {}, None)
+
+
 def _fields_of(example: Any) -> Mapping[str, str]:
     return example.fields if hasattr(example, "fields") else example
 
@@ -137,8 +142,7 @@ class Scorer:
         before = self.counter.snapshot()
         cp = self.compile(prompt)
         if not examples:
-            empty = np.zeros((0, len(prompt.verbalizer.labels)))
-            return ScoreResult(empty, empty, np.zeros(0, dtype=int), None, {}, None)
+            return _empty_result(len(prompt.verbalizer.labels))
         if soft_embeds is None and prompt.soft is not None:
             soft_embeds = self._resolve_soft(prompt.soft)
         with torch.inference_mode():
@@ -191,8 +195,7 @@ class Scorer:
     def _score_ensemble(self, ens: PromptEnsemble, examples: Sequence[Any], desc: str | None) -> ScoreResult:
         before = self.counter.snapshot()
         if not examples:
-            empty = np.zeros((0, len(ens.verbalizer.labels)))
-            return ScoreResult(empty, empty, np.zeros(0, dtype=int), None, {}, None)
+            return _empty_result(len(ens.verbalizer.labels))
         parts = self.score_many(ens.members, examples, desc=desc)
         probs = np.mean([np.exp(r.scores) for r in parts], axis=0)
         scores = torch.log(torch.as_tensor(probs, dtype=torch.float32).clamp_min(1e-30))

@@ -54,12 +54,14 @@ class Evaluation:
     @property
     def rank_key(self) -> tuple[float, float, float]:
         """Higher is better: dev metric, then dev log-likelihood, then train metric."""
-        neg = float("-inf")
-        return (
-            self.dev.score if self.dev else neg,
-            self.dev.loglik if self.dev else neg,
-            self.train.score if self.train else neg,
-        )
+        dev, train = self.dev, self.train
+        return rank_key(dev.score if dev else None, dev.loglik if dev else None, train.score if train else None)
+
+
+def rank_key(dev: float | None, dev_loglik: float | None, train: float | None) -> tuple[float, float, float]:
+    """How the runner ranks prompts, higher first: dev metric, dev log-likelihood, train metric (missing: last)."""
+    neg = float("-inf")
+    return (neg if dev is None else dev, neg if dev_loglik is None else dev_loglik, neg if train is None else train)
 
 
 class Evaluate(Protocol):

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from miner.errors import BudgetExhausted, ConfigError, PromptError
 from miner.prompts import Prompt, PromptEnsemble
-from miner.search._base import Evaluate, SearchContext
+from miner.search._base import Evaluate, SearchContext, rank_key
 from miner.search._labelwords import candidate_pool, decoded_vocab, search_verbalizers, word_mask
 from miner.search._optuna_space import TemplateSpace, build_space
 from miner.search._optuna_study import (
@@ -130,14 +130,12 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
 def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     """The study's ``k`` best finished trials with distinct prompts, best first.
 
-    Ranked like the runner ranks prompts: dev score, then dev log-likelihood, then train
-    score (the earlier trial on a tie); trials without a scored prompt are skipped.
+    Ranked by the runner's own ``rank_key`` (dev score, dev log-likelihood, train score; the
+    earlier trial on a tie); trials without a scored prompt are skipped.
     """
-    neg = float("-inf")
-
     def rank(t):
         a = t.user_attrs
-        return tuple(neg if a.get(x) is None else a[x] for x in ("dev_score", "dev_loglik", "train_score")) + (-t.number,)
+        return (*rank_key(a.get("dev_score"), a.get("dev_loglik"), a.get("train_score")), -t.number)
 
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "prompt" in t.user_attrs]
     out, keys = [], set()

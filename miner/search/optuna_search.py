@@ -107,7 +107,7 @@ class OptunaSearcher(Searcher):
             raise ConfigError("optuna searcher: demonstrations needs choices of at least 0 and demo_sets at least 1, "
                               f"got {self.demonstrations} and {self.demo_sets}")
         if self.ensemble_top < 0:
-            raise ConfigError(f"optuna searcher: ensemble_top must be 0 (off) or at least 2, got {self.ensemble_top}")
+            raise ConfigError(f"optuna searcher: ensemble_top must be at least 0 (0 or 1: no ensemble), got {self.ensemble_top}")
         bad = [s for s in self.select if s not in ("metric", "loglik")]
         if bad or not self.select:
             raise ConfigError(f"optuna searcher: select must be a non-empty list of 'metric'/'loglik', got {self.select}")
