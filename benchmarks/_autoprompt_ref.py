@@ -115,10 +115,10 @@ class Reference:
 class OursStep:
     """One iteration of ``AutoPromptSearcher.search``'s loop body (same functions, same order)."""
 
-    def __init__(self, be, prompt, allowed, *, objective: str, top_k: int, n_candidates: int, seed: int):
+    def __init__(self, be, prompt, allowed, *, objective: str, top_k: int, n_candidates: int, seed: int, screen=None):
         self.be, self.allowed = be, allowed
         self.objective, self.top_k, self.n_candidates = objective, top_k, n_candidates
-        self.scorer = Scorer(be, progress=False)
+        self.scorer = Scorer(screen or be, progress=False)  # screen: the searcher's screen_backend(be)
         self.cs = hf.CandidateScorer(self.scorer, prompt, objective=objective)
         self.prompt = prompt
         self.rng = np.random.default_rng(seed)

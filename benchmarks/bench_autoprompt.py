@@ -33,6 +33,7 @@ Writes ``autoprompt_bench.json`` / ``.md`` to ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -80,6 +81,10 @@ def parse_args(argv=None):
     ap.add_argument("--init", default=" the")
     ap.add_argument("--objective", choices=["vocab", "label"], default=None,
                     help="autoprompt's objective (default: the searcher's default); the reference always accepts on accuracy")
+    ap.add_argument("--screen-dtype", default=None, choices=["auto", "model", "float32", "bfloat16"],
+                    help="autoprompt's screen_dtype (default: the searcher's default, auto)")
+    ap.add_argument("--also-screen", default=None, choices=["model", "float32", "bfloat16"],
+                    help="also run autoprompt with this screen_dtype against the same reference run (its contribution)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ours-seconds", type=float, default=None,
                     help="cap on autoprompt's run (default: the reference's whole run time)")
@@ -169,9 +174,18 @@ def per_iteration(ref_t, ours_t, ref_run, ours_run, iters):
         source = "full runs (reference: median iteration incl. its dev passes; autoprompt: mean iteration excl. dev evaluations)"
     else:
         source = "interleaved single iterations from the same trigger and batches"
+    # steady state inside the full runs: the reference's median iteration (its dev passes included, as
+    # the loop runs them), autoprompt's mean iteration without its dev evaluations
+    full_ref = statistics.median(ref_run["iteration_seconds"])
+    full_ours = (ours_run["seconds"] - ours_run["dev_eval_seconds"]) / ours_run["iterations"] if ours_run.get("iterations") else None
+    if full_ours is None:
+        return {"reference_s": ref_t, "ours_s": ours_t, "reference_median_s": statistics.median(ref_t),
+                "ours_median_s": statistics.median(ours_t), "speedup": statistics.median(ref_t) / statistics.median(ours_t),
+                "source": source}
     return {"reference_s": ref_t, "ours_s": ours_t, "reference_median_s": statistics.median(ref_t),
             "ours_median_s": statistics.median(ours_t), "speedup": statistics.median(ref_t) / statistics.median(ours_t),
-            "source": source}
+            "source": source, "full_run_reference_s": full_ref, "full_run_ours_s": full_ours,
+            "full_run_speedup": full_ref / full_ours}
 
 
 def time_to(traj, target, key="dev"):
@@ -204,7 +218,8 @@ def main(argv=None) -> int:
         task_label = f"Rotten Tomatoes {args.k} per class (train {len(data.train)}, dev {len(data.dev)})"
     searcher = AutoPromptSearcher(template=TEMPLATE, init=args.init, steps=args.iters, batch_size=args.batch_size,
                                   n_candidates=args.candidates, top_k=args.candidates, patience=0,
-                                  **({"objective": args.objective} if args.objective else {}))
+                                  **({"objective": args.objective} if args.objective else {}),
+                                  **({"screen_dtype": args.screen_dtype} if args.screen_dtype else {}))
     manual = Prompt.create("{sentence} It was {answer}", VERBALIZER, data.label_names)
     prompt = searcher.initial_prompt(SearchContext(task=data.without_test(), backend=be, scorer=None, seed=args.seed,
                                                    prompts=(manual,)))
@@ -214,8 +229,14 @@ def main(argv=None) -> int:
     # 1. time per iteration, interleaved, from the same trigger and batches
     ref_t, ours_t = [], []
     ref = Reference(be, prompt, allowed, args.candidates, args.seed)
+    screen = searcher.screen_backend(be)
     ours = OursStep(be, prompt, allowed, objective=searcher.objective, top_k=searcher.top_k,
-                    n_candidates=searcher.n_candidates, seed=args.seed)
+                    n_candidates=searcher.n_candidates, seed=args.seed, screen=screen)
+    alt = dataclasses.replace(searcher, screen_dtype=args.also_screen) if args.also_screen else None
+    alt_step = alt_t = None
+    if alt is not None:
+        alt_step, alt_t = OursStep(be, prompt, allowed, objective=alt.objective, top_k=alt.top_k,
+                                   n_candidates=alt.n_candidates, seed=args.seed, screen=alt.screen_backend(be)), []
     stream = batches(list(data.train), args.batch_size, args.seed)
     for r in range(args.repeats):
         gb, cb = next(stream), next(stream)
@@ -225,8 +246,15 @@ def main(argv=None) -> int:
         s = time.perf_counter()
         ours.step(prompt.triggers, gb, cb)
         ours_t.append(time.perf_counter() - s)
-        logger.info("repeat %d: ref %.2f s, ours %.2f s", r, ref_t[-1], ours_t[-1])
+        if alt_step is not None:
+            s = time.perf_counter()
+            alt_step.step(prompt.triggers, gb, cb)
+            alt_t.append(time.perf_counter() - s)
+        logger.info("repeat %d: ref %.2f s, ours %.2f s%s", r, ref_t[-1], ours_t[-1],
+                    f", ours ({args.also_screen}) {alt_t[-1]:.2f} s" if alt_t else "")
     load.append(os.getloadavg())
+    del ours, alt_step
+    be.__dict__.pop("_dtype_copies", None)  # each full run below makes (and is charged) its own model copy
 
     # 2. time to the reference's final dev objective, full runs
     ref_run = run_reference(be, prompt, allowed, data, args)
@@ -236,6 +264,16 @@ def main(argv=None) -> int:
     searcher.steps = 10**6  # stop on the targets or the time cap, not on the reference's iteration count
     ours_run = run_ours(be, searcher, data, manual, args.seed, max_seconds=cap, targets=(target, target_ll))
     load.append(os.getloadavg())
+    be.__dict__.pop("_dtype_copies", None)
+    alt_result = None
+    if alt is not None:
+        alt.steps = 10**6
+        alt_run = run_ours(be, alt, data, manual, args.seed, max_seconds=cap, targets=(target, target_ll))
+        load.append(os.getloadavg())
+        a_acc, a_ll = time_to(alt_run["trajectory"], target), time_to(alt_run["trajectory"], target_ll, "dev_loglik")
+        alt_result = {"screen_dtype": args.also_screen, "run": alt_run,
+                      "time_per_iteration": per_iteration(ref_t, alt_t, ref_run, alt_run, args.iters),
+                      "ours_s": a_acc, "ours_loglik_s": a_ll}
     t_ref, t_ours = time_to(ref_run["trajectory"], target), time_to(ours_run["trajectory"], target)
     l_ref = time_to(ref_run["trajectory"], target_ll, "dev_loglik")
     l_ours = time_to(ours_run["trajectory"], target_ll, "dev_loglik")
@@ -244,7 +282,8 @@ def main(argv=None) -> int:
         "settings": {"template": TEMPLATE, "verbalizer": VERBALIZER, "init": args.init, "trigger_length": 3,
                      "candidates_per_step": args.candidates, "batch_size": args.batch_size, "iterations": args.iters,
                      "seed": args.seed, "task": task_label, "model": "smollm2",
-                     "ours": {**vars(searcher), "steps": "until both targets or the time cap"}},
+                     "ours": {**vars(searcher), "steps": "until both targets or the time cap"},
+                     "ours_screen_dtype": str(screen.dtype).replace("torch.", ""), "model_dtype": str(be.dtype).replace("torch.", "")},
         "time_per_iteration": per_iteration(ref_t, ours_t, ref_run, ours_run, args.iters),
         "time_to_objective": {"target_dev_accuracy": target, "reference_s": t_ref, "ours_s": t_ours,
                               "speedup": (t_ref / t_ours) if t_ref and t_ours else None,
@@ -254,7 +293,7 @@ def main(argv=None) -> int:
                               "ours_best_dev": ours_run["best_dev"], "reference_best_dev": ref_run["best_dev"],
                               "ours_best_dev_loglik": ours_run["best_dev_loglik"],
                               "reference_best_dev_loglik": ref_run["best_dev_loglik"]},
-        "reference_run": ref_run, "ours_run": ours_run,
+        "reference_run": ref_run, "ours_run": ours_run, "alt": alt_result,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "loadavg": load, "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "torch": torch.__version__},
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -277,9 +316,15 @@ def render(r) -> str:
         f"(load average during the run: {', '.join(f'{l[0]:.1f}' for l in m['loadavg'])}); torch {m['torch']}, {m['torch_threads']} thread(s).", "",
         f"Settings (both): {s['task']} seed {s['seed']}, template `{s['template']}`, {s['trigger_length']} triggers initialised to "
         f"{s['init']!r}, {s['candidates_per_step']} candidates per step, batch {s['batch_size']}, model {s['model']}; "
-        f"autoprompt's objective `{s['ours'].get('objective', 'vocab')}`, dev every {s['ours'].get('eval_every')} iterations.", "",
+        f"autoprompt's objective `{s['ours'].get('objective', 'vocab')}`, dev every {s['ours'].get('eval_every')} iterations"
+        + (f"; model in {s['model_dtype']} (the reference and every dev evaluation), autoprompt's gradient and candidate "
+           f"re-scoring in {s['ours_screen_dtype']} (`screen_dtype: {s['ours'].get('screen_dtype')}`)" if "ours_screen_dtype" in s else "")
+        + ".", "",
         "| | reference loop | autoprompt | ratio |", "|---|---|---|---|",
         f"| time per iteration ({tpi.get('source', 'interleaved')}) | {tpi['reference_median_s']:.2f} s | {tpi['ours_median_s']:.2f} s | {tpi['speedup']:.1f}x |",
+        *([f"| time per iteration in the full runs (reference: median, its dev passes included; autoprompt: mean, "
+           f"dev evaluations excluded) | {tpi['full_run_reference_s']:.2f} s | {tpi['full_run_ours_s']:.2f} s | {tpi['full_run_speedup']:.1f}x |"]
+          if "full_run_speedup" in tpi else []),
         f"| time to the reference's final dev accuracy ({100 * tto['target_dev_accuracy']:.1f}) | {f(tto['reference_s'])} | {f(tto['ours_s'])} | "
         + (f"{tto['speedup']:.1f}x |" if tto["speedup"] else "- |"),
         *([f"| time to that trigger's dev log-likelihood ({tto['target_dev_loglik']:.4f}) | {f(tto['reference_loglik_s'])} | "
@@ -296,6 +341,7 @@ def render(r) -> str:
            f"it stopped on: {r['ours_run']['stopped']}. A target counts as reached at the first dev evaluation "
            "(every `eval_every` iterations for autoprompt, after every accepted swap for the reference) that scored at least it.", ""]
           if "ours_cap_s" in tto else []),
+        *_alt_rows(r),
         _note(r), "",
         "Trajectories (wall time from the start of each run, dev accuracy of every dev evaluation):", "",
         "- reference: " + ", ".join(f"{p['t']:.0f} s {100 * p['dev']:.1f} `{p['trigger']}`" for p in r["reference_run"]["trajectory"]),
@@ -323,6 +369,32 @@ def summary(runs) -> str:
             f"{x(o['reference_s'], o['ours_s'])} | {o.get('target_dev_loglik', float('nan')):.4f} | {f(o.get('reference_loglik_s'))} | "
             f"{f(o.get('ours_loglik_s'))} | {x(o.get('reference_loglik_s'), o.get('ours_loglik_s'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _alt_rows(r) -> list[str]:
+    """The same reference run against autoprompt with another screen_dtype (--also-screen)."""
+    a = r.get("alt")
+    if not a:
+        return []
+    tto, tpi, run = r["time_to_objective"], a["time_per_iteration"], a["run"]
+    f = lambda x: "not reached" if x is None else f"{x:.1f} s"  # noqa: E731
+    x = lambda ref, ours: f"{ref / ours:.1f}x" if ref and ours else "-"  # noqa: E731
+    return [
+        f"The same reference run against autoprompt with `screen_dtype: {a['screen_dtype']}` (gradient and candidates "
+        "in the model's own dtype), run after it in the same process:", "",
+        "| | reference loop | autoprompt | ratio |", "|---|---|---|---|",
+        f"| time per iteration (interleaved) | {tpi['reference_median_s']:.2f} s | {tpi['ours_median_s']:.2f} s | {tpi['speedup']:.1f}x |",
+        *([f"| time per iteration in the full runs | {tpi['full_run_reference_s']:.2f} s | {tpi['full_run_ours_s']:.2f} s | "
+           f"{tpi['full_run_speedup']:.1f}x |"] if "full_run_speedup" in tpi else []),
+        f"| time to the reference's final dev accuracy ({100 * tto['target_dev_accuracy']:.1f}) | {f(tto['reference_s'])} | "
+        f"{f(a['ours_s'])} | {x(tto['reference_s'], a['ours_s'])} |",
+        f"| time to that trigger's dev log-likelihood ({tto['target_dev_loglik']:.4f}) | {f(tto['reference_loglik_s'])} | "
+        f"{f(a['ours_loglik_s'])} | {x(tto['reference_loglik_s'], a['ours_loglik_s'])} |",
+        f"| iterations run / best dev accuracy | {r['settings']['iterations']} / {100 * tto['reference_best_dev']:.1f} | "
+        f"{run.get('iterations')} / {100 * run['best_dev']:.1f} | |", "",
+        "- autoprompt (" + a["screen_dtype"] + "): " + ", ".join(
+            f"{p['t']:.0f} s {100 * p['dev']:.1f} `{p['trigger']}`" for p in run["trajectory"]), "",
+    ]
 
 
 def _note(r) -> str:

@@ -84,13 +84,20 @@ def test_kv_cache_path_equals_pooled_scoring(causal, data, tpl, verb):
     # single swaps of the first candidate at every position: rows that start at a later trigger
     cands += [cands[0][:j] + (int(t),) + cands[0][j + 1:] for j in range(n) for t in rng.integers(300, 5000, 2)]
     ex = list(data.train)
+    planned, bound = kv.passes(len(cands) - 1, ex, cands), kv.passes(len(cands) - 1, ex)
     a, b = kv.score(cands, ex), pooled.score(cands, ex)
     np.testing.assert_allclose(a, b, atol=1e-4)
     # the planner is exact for the KV path given the candidates, else an upper bound; an upper
     # bound for the pooled one
-    assert kv.scorer.counter.total.forward_passes == kv.passes(len(cands) - 1, ex, cands)
-    assert kv.passes(len(cands) - 1, ex, cands) <= kv.passes(len(cands) - 1, ex)
+    assert kv.scorer.counter.total.forward_passes == planned <= bound
     assert pooled.scorer.counter.total.forward_passes <= pooled.passes(len(cands) - 1, ex)
+    # a second call finds the texts in the scorer's stem cache: the same scores, fewer tokens
+    c = kv.scorer.counter
+    before, replanned = c.snapshot(), kv.passes(len(cands) - 1, ex, cands)
+    np.testing.assert_allclose(kv.score(cands, ex), a, atol=1e-5)
+    again = c.snapshot() - before
+    assert again.forward_passes == replanned and again.tokens < c.total.tokens - again.tokens
+    assert kv.scorer.stems.hits > 0
     # and the objective is the summed gold label log-prob the scorer reports
     raw = Scorer(causal, progress=False).score(p.with_(triggers=cands[0]), ex).raw
     gold = np.array([e.label for e in ex])
@@ -106,12 +113,19 @@ def test_kv_gradient_equals_the_full_sequence_gradient(causal, data, tpl, verb):
     full_scorer, kv = Scorer(causal, progress=False), CandidateScorer(Scorer(causal, progress=False), p, objective="vocab")
     trig = (300, 777, 1234)[:n]
     g_full, l_full = trigger_gradient(full_scorer, p.with_(triggers=trig), ex, "vocab")
+    planned = kv.gradient_passes(ex)
     g_kv, l_kv = kv.gradient(trig, ex)
     assert l_kv == pytest.approx(l_full, abs=1e-5)
     torch.testing.assert_close(g_kv, g_full, atol=1e-5, rtol=1e-4)
     c = kv.scorer.counter.total
-    assert c.forward_passes == kv.gradient_passes(ex) and c.backward_passes == 1
+    assert c.forward_passes == planned and c.backward_passes == 1
     assert all(q.grad is None and not q.requires_grad for q in causal.model.parameters())
+    # the texts are now in the stem cache: a second gradient runs only the trigger rows
+    replanned = kv.gradient_passes(ex)
+    assert replanned < planned
+    g2, l2 = kv.gradient(trig, ex)
+    torch.testing.assert_close(g2, g_kv, atol=1e-6, rtol=1e-5)
+    assert c.forward_passes == planned + replanned and c.backward_passes == 2
 
 
 def test_gradient_touches_triggers_only(causal, data):
@@ -235,3 +249,32 @@ def test_last_evaluation_is_labelled_with_the_steps_actually_run(causal, data):
 
 def _fake_eval(prompt, i):
     return Evaluation(prompt=prompt, train=None, dev=SplitScore(0.5, {"accuracy": 0.5}, -float(i), 8), cost=Cost())
+
+
+def test_screen_dtype_picks_the_backend_for_gradient_and_candidates(causal, monkeypatch):
+    from miner.models import _backend
+
+    assert AutoPromptSearcher(screen_dtype="model").screen_backend(causal) is causal
+    assert AutoPromptSearcher(screen_dtype="float32").screen_backend(causal) is causal  # already float32
+    bf16 = AutoPromptSearcher(screen_dtype="bfloat16").screen_backend(causal)
+    assert bf16.dtype == torch.bfloat16 and causal.dtype == torch.float32
+    assert AutoPromptSearcher(screen_dtype="bfloat16").screen_backend(causal) is bf16  # one copy, kept
+    monkeypatch.setattr(_backend, "_BF16_FASTER", False)
+    assert AutoPromptSearcher().screen_backend(causal) is causal
+    monkeypatch.setattr(_backend, "_BF16_FASTER", True)
+    assert AutoPromptSearcher().screen_backend(causal) is bf16
+
+
+@pytest.mark.parametrize("screen", ["model", "bfloat16"])
+def test_dev_scores_come_from_the_model_as_loaded(causal, data, screen):
+    """Whatever the screening dtype, every recorded dev score is the float32 model's; the search is
+    reproducible, and bfloat16 screening charges its passes to the job."""
+    kw = dict(steps=4, batch_size=4, n_candidates=6, top_k=8, eval_every=1, patience=0, objective="vocab",
+              screen_dtype=screen)
+    runs = [run_searcher(AutoPromptSearcher(**kw), causal, data, budget={"max_forward_passes": 80}) for _ in range(2)]
+    assert [e.prompt.triggers for e in runs[0].evaluations] == [e.prompt.triggers for e in runs[1].evaluations]
+    assert len(runs[0].evaluations) >= 2 and runs[0].cost.backward_passes >= 1
+    plain = Scorer(causal, progress=False, stem_cache_mb=0)
+    for ev in runs[0].evaluations:
+        res = plain.score(ev.prompt, data.dev)
+        assert ev.dev.score == res.metrics["accuracy"] and ev.dev.loglik == pytest.approx(res.loglik, abs=1e-5)

@@ -189,3 +189,62 @@ def test_ensemble_averages_member_probabilities(causal, masked):
         assert s.plan(ens, EXAMPLES) == 0 and s.score(ens, EXAMPLES).cost.forward_passes == 0
         with pytest.raises(PromptError, match="ensemble"):
             s.distributions(ens, EXAMPLES)
+
+
+STEM_TEMPLATES = [
+    "{sentence} {trigger:3} {answer}",  # next-token path
+    "{sentence} {trigger:2} It was {answer}.",  # answer mid-template: likelihood of the filled text
+    "Review: {sentence}\n{trigger}Sentiment:{trigger} {answer}",  # split triggers
+]
+
+
+@pytest.mark.parametrize("template", STEM_TEMPLATES)
+@pytest.mark.parametrize("verbalizer", VERBALIZERS)
+def test_stem_cache_reuses_the_text_before_the_triggers(causal, template, verbalizer):
+    """A second trigger on the same examples runs only the tokens from the first trigger on, and
+    scores as it would without the stem cache."""
+    from miner.prompts import parse_template
+
+    n = parse_template(template).n_triggers
+    a, b = Prompt.create(template, verbalizer, LABELS, triggers=(300,) * n), Prompt.create(template, verbalizer, LABELS, triggers=(777,) * n)
+    cached, plain = Scorer(causal, progress=False), Scorer(causal, progress=False, stem_cache_mb=0)
+    assert plain.stems is None and len(cached.stems) == 0
+    first = cached.score(a, EXAMPLES)
+    assert len(cached.stems) == len(EXAMPLES)  # stored from the pass that ran anyway
+    planned = cached.plan(b, EXAMPLES)
+    second = cached.score(b, EXAMPLES)
+    assert second.cost.forward_passes == planned
+    assert cached.stems.hits > 0 and second.cost.tokens < first.cost.tokens / 2
+    for p, got in ((a, first), (b, second)):
+        ref = plain.score(p, EXAMPLES)
+        np.testing.assert_allclose(got.raw, ref.raw, atol=1e-4)
+        assert got.cost.forward_passes == ref.cost.forward_passes
+    # without a trigger there is no stem: the same passes and tokens with and without the cache
+    manual = Prompt.create("{sentence} It was {answer}", verbalizer, LABELS)
+    assert Scorer(causal, progress=False).score(manual, EXAMPLES).cost.tokens == plain.score(manual, EXAMPLES).cost.tokens
+
+
+def test_stem_cache_is_bounded_and_causal_only(causal, masked):
+    p = Prompt.create("{sentence} {trigger:3} {answer}", VERBALIZERS[0], LABELS, triggers=(300,) * 3)
+    assert Scorer(masked, progress=False).stems is None
+    tiny = Scorer(causal, progress=False, stem_cache_mb=1)
+    tiny.stems.max_bytes = 3 * 2**10  # room for a stem or two of the tiny model
+    tiny.score(p, EXAMPLES)
+    assert 0 < len(tiny.stems) < len(EXAMPLES) and tiny.stems.nbytes <= tiny.stems.max_bytes
+    ref = Scorer(causal, progress=False, stem_cache_mb=0).score(p.with_(triggers=(5, 6, 7)), EXAMPLES)
+    np.testing.assert_allclose(tiny.score(p.with_(triggers=(5, 6, 7)), EXAMPLES).raw, ref.raw, atol=1e-4)
+
+
+def test_stems_stored_while_scoring_serve_a_gradient(causal):
+    """Stems stored under inference mode are plain tensors: the trigger gradient can run on them."""
+    from miner.search._hotflip import CandidateScorer, trigger_gradient
+
+    p = Prompt.create("{sentence} {trigger:3} {answer}", VERBALIZERS[0], LABELS, triggers=(300, 400, 500))
+    scorer = Scorer(causal, progress=False)
+    scorer.score(p, EXAMPLES)
+    cs = CandidateScorer(scorer, p, objective="label")
+    assert cs.gradient_passes(EXAMPLES) == 1  # the trigger rows only
+    g, loss = cs.gradient(p.triggers, EXAMPLES)
+    g_ref, loss_ref = trigger_gradient(Scorer(causal, progress=False), p, EXAMPLES, "label")
+    assert loss == pytest.approx(loss_ref, abs=1e-5)
+    torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)

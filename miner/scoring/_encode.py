@@ -39,6 +39,7 @@ class Encoded:
     prefix_soft_pos: tuple[int, ...] = ()
     suffix_soft: tuple[int, ...] = ()
     suffix_soft_pos: tuple[int, ...] = ()
+    stem: int = 0  # prefix tokens before the first trigger (no soft slot among them): see _stems.py
 
 
 def compile_prompt(prompt: Prompt, backend: Backend) -> CompiledPrompt:
@@ -66,6 +67,7 @@ def _render(segments, fields: Mapping[str, str], triggers, backend: Backend, str
     soft_idx: list[int] = []
     soft_pos: list[int] = []
     buf: list[str] = []
+    stem = None  # tokens before the first trigger, when no soft slot comes earlier
 
     def flush() -> None:
         if buf:
@@ -79,16 +81,20 @@ def _render(segments, fields: Mapping[str, str], triggers, backend: Backend, str
             buf.append(fields[s.name])
         elif isinstance(s, Trigger):
             flush()
+            if stem is None:
+                stem = len(ids)
             ids.append(triggers[s.index])
         elif isinstance(s, Soft):
             flush()
+            if stem is None:
+                stem = 0
             soft_idx.append(s.index)
             soft_pos.append(len(ids))
             ids.append(backend.pad_id)  # placeholder, replaced by the soft embedding
     if strip_space and buf and buf[-1].endswith(" "):
         buf[-1] = buf[-1][:-1]
     flush()
-    return ids, soft_idx, soft_pos
+    return ids, soft_idx, soft_pos, stem or 0
 
 
 def encode(cp: CompiledPrompt, backend: Backend, fields: Mapping[str, str]) -> Encoded:
@@ -110,8 +116,8 @@ def _encode_once(cp: CompiledPrompt, backend: Backend, fields: Mapping[str, str]
     segs = cp.template.segments
     i = cp.template.answer_index
     trig = cp.prompt.triggers
-    pre, pre_si, pre_sp = _render(segs[:i], fields, trig, backend, strip_space=cp.space_to_word)
-    suf, suf_si, suf_sp = _render(segs[i + 1 :], fields, trig, backend, strip_space=False)
+    pre, pre_si, pre_sp, stem = _render(segs[:i], fields, trig, backend, strip_space=cp.space_to_word)
+    suf, suf_si, suf_sp, _ = _render(segs[i + 1 :], fields, trig, backend, strip_space=False)
     lead = backend.lead_ids
     prefix = tuple(lead) + tuple(pre)
     suffix = tuple(suf) + tuple(backend.trail_ids)
@@ -122,4 +128,5 @@ def _encode_once(cp: CompiledPrompt, backend: Backend, fields: Mapping[str, str]
         prefix_soft_pos=tuple(p + len(lead) for p in pre_sp),
         suffix_soft=tuple(suf_si),
         suffix_soft_pos=tuple(suf_sp),
+        stem=len(lead) + stem if stem else 0,
     )

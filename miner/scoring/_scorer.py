@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -36,6 +37,7 @@ from miner.prompts import Prompt, PromptEnsemble
 from miner.scoring._cost import Cost, CostCounter
 from miner.scoring._encode import CompiledPrompt, Encoded, compile_prompt, encode
 from miner.scoring._metrics import compute_metrics
+from miner.scoring._stems import StemCache, run_rows
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class Request:
     n: int = 0  # cont: number of scored tokens at the end
     mask_pos: tuple[int, ...] = ()
     soft: tuple[tuple[int, int], ...] = ()  # (position, soft index)
+    stem: int = field(default=0, compare=False)  # leading tokens whose key/value cache may be reused (_stems.py)
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Scorer:
         content_free: Sequence[str] = CONTENT_FREE,
         counter: CostCounter | None = None,
         soft_resolver: Callable[[str], torch.Tensor] | None = None,
+        stem_cache_mb: int = 256,
     ) -> None:
         self.backend = backend
         self.soft_resolver = soft_resolver  # soft-prompt reference -> tensor [n_soft, hidden]
@@ -104,6 +108,8 @@ class Scorer:
         self._cache: OrderedDict[Request, Any] = OrderedDict()
         self._cache_size = 0
         self._compiled: dict[str, CompiledPrompt] = {}
+        # Causal LMs: the text before a prompt's first trigger is run once per example, not per prompt.
+        self.stems = StemCache(stem_cache_mb * 2**20) if backend.kind == "causal" and stem_cache_mb > 0 else None
 
     # ------------------------------------------------------------------ public
     def compile(self, prompt: Prompt) -> CompiledPrompt:
@@ -122,7 +128,7 @@ class Scorer:
             cp = self.compile(member)
             reqs += self._requests(cp, self._all_fields(cp, examples))[0]
         todo = [r for r in dict.fromkeys(reqs) if r not in self._cache]
-        return len(self._batches(todo))
+        return len(self._stem_split(todo, True))
 
     def score(
         self,
@@ -183,7 +189,7 @@ class Scorer:
         for fields in (_fields_of(e) for e in examples):
             enc = encode(cp, be, fields)
             if be.kind == "causal":
-                reqs.append(Request("next", enc.prefix))
+                reqs.append(Request("next", enc.prefix, stem=_stem(enc, enc.prefix, 1)))
             else:
                 ids = enc.prefix + (be.mask_id,) + enc.suffix
                 reqs.append(Request("mask", ids, 0, (len(enc.prefix),)))
@@ -269,11 +275,12 @@ class Scorer:
             soft = pre_soft + tuple((p + off, i) for p, i in zip(enc.suffix_soft_pos, enc.suffix_soft))
             return Request("mask", ids, 0, tuple(range(len(enc.prefix), len(enc.prefix) + len(w))), soft)
         if cp.answer_at_end and len(w) == 1:
-            return Request("next", enc.prefix, 0, (), pre_soft)
+            return Request("next", enc.prefix, 0, (), pre_soft, _stem(enc, enc.prefix, 1))
         tail = w if cp.answer_at_end else w + enc.suffix
         off = len(enc.prefix) + len(w)
         soft = pre_soft + (() if cp.answer_at_end else tuple((p + off, i) for p, i in zip(enc.suffix_soft_pos, enc.suffix_soft)))
-        return Request("cont", enc.prefix + tail, len(tail), (), soft)
+        ids = enc.prefix + tail
+        return Request("cont", ids, len(tail), (), soft, _stem(enc, ids, len(tail) + 1))
 
     def _label_scores(self, cp, rows, soft_embeds, grad: bool, desc: str | None = None) -> torch.Tensor:
         reqs, plan = self._requests(cp, rows)
@@ -294,7 +301,7 @@ class Scorer:
                 self.counter.total.cache_hits += 1
             else:
                 todo.append(r)
-        batches = self._batches(todo)
+        batches = self._stem_split(todo, use_cache)
         show = self.progress and len(batches) >= 4
         for batch in tqdm(batches, desc=desc or "scoring", leave=False, disable=not show, unit="batch"):
             for r, value in zip(batch, self._run(batch, soft_embeds, grad)):
@@ -333,6 +340,15 @@ class Scorer:
         self._cache.clear()
         self._cache_size = 0
 
+    def _stem_split(self, todo: Sequence[Request], use_cache: bool) -> list[list[Request]]:
+        """Batches, those whose stems are all cached first (they run only their tails, and nothing
+        stored by the others can evict their stems before they run)."""
+        if self.stems is None or not use_cache:
+            return self._batches(todo)
+        cached = [r for r in todo if r.stem and not r.soft and r.ids[: r.stem] in self.stems]
+        ids = {id(r) for r in cached}
+        return self._batches(cached) + self._batches([r for r in todo if id(r) not in ids])
+
     def _batches(self, reqs: Iterable[Request]) -> list[list[Request]]:
         by_kind: dict[str, list[Request]] = {}
         for r in reqs:
@@ -365,8 +381,16 @@ class Scorer:
         elif kind == "cont":
             keep = max(r.n for r in batch) + 1
         width = padded.input_ids.shape[1]
-        with self.counter.forward(len(batch), int(padded.attention_mask.sum()), width * len(batch)):
-            logits = be.forward(padded, inputs_embeds=inputs_embeds, logits_to_keep=keep)
+        stemmed = (self.stems is not None and not grad and inputs_embeds is None and kind in ("next", "cont")
+                   and any(r.stem for r in batch))
+        # run_rows charges its own pass (a cached stem's tokens are not run)
+        charge = nullcontext() if stemmed else self.counter.forward(len(batch), int(padded.attention_mask.sum()), width * len(batch))
+        with charge:
+            if stemmed:
+                logits = run_rows(be, self.counter, [r.ids[: r.stem] for r in batch], [r.ids[r.stem :] for r in batch],
+                                  self.stems, logits_to_keep=keep).logits
+            else:
+                logits = be.forward(padded, inputs_embeds=inputs_embeds, logits_to_keep=keep)
             logits = logits.float()
             if kind == "next":
                 lp = torch.log_softmax(logits[:, -1, :], dim=-1)
@@ -386,6 +410,12 @@ class Scorer:
                     rows = torch.log_softmax(logits[i, list(r.mask_pos)], dim=-1)
                     out.append(rows if grad else rows.cpu().clone())
         return out
+
+
+def _stem(enc: Encoded, ids: Sequence[int], keep: int) -> int:
+    """The request's reusable stem length: the tokens before the first trigger, if the logits it
+    needs (its last ``keep`` positions) all come after them."""
+    return enc.stem if 0 < enc.stem <= len(ids) - keep else 0
 
 
 def _inject_soft(be: Backend, padded, batch: list[Request], soft_embeds: torch.Tensor | None) -> torch.Tensor:

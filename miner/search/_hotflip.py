@@ -23,7 +23,6 @@ so the GPU benchmark can load it on a machine without the searcher contract's de
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import time
 import weakref
@@ -35,6 +34,7 @@ import torch
 
 from miner.prompts import Answer, Field, Literal, Prompt, Soft, Template, Trigger
 from miner.scoring import Scorer, encode
+from miner.scoring._stems import run_rows
 
 logger = logging.getLogger(__name__)
 
@@ -179,12 +179,6 @@ def sample_candidates(triggers: Sequence[int], topk: torch.Tensor, n: int, rng: 
 
 
 # --------------------------------------------------------------------------- candidate scoring
-def _cache_kwarg(model) -> str:
-    # transformers renamed ``past_key_values`` to ``cache`` (5.2x); accept both.
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 @dataclass
 class _Prefix:
     ids: tuple[int, ...]  # tokens before the first trigger (shared by all candidates)
@@ -216,7 +210,6 @@ class CandidateScorer:
         )
         # The KV copy per row costs memory like a full sequence would; bound rows x width like a batch.
         self.max_tokens = max_tokens or 4 * scorer.max_batch_tokens
-        self._kwarg = _cache_kwarg(self.backend.model) if self.use_kv else ""
         self._planner: Scorer | None = None
 
     # ------------------------------------------------------------------ planning
@@ -231,13 +224,20 @@ class CandidateScorer:
             return _plan_many(self.scorer, prompts, examples, distinct=True)
         total = 0
         for chunk, prefixes in self._example_chunks(examples):
+            cached = self._stems_cached(prefixes)
             if candidates is not None:
                 groups = self._groups(candidates, prefixes)
-                total += 1 + sum(len(self._row_chunks(len(rows), prefixes)) for rows in groups.values())
+                # the text (unless cached) and the current suffix up to the last group's start: one pass
+                total += int(not cached or max(groups) > 0)
+                total += sum(len(self._row_chunks(len(rows), prefixes)) for rows in groups.values())
             else:
                 n_groups = min(n_candidates + 1, len(prefixes[0].trig_pos)) if self._same_layout(prefixes) else 1
                 total += 1 + len(self._row_chunks(n_candidates + 1, prefixes)) + n_groups - 1
         return total
+
+    def _stems_cached(self, prefixes: list[_Prefix]) -> bool:
+        stems = self.scorer.stems
+        return stems is not None and stems.all_cached([p.ids for p in prefixes])
 
     # ------------------------------------------------------------------ scoring
     def score(self, candidates: Sequence[tuple[int, ...]], examples: Sequence[Any]) -> np.ndarray:
@@ -265,15 +265,15 @@ class CandidateScorer:
                 self._planner = Scorer(self.backend, batch_size=self.scorer.batch_size,
                                        max_batch_tokens=self.scorer.max_batch_tokens, progress=False)
             return self._planner.plan(gradient_prompt(self.prompt), examples)
-        return 2 * len(self._example_chunks(examples))
+        return sum(1 + int(not self._stems_cached(prefixes)) for _, prefixes in self._example_chunks(examples))
 
     def gradient(self, triggers: Sequence[int], examples: Sequence[Any]) -> tuple[torch.Tensor, float]:
         """Like :func:`trigger_gradient`, with the text's KV cache on the KV-cache path.
 
         In a causal LM the text before the first trigger does not depend on the triggers, so its
-        keys and values are computed without autograd and only the rows from the first trigger
-        to the answer run with gradients: backward goes through a few tokens per example, not
-        through the whole sequence.
+        keys and values are computed without autograd (or taken from the scorer's stem cache) and
+        only the rows from the first trigger to the answer run with gradients: backward goes
+        through a few tokens per example, not through the whole sequence.
         """
         triggers = tuple(int(t) for t in triggers)
         if not self.use_kv:
@@ -373,16 +373,15 @@ class CandidateScorer:
         return out
 
     def _run_prefix(self, prefixes: list[_Prefix], ext: int = 0, base: Sequence[int] = ()):
-        """The text and the first ``ext`` tokens of the suffix with triggers ``base``, with their KV cache."""
-        be, counter = self.backend, self.scorer.counter
-        batch = be.pad([list(p.ids) + _with_triggers(p, base)[:ext] for p in prefixes])
-        width = batch.input_ids.shape[1]
-        with counter.forward(len(prefixes), int(batch.attention_mask.sum()), width * len(prefixes)):
-            res = be.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, use_cache=True, logits_to_keep=1)
-        cache = res.get("cache") if "cache" in res else res.get("past_key_values")
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        return (layers, batch.attention_mask), batch.attention_mask.sum(-1)
+        """The text and the first ``ext`` tokens of the suffix with triggers ``base``, with their KV cache.
+
+        The text's keys and values come from the scorer's stem cache when every example's are
+        there (then at most the ``ext`` tokens run); otherwise text and suffix run in one pass,
+        which stores them.
+        """
+        tails = [tuple(_with_triggers(p, base)[:ext]) for p in prefixes]
+        run = run_rows(self.backend, self.scorer.counter, [p.ids for p in prefixes], tails, self.scorer.stems)
+        return run.cache(), run.lens
 
     def _run_candidates(self, cands, prefixes: list[_Prefix], cache, lens, start: int = 0,
                         soft: torch.Tensor | None = None) -> torch.Tensor:
@@ -391,8 +390,6 @@ class CandidateScorer:
         With ``soft`` (``[n_triggers, H]``, one candidate) the trigger tokens' input embeddings
         are replaced by it, differentiably (the gradient path).
         """
-        from transformers import DynamicCache
-
         be, counter = self.backend, self.scorer.counter
         (layers, pmask) = cache
         words = self.cp.word_ids
@@ -420,13 +417,10 @@ class CandidateScorer:
         ids, smask = ids.to(be.device), smask.to(be.device)
         pos = lens.to(be.device)[idx][:, None] + (smask.cumsum(-1) - 1).clamp(min=0)
         mask = torch.cat([pmask[idx], smask], dim=1)
-        kv = DynamicCache()
-        for li, (k, v) in enumerate(layers):
-            kv.update(k.index_select(0, idx), v.index_select(0, idx), li)
+        past = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in layers]
         keep = 1 + max((len(words[li][wi]) for li, wi in multi), default=0)
-        if soft is None:
-            inputs = {"input_ids": ids}
-        else:  # the trigger tokens' embeddings replaced by ``soft`` (rows are left-padded)
+        embeds = None
+        if soft is not None:  # the trigger tokens' embeddings replaced by ``soft`` (rows are left-padded)
             r_idx, c_idx, which = [], [], []
             for r, s in enumerate(seqs):
                 for j, tp in enumerate(prefixes[ex_idx[r]].trig_pos):
@@ -434,10 +428,9 @@ class CandidateScorer:
                         r_idx.append(r), c_idx.append(width - len(s) + tp - start), which.append(j)
             emb = be.model.get_input_embeddings()(ids)
             place = (torch.as_tensor(r_idx, device=emb.device), torch.as_tensor(c_idx, device=emb.device))
-            inputs = {"inputs_embeds": emb.index_put(place, soft[torch.as_tensor(which, device=soft.device)].to(emb.dtype))}
+            embeds = emb.index_put(place, soft[torch.as_tensor(which, device=soft.device)].to(emb.dtype))
         with counter.forward(rows, int(smask.sum()), rows * width):
-            logits = be.model(**inputs, attention_mask=mask, position_ids=pos, use_cache=True,
-                              logits_to_keep=keep, **{self._kwarg: kv}).logits
+            logits, _ = be.forward_cached(ids, mask, pos, past=past, logits_to_keep=keep, inputs_embeds=embeds)
         lp = torch.log_softmax(logits.float(), dim=-1)  # [R, keep, V]
         # Per (candidate, example) row block: every word's log-prob, then log-sum-exp per label,
         # vectorised (a Python loop over rows costs more than the pass itself on a GPU).

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from miner.errors import ConfigError
 from miner.prompts import Prompt, Verbalizer
+from miner.scoring import Scorer
 from miner.search._base import Capabilities, Evaluate, Evaluation, SearchContext, Searcher
 from miner.search._hotflip import (
     CandidateScorer, allowed_tokens, hotflip_topk, round_trips, sample_candidates,
@@ -61,9 +62,15 @@ class AutoPromptSearcher(Searcher):
     words_only: bool = True  # trigger tokens must decode to alphabetic words
     allow_capitalized: bool = False
     exclude_tokens: list[str] = field(default_factory=list)  # words that may not become triggers
-    eval_every: int = 4  # steps between dev evaluations (only when the trigger changed)
-    patience: int = 4  # dev evaluations without improvement before stopping; 0 = never
+    # steps between dev evaluations (only when the trigger changed); a dev evaluation reuses the dev
+    # texts' key/value cache (the scorer's stem cache), so it costs a fraction of a step
+    eval_every: int = 2
+    patience: int = 8  # dev evaluations without improvement before stopping; 0 = never
     kv_cache: bool = True  # reuse the example text's key/value cache across candidates (causal LMs)
+    # dtype of the model copy that computes the gradient and re-scores candidates; dev evaluations
+    # (and so every leaderboard number) use the model as loaded. auto: bfloat16 on a CPU that runs
+    # it faster than float32 (native BF16 instructions), else the model's own dtype
+    screen_dtype: Literal["auto", "model", "float32", "bfloat16", "float16"] = "auto"
 
     # ------------------------------------------------------------------ setup
     def _validate(self) -> None:
@@ -107,6 +114,21 @@ class AutoPromptSearcher(Searcher):
             context.logger.warning("initial trigger %r does not survive decode/re-encode", be.decode(ids))
         return probe.with_(triggers=tuple(ids), meta={"trigger_text": be.decode(ids)})
 
+    def screen_backend(self, backend):
+        """The backend the gradient and the candidate re-scoring run on (see ``screen_dtype``)."""
+        import torch
+
+        from miner.models._backend import bf16_is_faster_on_cpu
+
+        name = self.screen_dtype
+        if name == "model":
+            return backend
+        if name == "auto":
+            if backend.device.type != "cpu" or backend.dtype != torch.float32 or not bf16_is_faster_on_cpu():
+                return backend
+            name = "bfloat16"
+        return backend.as_dtype(getattr(torch, name))
+
     def _allowed(self, backend, prompt: Prompt):
         exclude = [t for w in self.exclude_tokens for v in (w, " " + w) for t in backend.tokenize(v)]
         return allowed_tokens(backend, prompt, words_only=self.words_only, allow_capitalized=self.allow_capitalized,
@@ -120,6 +142,11 @@ class AutoPromptSearcher(Searcher):
         current = self.initial_prompt(context, rng)
         allowed = self._allowed(be, current)
         embeddings = be.input_embeddings()
+        screen = self.screen_backend(be)
+        if screen is not be:
+            log.info("autoprompt: gradient and candidates in %s, dev evaluations in %s", screen.dtype, be.dtype)
+            scorer = Scorer(screen, batch_size=scorer.batch_size, max_batch_tokens=scorer.max_batch_tokens,
+                            progress=False, counter=scorer.counter)  # charged to the job like every pass
         cand_scorer = CandidateScorer(scorer, current, objective=self.objective, kv_cache=self.kv_cache)
         batches = _BatchStream(list(context.task.train), self.batch_size, rng)
 
