@@ -174,18 +174,23 @@ def per_iteration(ref_t, ours_t, ref_run, ours_run, iters):
         source = "full runs (reference: median iteration incl. its dev passes; autoprompt: mean iteration excl. dev evaluations)"
     else:
         source = "interleaved single iterations from the same trigger and batches"
-    # steady state inside the full runs: the reference's median iteration (its dev passes included, as
-    # the loop runs them), autoprompt's mean iteration without its dev evaluations
-    full_ref = statistics.median(ref_run["iteration_seconds"])
-    full_ours = (ours_run["seconds"] - ours_run["dev_eval_seconds"]) / ours_run["iterations"] if ours_run.get("iterations") else None
-    if full_ours is None:
-        return {"reference_s": ref_t, "ours_s": ours_t, "reference_median_s": statistics.median(ref_t),
-                "ours_median_s": statistics.median(ours_t), "speedup": statistics.median(ref_t) / statistics.median(ours_t),
-                "source": source}
     return {"reference_s": ref_t, "ours_s": ours_t, "reference_median_s": statistics.median(ref_t),
             "ours_median_s": statistics.median(ours_t), "speedup": statistics.median(ref_t) / statistics.median(ours_t),
-            "source": source, "full_run_reference_s": full_ref, "full_run_ours_s": full_ours,
-            "full_run_speedup": full_ref / full_ours}
+            "source": source}
+
+
+def full_run_rate(run, iterations):
+    """Mean wall time per iteration of a whole run, its dev evaluations and setup included (the
+    same statistic for both sides); None for a run of no iterations."""
+    return run["seconds"] / iterations if iterations else None
+
+
+def full_run_rates(r, ours_run=None):
+    """(reference, autoprompt) seconds per iteration over their whole runs, and the ratio."""
+    ours_run = ours_run or r["ours_run"]
+    ref = full_run_rate(r["reference_run"], r["settings"]["iterations"])
+    ours = full_run_rate(ours_run, ours_run.get("iterations"))
+    return ref, ours, (ref / ours if ref and ours else None)
 
 
 def time_to(traj, target, key="dev"):
@@ -322,9 +327,8 @@ def render(r) -> str:
         + ".", "",
         "| | reference loop | autoprompt | ratio |", "|---|---|---|---|",
         f"| time per iteration ({tpi.get('source', 'interleaved')}) | {tpi['reference_median_s']:.2f} s | {tpi['ours_median_s']:.2f} s | {tpi['speedup']:.1f}x |",
-        *([f"| time per iteration in the full runs (reference: median, its dev passes included; autoprompt: mean, "
-           f"dev evaluations excluded) | {tpi['full_run_reference_s']:.2f} s | {tpi['full_run_ours_s']:.2f} s | {tpi['full_run_speedup']:.1f}x |"]
-          if "full_run_speedup" in tpi else []),
+        *([f"| time per iteration over the whole runs (mean; dev evaluations and setup included on both sides) | "
+           f"{fr[0]:.2f} s | {fr[1]:.2f} s | {fr[2]:.1f}x |"] if (fr := full_run_rates(r))[2] else []),
         f"| time to the reference's final dev accuracy ({100 * tto['target_dev_accuracy']:.1f}) | {f(tto['reference_s'])} | {f(tto['ours_s'])} | "
         + (f"{tto['speedup']:.1f}x |" if tto["speedup"] else "- |"),
         *([f"| time to that trigger's dev log-likelihood ({tto['target_dev_loglik']:.4f}) | {f(tto['reference_loglik_s'])} | "
@@ -351,23 +355,57 @@ def render(r) -> str:
 
 
 def summary(runs) -> str:
-    """One row per benchmark run: per-iteration ratio and time to each of the reference's targets."""
+    """One row per benchmark run: per-iteration ratio and time to each of the reference's targets,
+    for autoprompt as configured and (``--also-screen``) in the model's own dtype; medians last."""
     f = lambda x: "not reached" if x is None else f"{x:.0f} s"  # noqa: E731
-    x = lambda a, b: f"**{a / b:.1f}x**" if a and b else "-"  # noqa: E731
+    ratio = lambda a, b: a / b if a and b else None  # noqa: E731
+    x = lambda r: "-" if r is None else f"**{r:.1f}x**"  # noqa: E731
     lines = ["# autoprompt vs the reference AutoPrompt loop: all runs (CPU)", "",
              "Each row is one `bench_autoprompt.py` run (its own .md has the command, machine, load and trajectories). "
              "Targets: the reference's final (best) dev accuracy after its iterations, and that trigger's dev "
-             "log-likelihood; autoprompt runs until it has reached both or used the reference's whole wall time.", "",
-             "| run | task, seed | autoprompt objective | per iteration ref / ours | ratio | dev acc target | ref reached at | ours reached at | ratio "
-             "| dev loglik target | ref reached at | ours reached at | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "log-likelihood; autoprompt runs until it has reached both or used the reference's whole wall time. "
+             "Per iteration: interleaved single iterations from the same trigger and batches (and, where recorded, "
+             "the steady state inside the full runs). Screening: the dtype of autoprompt's gradient and candidate passes "
+             "(dev evaluations and the reference run in the model's float32). The last two columns: the same reference "
+             "run against autoprompt screening in float32 (`--also-screen model`), where recorded.", "",
+             "| run | task, seed | objective, screening | per iteration ref / ours | ratio | in full runs | dev acc target "
+             "| ref reached at | ours reached at | ratio | dev loglik target | ref reached at | ours reached at | ratio "
+             "| float32 screening: acc ratio | loglik ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    cols: dict[str, list[float]] = {k: [] for k in ("it", "full", "acc", "ll", "alt_acc", "alt_ll")}
+
+    def keep(key, value):
+        if value is not None:
+            cols[key].append(value)
+        return value
+
+    def tt(key, ref, ours):
+        """Time-to-target ratio; a target autoprompt did not reach counts as 0x in the median."""
+        if ref and ours is None:
+            cols[key].append(0.0)
+            return "not reached"
+        return x(keep(key, ratio(ref, ours)))
+
     for name, r in runs:
-        t, o = r["time_per_iteration"], r["time_to_objective"]
+        t, o, st = r["time_per_iteration"], r["time_to_objective"], r["settings"]
+        alt = r.get("alt") or {}
+        screen = st.get("ours_screen_dtype", "float32")
         lines.append(
-            f"| `{name}` | {r['settings']['task']}, {r['settings']['seed']} | {r['settings']['ours'].get('objective', 'vocab')} | {t['reference_median_s']:.1f} / {t['ours_median_s']:.1f} s | "
-            f"{t['speedup']:.1f}x | {100 * o['target_dev_accuracy']:.1f} | {f(o['reference_s'])} | {f(o['ours_s'])} | "
-            f"{x(o['reference_s'], o['ours_s'])} | {o.get('target_dev_loglik', float('nan')):.4f} | {f(o.get('reference_loglik_s'))} | "
-            f"{f(o.get('ours_loglik_s'))} | {x(o.get('reference_loglik_s'), o.get('ours_loglik_s'))} |")
+            f"| `{name}` | {st['task']}, {st['seed']} | {st['ours'].get('objective', 'vocab')}, {screen} | "
+            f"{t['reference_median_s']:.1f} / {t['ours_median_s']:.1f} s | {keep('it', t['speedup']):.1f}x | "
+            + (f"{keep('full', full):.1f}x" if (full := full_run_rates(r)[2]) else "-") + " | "
+            f"{100 * o['target_dev_accuracy']:.1f} | {f(o['reference_s'])} | {f(o['ours_s'])} | "
+            f"{tt('acc', o['reference_s'], o['ours_s'])} | {o.get('target_dev_loglik', float('nan')):.4f} | "
+            f"{f(o.get('reference_loglik_s'))} | {f(o.get('ours_loglik_s'))} | "
+            f"{tt('ll', o.get('reference_loglik_s'), o.get('ours_loglik_s'))} | "
+            + (f"{tt('alt_acc', o['reference_s'], alt.get('ours_s'))} | "
+               f"{tt('alt_ll', o.get('reference_loglik_s'), alt.get('ours_loglik_s'))} |" if alt else "- | - |"))
+    med = lambda k: f"**{statistics.median(cols[k]):.1f}x**" if cols[k] else "-"  # noqa: E731
+    lines.append(f"| median ({len(runs)} runs) | | | | {med('it')} | {med('full')} | | | | {med('acc')} | | | | {med('ll')} "
+                 f"| {med('alt_acc')} | {med('alt_ll')} |")
+    lines += ["", "A target autoprompt did not reach within the reference's whole run time counts as 0x in its median "
+              "(no run is left out). Per iteration over the whole runs: mean wall time per iteration, dev evaluations "
+              "and setup included on both sides."]
     return "\n".join(lines) + "\n"
 
 
@@ -384,8 +422,8 @@ def _alt_rows(r) -> list[str]:
         "in the model's own dtype), run after it in the same process:", "",
         "| | reference loop | autoprompt | ratio |", "|---|---|---|---|",
         f"| time per iteration (interleaved) | {tpi['reference_median_s']:.2f} s | {tpi['ours_median_s']:.2f} s | {tpi['speedup']:.1f}x |",
-        *([f"| time per iteration in the full runs | {tpi['full_run_reference_s']:.2f} s | {tpi['full_run_ours_s']:.2f} s | "
-           f"{tpi['full_run_speedup']:.1f}x |"] if "full_run_speedup" in tpi else []),
+        *([f"| time per iteration over the whole runs (mean, dev included) | {fr[0]:.2f} s | {fr[1]:.2f} s | {fr[2]:.1f}x |"]
+          if (fr := full_run_rates(r, run))[2] else []),
         f"| time to the reference's final dev accuracy ({100 * tto['target_dev_accuracy']:.1f}) | {f(tto['reference_s'])} | "
         f"{f(a['ours_s'])} | {x(tto['reference_s'], a['ours_s'])} |",
         f"| time to that trigger's dev log-likelihood ({tto['target_dev_loglik']:.4f}) | {f(tto['reference_loglik_s'])} | "

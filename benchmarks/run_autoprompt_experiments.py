@@ -59,6 +59,8 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--eval-every", type=int, default=3)
     ap.add_argument("--objective", default="vocab")
+    ap.add_argument("--screen-dtype", default="model", choices=["auto", "model", "float32", "bfloat16"],
+                    help="autoprompt's screen_dtype (default model: as in the results recorded before it existed)")
     ap.add_argument("--template", default=TRIGGER_TEMPLATE, help="trigger template (default: the manual cue as 3 triggers)")
     ap.add_argument("--init", default=TRIGGER_INIT, help="initial trigger text (default: the manual cue)")
     ap.add_argument("--allow-capitalized", action="store_true", help="let capitalised words be trigger candidates")
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     searcher = AutoPromptSearcher(
         template=args.template, init=args.init, allow_capitalized=args.allow_capitalized, steps=args.steps, batch_size=args.batch_size,
         top_k=args.top_k, n_candidates=args.candidates, eval_every=args.eval_every, patience=0,
-        objective=args.objective,
+        objective=args.objective, screen_dtype=args.screen_dtype,
     )
     runs, manual_test = [], None
     out_json = args.out / f"autoprompt_{name}.json"

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
 from miner.errors import ConfigError
 from miner.tasks import TaskSpec
@@ -30,6 +30,8 @@ class ModelSpec(_Strict):
     batch_size: PositiveInt = 32
     max_batch_tokens: PositiveInt = 8192
     max_length: PositiveInt | None = None
+    # causal LMs: key/value cache of the text before a prompt's first trigger, kept per job (0 = off)
+    stem_cache_mb: NonNegativeInt = 1024
 
 
 class PromptSpec(_Strict):

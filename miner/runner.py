@@ -487,7 +487,7 @@ def _job_in_worker(payload: dict, k: Any, seed: int, index: int, run_id: str, th
 def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backend, prompts, board, run_id, show, artifacts,
              started_at: float | None = None) -> JobResult:
     m = cfg.model
-    scorer_kw = dict(batch_size=m.batch_size, max_batch_tokens=m.max_batch_tokens, progress=show,
+    scorer_kw = dict(batch_size=m.batch_size, max_batch_tokens=m.max_batch_tokens, stem_cache_mb=m.stem_cache_mb, progress=show,
                      content_free=cfg.content_free, soft_resolver=artifacts.get_tensor)
     result = _search(
         searcher, backend, data, Scorer(backend, counter=CostCounter(), **scorer_kw),

@@ -259,22 +259,32 @@ def test_screen_dtype_picks_the_backend_for_gradient_and_candidates(causal, monk
     bf16 = AutoPromptSearcher(screen_dtype="bfloat16").screen_backend(causal)
     assert bf16.dtype == torch.bfloat16 and causal.dtype == torch.float32
     assert AutoPromptSearcher(screen_dtype="bfloat16").screen_backend(causal) is bf16  # one copy, kept
-    monkeypatch.setattr(_backend, "_BF16_FASTER", False)
+    monkeypatch.setattr(_backend, "_NATIVE_BF16", False)
     assert AutoPromptSearcher().screen_backend(causal) is causal
-    monkeypatch.setattr(_backend, "_BF16_FASTER", True)
+    monkeypatch.setattr(_backend, "_NATIVE_BF16", True)
     assert AutoPromptSearcher().screen_backend(causal) is bf16
+    with pytest.raises(ConfigError, match="float16"):
+        AutoPromptSearcher(screen_dtype="float16").screen_backend(causal)
 
 
 @pytest.mark.parametrize("screen", ["model", "bfloat16"])
-def test_dev_scores_come_from_the_model_as_loaded(causal, data, screen):
+def test_dev_scores_come_from_the_model_as_loaded(causal, data, screen, tmp_path):
     """Whatever the screening dtype, every recorded dev score is the float32 model's; the search is
     reproducible, and bfloat16 screening charges its passes to the job."""
     kw = dict(steps=4, batch_size=4, n_candidates=6, top_k=8, eval_every=1, patience=0, objective="vocab",
               screen_dtype=screen)
-    runs = [run_searcher(AutoPromptSearcher(**kw), causal, data, budget={"max_forward_passes": 80}) for _ in range(2)]
+    from miner.leaderboard import Leaderboard
+
+    board = Leaderboard(f"sqlite:///{tmp_path / 'lb.db'}")
+    runs = [run_searcher(AutoPromptSearcher(**kw), causal, data, budget={"max_forward_passes": 80}, board=b,
+                         run_id=board.start_run({}, {}) if b else "")
+            for b in (board, None)]
     assert [e.prompt.triggers for e in runs[0].evaluations] == [e.prompt.triggers for e in runs[1].evaluations]
     assert len(runs[0].evaluations) >= 2 and runs[0].cost.backward_passes >= 1
     plain = Scorer(causal, progress=False, stem_cache_mb=0)
+    expect = "bfloat16" if screen == "bfloat16" else "float32"
+    rows = board.rows(searcher="autoprompt")
+    assert len(rows) == len(runs[0].evaluations) and all(r.extra["screen_dtype"] == expect for r in rows)
     for ev in runs[0].evaluations:
         res = plain.score(ev.prompt, data.dev)
         assert ev.dev.score == res.metrics["accuracy"] and ev.dev.loglik == pytest.approx(res.loglik, abs=1e-5)

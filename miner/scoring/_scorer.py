@@ -95,7 +95,7 @@ class Scorer:
         content_free: Sequence[str] = CONTENT_FREE,
         counter: CostCounter | None = None,
         soft_resolver: Callable[[str], torch.Tensor] | None = None,
-        stem_cache_mb: int = 256,
+        stem_cache_mb: int = 1024,
     ) -> None:
         self.backend = backend
         self.soft_resolver = soft_resolver  # soft-prompt reference -> tensor [n_soft, hidden]
@@ -109,6 +109,7 @@ class Scorer:
         self._cache_size = 0
         self._compiled: dict[str, CompiledPrompt] = {}
         # Causal LMs: the text before a prompt's first trigger is run once per example, not per prompt.
+        self.stem_cache_mb = stem_cache_mb
         self.stems = StemCache(stem_cache_mb * 2**20) if backend.kind == "causal" and stem_cache_mb > 0 else None
 
     # ------------------------------------------------------------------ public
@@ -128,7 +129,7 @@ class Scorer:
             cp = self.compile(member)
             reqs += self._requests(cp, self._all_fields(cp, examples))[0]
         todo = [r for r in dict.fromkeys(reqs) if r not in self._cache]
-        return len(self._stem_split(todo, True))
+        return len(self._batches(todo))
 
     def score(
         self,
@@ -301,7 +302,7 @@ class Scorer:
                 self.counter.total.cache_hits += 1
             else:
                 todo.append(r)
-        batches = self._stem_split(todo, use_cache)
+        batches = self._batches(todo)  # packed whatever the stem cache holds, so plan() stays exact
         show = self.progress and len(batches) >= 4
         for batch in tqdm(batches, desc=desc or "scoring", leave=False, disable=not show, unit="batch"):
             for r, value in zip(batch, self._run(batch, soft_embeds, grad)):
@@ -339,15 +340,6 @@ class Scorer:
     def clear_cache(self) -> None:
         self._cache.clear()
         self._cache_size = 0
-
-    def _stem_split(self, todo: Sequence[Request], use_cache: bool) -> list[list[Request]]:
-        """Batches, those whose stems are all cached first (they run only their tails, and nothing
-        stored by the others can evict their stems before they run)."""
-        if self.stems is None or not use_cache:
-            return self._batches(todo)
-        cached = [r for r in todo if r.stem and not r.soft and r.ids[: r.stem] in self.stems]
-        ids = {id(r) for r in cached}
-        return self._batches(cached) + self._batches([r for r in todo if id(r) not in ids])
 
     def _batches(self, reqs: Iterable[Request]) -> list[list[Request]]:
         by_kind: dict[str, list[Request]] = {}

@@ -236,8 +236,13 @@ class CandidateScorer:
         return total
 
     def _stems_cached(self, prefixes: list[_Prefix]) -> bool:
+        """Whether the chunk's texts will come from the stem cache. Planned as not cached when the
+        cache is close to full (storing other stems on the way might evict these): then the
+        planners give an upper bound instead of the exact count."""
         stems = self.scorer.stems
-        return stems is not None and stems.all_cached([p.ids for p in prefixes])
+        if stems is None or not stems.all_cached([p.ids for p in prefixes]):
+            return False
+        return stems.nbytes <= stems.max_bytes // 2
 
     # ------------------------------------------------------------------ scoring
     def score(self, candidates: Sequence[tuple[int, ...]], examples: Sequence[Any]) -> np.ndarray:

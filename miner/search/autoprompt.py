@@ -68,8 +68,8 @@ class AutoPromptSearcher(Searcher):
     patience: int = 8  # dev evaluations without improvement before stopping; 0 = never
     kv_cache: bool = True  # reuse the example text's key/value cache across candidates (causal LMs)
     # dtype of the model copy that computes the gradient and re-scores candidates; dev evaluations
-    # (and so every leaderboard number) use the model as loaded. auto: bfloat16 on a CPU that runs
-    # it faster than float32 (native BF16 instructions), else the model's own dtype
+    # (and so every leaderboard number) use the model as loaded. auto: bfloat16 on a CPU with native
+    # bfloat16 instructions (AVX512-BF16, AMX), else the model's own dtype
     screen_dtype: Literal["auto", "model", "float32", "bfloat16", "float16"] = "auto"
 
     # ------------------------------------------------------------------ setup
@@ -118,15 +118,17 @@ class AutoPromptSearcher(Searcher):
         """The backend the gradient and the candidate re-scoring run on (see ``screen_dtype``)."""
         import torch
 
-        from miner.models._backend import bf16_is_faster_on_cpu
+        from miner.models._backend import cpu_has_native_bf16
 
         name = self.screen_dtype
         if name == "model":
             return backend
         if name == "auto":
-            if backend.device.type != "cpu" or backend.dtype != torch.float32 or not bf16_is_faster_on_cpu():
+            if backend.device.type != "cpu" or backend.dtype != torch.float32 or not cpu_has_native_bf16():
                 return backend
             name = "bfloat16"
+        if name == "float16" and backend.device.type == "cpu":
+            raise ConfigError("autoprompt.screen_dtype float16 is for GPUs (slow or unsupported on a CPU); use bfloat16")
         return backend.as_dtype(getattr(torch, name))
 
     def _allowed(self, backend, prompt: Prompt):
@@ -146,14 +148,16 @@ class AutoPromptSearcher(Searcher):
         if screen is not be:
             log.info("autoprompt: gradient and candidates in %s, dev evaluations in %s", screen.dtype, be.dtype)
             scorer = Scorer(screen, batch_size=scorer.batch_size, max_batch_tokens=scorer.max_batch_tokens,
-                            progress=False, counter=scorer.counter)  # charged to the job like every pass
+                            stem_cache_mb=scorer.stem_cache_mb, progress=False,
+                            counter=scorer.counter)  # charged to the job like every pass
+        screen_name = str(screen.dtype).replace("torch.", "")  # recorded with every dev evaluation
         cand_scorer = CandidateScorer(scorer, current, objective=self.objective, kv_cache=self.kv_cache)
         batches = _BatchStream(list(context.task.train), self.batch_size, rng)
 
         state: dict[str, Any] = {"best": None, "stale": 0, "evaluated": None}
 
         def dev_eval(prompt: Prompt, step: int, objective: float | None) -> Evaluation:
-            ev = evaluate([prompt], extra={"step": step, "train_objective": objective,
+            ev = evaluate([prompt], extra={"step": step, "train_objective": objective, "screen_dtype": screen_name,
                                            "trigger_text": prompt.meta.get("trigger_text")})[0]
             state["evaluated"] = prompt.triggers
             best = state["best"]
