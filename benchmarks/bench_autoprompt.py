@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 import torch
-from _machine import cpu_model  # sibling module: benchmarks/ is on sys.path when a script runs
+from _machine import cpu_model, git_commit  # sibling module: benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -303,6 +303,7 @@ def main(argv=None) -> int:
                     "platform": platform.platform(), "torch": torch.__version__},
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str))
@@ -317,7 +318,7 @@ def render(r) -> str:
     s = r["settings"]
     return "\n".join([
         "# autoprompt vs the reference AutoPrompt loop (CPU)", "",
-        f"Command: `{r['command']}`  ", f"Date: {r['date']}; CPU: {m['cpu']}, {m['cores']} cores shared with other jobs "
+        f"Command: `{r['command']}`  ", f"Date: {r['date']}{'; commit ' + r['commit'] if r.get('commit') else ''}; CPU: {m['cpu']}, {m['cores']} cores shared with other jobs "
         f"(load average during the run: {', '.join(f'{l[0]:.1f}' for l in m['loadavg'])}); torch {m['torch']}, {m['torch_threads']} thread(s).", "",
         f"Settings (both): {s['task']} seed {s['seed']}, template `{s['template']}`, {s['trigger_length']} triggers initialised to "
         f"{s['init']!r}, {s['candidates_per_step']} candidates per step, batch {s['batch_size']}, model {s['model']}; "

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from _machine import cpu_model  # sibling module: benchmarks/ is on sys.path when a script runs
+from _machine import cpu_model, git_commit  # sibling module: benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -141,6 +141,7 @@ def write(out_json: Path, args, name: str, runs: list[dict]) -> None:
     meta = {
         "command": "python " + " ".join("$" + repr(a) if "\n" in a else shlex.quote(a) for a in sys.argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
         "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
                     "loadavg": os.getloadavg(), "torch_threads": torch.get_num_threads()},
         "model": "smollm2 (SmolLM2-135M-Instruct)", "manual_prompt": MANUAL[0], "verbalizer": MANUAL[1],
