@@ -151,7 +151,7 @@ def write(out_json: Path, args, name: str, runs: list[dict]) -> None:
     ms = lambda p: f"{100 * p[0]:.1f} ± {100 * p[1]:.1f}"  # noqa: E731
     lines = [
         f"# AutoPrompt on {name} ({len(runs)} seeds)", "",
-        f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; CPU: {meta['machine']['cpu']}, "
+        f"Command: `{meta['command']}`  ", f"Date: {meta['date']}{'; commit ' + meta['commit'] if meta.get('commit') else ''}; CPU: {meta['machine']['cpu']}, "
         f"{meta['machine']['cores']} cores (shared, load {meta['machine']['loadavg'][0]:.1f}), torch threads {meta['machine']['torch_threads']}", "",
         f"Test sample: {runs[0]['n_test']} examples (seeded, same for both rows); train {runs[0]['n_train']}, dev {runs[0]['n_dev']} per seed.", "",
         "| prompt | dev acc | test acc | forward passes | backward passes | model s | search s |",
