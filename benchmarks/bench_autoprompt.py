@@ -318,6 +318,7 @@ def render(r) -> str:
     s = r["settings"]
     return "\n".join([
         "# autoprompt vs the reference AutoPrompt loop (CPU)", "",
+        *([f"Note: {r['notes']}", ""] if r.get("notes") else []),
         f"Command: `{r['command']}`  ", f"Date: {r['date']}{'; commit ' + r['commit'] if r.get('commit') else ''}; CPU: {m['cpu']}, {m['cores']} cores shared with other jobs "
         f"(load average during the run: {', '.join(f'{l[0]:.1f}' for l in m['loadavg'])}); torch {m['torch']}, {m['torch_threads']} thread(s).", "",
         f"Settings (both): {s['task']} seed {s['seed']}, template `{s['template']}`, {s['trigger_length']} triggers initialised to "
