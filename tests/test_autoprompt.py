@@ -196,8 +196,13 @@ def test_initial_trigger_options(causal, data):
         AutoPromptSearcher(template="{sentence} {answer}").initial_prompt(ctx)
 
 
-def test_cli_run_export_rescore(tmp_path, causal):
-    """`miner run` with searcher autoprompt writes its candidates; the exported best re-scores identically."""
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_cli_run_export_rescore(tmp_path, kind):
+    """`miner run` with searcher autoprompt writes its candidates; the exported best re-scores identically
+    (causal LM: KV-cache path; masked LM: pooled candidates)."""
+    from miner.testing.tiny import tiny_causal, tiny_masked
+
+    model = tiny_causal() if kind == "causal" else tiny_masked()
     from miner.cli import main
     from miner.export import load_exported
     from miner.leaderboard import Leaderboard
@@ -205,8 +210,8 @@ def test_cli_run_export_rescore(tmp_path, causal):
     from miner.tasks import TaskSpec, load_task
 
     d = tmp_path / "tiny"
-    causal.model.save_pretrained(d)
-    causal.tokenizer.save_pretrained(d)
+    model.model.save_pretrained(d)
+    model.tokenizer.save_pretrained(d)
     db = f"sqlite:///{tmp_path / 'lb.db'}"
     cfg = {
         "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 16},
@@ -226,7 +231,9 @@ def test_cli_run_export_rescore(tmp_path, causal):
     ex = load_exported(out)
     best = Leaderboard(db).best(task="rotten_tomatoes", model=str(d))
     data = load_task(TaskSpec(**cfg["task"]), 4, 3)
-    res = Scorer(load_backend(str(d)), progress=False).score(ex.prompt, data.dev)
+    reloaded = load_backend(str(d))
+    assert reloaded.kind == kind
+    res = Scorer(reloaded, progress=False).score(ex.prompt, data.dev)
     assert res.metrics["accuracy"] == best.dev_score and res.loglik == pytest.approx(best.dev_loglik, abs=1e-6)
 
 

@@ -74,3 +74,36 @@ def test_quickstart_style_run_on_builtin_task(tmp_path, backend):
     (job,) = result.jobs
     assert job.best is not None and job.best_test is not None
     assert job.best_test > 0.6  # a sensible prompt on a real model is far above chance
+
+
+def test_autoprompt_run_export_rescore_on_the_default_model(tmp_path, backend):
+    """`miner run` with autoprompt on SmolLM2: candidates and the best prompt on the leaderboard, the
+    exported best re-scores to the stored dev and test numbers (bfloat16 screening where the CPU has
+    it, every stored score in float32 with the stem cache)."""
+    from miner.cli import main
+    from miner.export import load_exported
+    from miner.scoring import Scorer
+
+    db = f"sqlite:///{tmp_path / 'lb.db'}"
+    task = {"source": "builtin", "name": "rotten_tomatoes", "max_test": 48}
+    cfg = {
+        "task": task,
+        "prompts": [{"template": "Review: {sentence}\nSentiment: {answer}", "verbalizer": {"negative": "negative", "positive": "positive"}}],
+        "searchers": [{"name": "autoprompt", "params": {"template": "Review: {sentence}\n{trigger:3} {answer}", "init": "Sentiment:",
+                                                        "steps": 4, "batch_size": 8, "n_candidates": 8, "top_k": 16,
+                                                        "eval_every": 1, "patience": 0}}],
+        "seeds": [13], "k": 8, "storage": db, "progress": False, "test_top": 1,
+    }
+    result = run(cfg, backend=backend)
+    (job,) = result.jobs
+    rows = Leaderboard(db).rows(searcher="autoprompt")
+    assert len(rows) >= 2 and all(len(r.prompt["triggers"]) == 3 and r.extra.get("screen_dtype") for r in rows)
+    out = tmp_path / "best.json"
+    assert main(["export", "--storage", db, "--task", "rotten_tomatoes", "-o", str(out)]) == 0
+    exported = load_exported(out)
+    best = Leaderboard(db).best(task="rotten_tomatoes", model="smollm2")
+    data = load_task(TaskSpec(**task), 8, 13)
+    fresh = Scorer(backend, progress=False)  # a new scorer: nothing cached, whole sequences
+    dev, test = fresh.score(exported.prompt, data.dev), fresh.score(exported.prompt, data.test)
+    assert dev.metrics["accuracy"] == best.dev_score and dev.loglik == pytest.approx(best.dev_loglik, abs=1e-5)
+    assert test.metrics["accuracy"] == pytest.approx(best.test_score, abs=1e-9)
