@@ -91,6 +91,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "results")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from an existing JSON in --out")
+    ap.add_argument("--note", action="append", help="with --summary: a paragraph to add under the table")
     ap.add_argument("--summary", nargs="+", metavar="NAME",
                     help="only write --name's .md: one table over these result stems in --out (several seeds/tasks)")
     return ap.parse_args(argv)
@@ -205,8 +206,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.summary:
         runs = [(n, json.loads((args.out / f"{n}.json").read_text())) for n in args.summary]
-        (args.out / f"{args.name}.md").write_text(summary(runs))
-        print(summary(runs))
+        text = summary(runs)
+        machines = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
+                           f"{r['machine']['torch_threads']} thread(s)" for _, r in runs})
+        dates = sorted(r["date"] for _, r in runs)
+        text += f"\nMachine: {'; '.join(machines)}. Runs from {dates[0]} to {dates[-1]}.\n"
+        text += "".join(f"\n{n}\n" for n in args.note or ())
+        (args.out / f"{args.name}.md").write_text(text)
+        print(text)
         return 0
     if args.render_only:
         r = json.loads((args.out / f"{args.name}.json").read_text())
@@ -366,11 +373,11 @@ def summary(runs) -> str:
              "Each row is one `bench_autoprompt.py` run (its own .md has the command, machine, load and trajectories). "
              "Targets: the reference's final (best) dev accuracy after its iterations, and that trigger's dev "
              "log-likelihood; autoprompt runs until it has reached both or used the reference's whole wall time. "
-             "Per iteration: interleaved single iterations from the same trigger and batches (and, where recorded, "
-             "the steady state inside the full runs). Screening: the dtype of autoprompt's gradient and candidate passes "
+             "Per iteration: interleaved single iterations from the same trigger and batches; 'over whole runs': "
+             "the mean wall time per iteration of each side's whole run. Screening: the dtype of autoprompt's gradient and candidate passes "
              "(dev evaluations and the reference run in the model's float32). The last two columns: the same reference "
              "run against autoprompt screening in float32 (`--also-screen model`), where recorded.", "",
-             "| run | task, seed | objective, screening | per iteration ref / ours | ratio | in full runs | dev acc target "
+             "| run | task, seed | objective, screening | per iteration ref / ours | ratio | over whole runs | dev acc target "
              "| ref reached at | ours reached at | ratio | dev loglik target | ref reached at | ours reached at | ratio "
              "| float32 screening: acc ratio | loglik ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
