@@ -233,6 +233,8 @@ def test_stem_cache_is_bounded_and_causal_only(causal, masked):
     assert 0 < len(tiny.stems) < len(EXAMPLES) and tiny.stems.nbytes <= tiny.stems.max_bytes
     ref = Scorer(causal, progress=False, stem_cache_mb=0).score(p.with_(triggers=(5, 6, 7)), EXAMPLES)
     np.testing.assert_allclose(tiny.score(p.with_(triggers=(5, 6, 7)), EXAMPLES).raw, ref.raw, atol=1e-4)
+    tiny.clear_cache()
+    assert len(tiny.stems) == 0 and tiny.stems.nbytes == 0
 
 
 def test_stems_stored_while_scoring_serve_a_gradient(causal):

@@ -340,6 +340,8 @@ class Scorer:
     def clear_cache(self) -> None:
         self._cache.clear()
         self._cache_size = 0
+        if self.stems is not None:
+            self.stems.clear()
 
     def _batches(self, reqs: Iterable[Request]) -> list[list[Request]]:
         by_kind: dict[str, list[Request]] = {}
@@ -362,21 +364,22 @@ class Scorer:
 
     def _run(self, batch: list[Request], soft_embeds: torch.Tensor | None, grad: bool) -> list[Any]:
         be = self.backend
-        padded = be.pad([r.ids for r in batch])
-        inputs_embeds = None
-        if any(r.soft for r in batch):
-            inputs_embeds = _inject_soft(be, padded, batch, soft_embeds)
         kind = batch[0].kind
         keep = 0
         if kind == "next":
             keep = 1
         elif kind == "cont":
             keep = max(r.n for r in batch) + 1
-        width = padded.input_ids.shape[1]
-        stemmed = (self.stems is not None and not grad and inputs_embeds is None and kind in ("next", "cont")
+        has_soft = any(r.soft for r in batch)
+        stemmed = (self.stems is not None and not grad and not has_soft and kind in ("next", "cont")
                    and any(r.stem for r in batch))
-        # run_rows charges its own pass (a cached stem's tokens are not run)
-        charge = nullcontext() if stemmed else self.counter.forward(len(batch), int(padded.attention_mask.sum()), width * len(batch))
+        if stemmed:  # run_rows pads and charges its own pass (a cached stem's tokens are not run)
+            padded, charge = None, nullcontext()
+        else:
+            padded = be.pad([r.ids for r in batch])
+            inputs_embeds = _inject_soft(be, padded, batch, soft_embeds) if has_soft else None
+            width = padded.input_ids.shape[1]
+            charge = self.counter.forward(len(batch), int(padded.attention_mask.sum()), width * len(batch))
         with charge:
             if stemmed:
                 logits = run_rows(be, self.counter, [r.ids[: r.stem] for r in batch], [r.ids[r.stem :] for r in batch],

@@ -48,7 +48,6 @@ class StemCache:
         self._items: OrderedDict[TokenIds, Layers] = OrderedDict()
         self._bytes = 0
         self.hits = 0  # rows whose stem came from the cache
-        self.stored = 0
 
     def __contains__(self, stem: TokenIds) -> bool:
         return stem in self._items
@@ -70,15 +69,14 @@ class StemCache:
     def put(self, stem: TokenIds, layers: Layers) -> None:
         if stem in self._items:
             return
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        size = _nbytes(layers)
         if size > self.max_bytes:
             return
         self._items[stem] = layers
         self._bytes += size
-        self.stored += 1
         while self._bytes > self.max_bytes:
             _, old = self._items.popitem(last=False)
-            self._bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in old)
+            self._bytes -= _nbytes(old)
 
     def clear(self) -> None:
         self._items.clear()
@@ -105,6 +103,10 @@ class StemCache:
         return layers, mask
 
 
+def _nbytes(layers: Layers) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+
 def run_rows(backend, counter, stems: Sequence[TokenIds], tails: Sequence[TokenIds], cache: StemCache | None, *,
              logits_to_keep: int = 1) -> StemRun:
     """Forward rows ``stem + tail`` of a causal LM, with their key/value cache.
@@ -119,17 +121,11 @@ def run_rows(backend, counter, stems: Sequence[TokenIds], tails: Sequence[TokenI
         layers, smask = cache.stack(stems, device)
         if not any(tails):
             return StemRun(None, layers, smask, smask.sum(-1))
-        width = max(len(t) for t in tails)
-        ids = torch.full((n, width), backend.pad_id, dtype=torch.long)
-        tmask = torch.zeros((n, width), dtype=torch.long)
-        for r, t in enumerate(tails):
-            ids[r, width - len(t):] = torch.as_tensor(t)
-            tmask[r, width - len(t):] = 1
-        ids, tmask = ids.to(device), tmask.to(device)
-        pos = smask.sum(-1)[:, None] + (tmask.cumsum(-1) - 1).clamp(min=0)
-        mask = torch.cat([smask, tmask], dim=1)
-        with counter.forward(n, int(tmask.sum()), n * width):
-            logits, out = backend.forward_cached(ids, mask, pos, past=layers, logits_to_keep=logits_to_keep)
+        tb = backend.pad(tails)  # left-padded: the pad sits between stem and tail, masked out
+        pos = smask.sum(-1)[:, None] + tb.position_ids
+        mask = torch.cat([smask, tb.attention_mask], dim=1)
+        with counter.forward(n, int(tb.attention_mask.sum()), tb.input_ids.numel()):
+            logits, out = backend.forward_cached(tb.input_ids, mask, pos, past=layers, logits_to_keep=logits_to_keep)
         return StemRun(logits, out, mask, mask.sum(-1))
     rows = [tuple(s) + tuple(t) for s, t in zip(stems, tails)]
     batch = backend.pad(rows)

@@ -411,16 +411,11 @@ class CandidateScorer:
                     seqs.append(suf + list(words[li][wi])), ex_idx.append(ei)
         # Left-pad the suffixes (the pad sits between prefix and suffix, masked out), so the
         # answer position is the last one in every row and logits_to_keep stays small.
-        width = max(len(s) for s in seqs)
-        rows = len(seqs)
-        ids = torch.full((rows, width), be.pad_id, dtype=torch.long)
-        smask = torch.zeros((rows, width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, width - len(s):] = torch.as_tensor(s)
-            smask[r, width - len(s):] = 1
+        padded = be.pad(seqs)
+        ids, smask = padded.input_ids, padded.attention_mask
+        rows, width = ids.shape
         idx = torch.as_tensor(ex_idx, device=be.device)
-        ids, smask = ids.to(be.device), smask.to(be.device)
-        pos = lens.to(be.device)[idx][:, None] + (smask.cumsum(-1) - 1).clamp(min=0)
+        pos = lens.to(be.device)[idx][:, None] + padded.position_ids
         mask = torch.cat([pmask[idx], smask], dim=1)
         past = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in layers]
         keep = 1 + max((len(words[li][wi]) for li, wi in multi), default=0)
