@@ -146,8 +146,7 @@ def _read_inputs(path: str) -> list[Any]:
     if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
         from miner.tasks._files import read_table
 
-        table = read_table(p)
-        return [dict(zip(table.columns, row)) for row in table.rows]
+        return [dict(row) for row in read_table(p).rows]  # rows are already {column: value}
     from miner.tasks._files import decode_utf8
 
     if not p.is_file():

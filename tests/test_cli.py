@@ -83,11 +83,23 @@ def test_run_leaderboard_export_predict(tmp_path, tiny_dir, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.split("\t")[0] in ("negative", "positive") for line in lines)
 
-    inp = tmp_path / "in.jsonl"
-    inp.write_text(json.dumps({"sentence": "Great fun."}) + "\n")
-    assert main(["predict", "--prompt", str(out_json), "--input", str(inp), "--json"]) == 0
-    item = json.loads(capsys.readouterr().out.strip())
-    assert set(item["probabilities"]) == {"negative", "positive"}
+    # --input labels each row's own text: the same labels and probabilities as --text on those texts.
+    texts = ["Great fun.", "A dull, tired mess.", "Worth it, with commas"]
+    assert main(["predict", "--prompt", str(out_json), "--json"] + [a for t in texts for a in ("--text", t)]) == 0
+    by_text = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [item["input"]["sentence"] for item in by_text] == texts
+    assert len({tuple(item["probabilities"].values()) for item in by_text}) == len(texts)  # not one constant answer
+    files = {
+        "in.jsonl": "".join(json.dumps({"sentence": t}) + "\n" for t in texts),
+        "in.csv": "sentence\n" + "".join(f'"{t}"\n' for t in texts),
+        "in.tsv": "sentence\n" + "".join(f"{t}\n" for t in texts),
+    }
+    for name, body in files.items():
+        inp = tmp_path / name
+        inp.write_text(body)
+        assert main(["predict", "--prompt", str(out_json), "--input", str(inp), "--json"]) == 0
+        by_file = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+        assert by_file == by_text, name
 
 
 def test_budget_is_enforced_and_recorded(tmp_path, tiny_dir, capsys):

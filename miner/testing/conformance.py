@@ -88,7 +88,10 @@ class SearcherConformance:
         a = self._run(copy.deepcopy(searcher), backend, conformance_data)
         b = self._run(copy.deepcopy(searcher), backend, conformance_data)
         assert [e.prompt.key for e in a.evaluations] == [e.prompt.key for e in b.evaluations]
-        assert [e.rank_key for e in a.evaluations] == pytest.approx([e.rank_key for e in b.evaluations], abs=1e-5)
+        # rank keys are tuples: compare them flat (pytest.approx refuses nested data since pytest 9)
+        flat_a = [x for e in a.evaluations for x in e.rank_key]
+        flat_b = [x for e in b.evaluations for x in e.rank_key]
+        assert flat_a == pytest.approx(flat_b, abs=1e-5)
 
     def test_only_valid_prompts(self, searcher, backend, conformance_data):
         res = self._run(searcher, backend, conformance_data)
