@@ -6,7 +6,7 @@ Runs on a machine with only torch + transformers (no pydantic, miner not install
     PYTHONPATH=. python3 benchmarks/gpu_autoprompt.py --smoke --out /tmp/g   # CPU check, tiny model
 
 The model is built from a config (TinyLlama-1.1B shape, bf16) with random weights and the
-SmolLM2 tokenizer saved in ``benchmarks/assets/smollm2_tokenizer``; the examples are
+SmolLM2 tokenizer saved in ``miner/testing/assets/smollm2_tokenizer``; the examples are
 synthetic sentences (random weights make accuracy meaningless: only time is measured).
 For each setting, one warm-up iteration of each side, then ``--repeats`` interleaved
 iterations (ref, ours, ref, ours, ...) from the same trigger and batches; median.
@@ -36,7 +36,7 @@ from _autoprompt_ref import OursStep, Reference, batches, hf, sync  # noqa: E402
 from miner.models import Backend  # noqa: E402
 from miner.prompts import Prompt  # noqa: E402
 
-TOKENIZER_DIR = REPO / "benchmarks" / "assets" / "smollm2_tokenizer"
+TOKENIZER_DIR = REPO / "miner" / "testing" / "assets" / "smollm2_tokenizer"
 TEMPLATE = "{sentence} {trigger:3} {answer}"
 VERBALIZER = {"negative": ["terrible"], "positive": ["great"]}
 WORDS = ("the movie film story actor plot scene was is a an and but not very quite really good bad great dull funny "

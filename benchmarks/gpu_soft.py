@@ -3,7 +3,7 @@
 Runs where only torch/transformers/peft exist (no pydantic, sklearn, sqlalchemy, datasets:
 minimal stand-ins are installed for the two that the imported modules need, only if absent).
 The model has random weights (built from a config: no download), the tokenizer is SmolLM2's
-(benchmarks/assets/smollm2_tokenizer), the data are synthetic two-label sentences, so accuracies
+(miner/testing/assets/smollm2_tokenizer), the data are synthetic two-label sentences, so accuracies
 mean nothing; the figures are the CUDA path working (bf16, no parameter gradients, finite
 losses), seconds per training step of ``soft`` and of PEFT prompt tuning on the same batches,
 seconds per ``blackbox`` candidate, and peak memory.
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
 
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    tok = AutoTokenizer.from_pretrained(str(ROOT / "benchmarks" / "assets" / "smollm2_tokenizer"))
+    tok = AutoTokenizer.from_pretrained(str(ROOT / "miner" / "testing" / "assets" / "smollm2_tokenizer"))
     size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2) if args.smoke \
         else dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8)
     cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,

@@ -17,14 +17,8 @@ from miner.tasks import TaskSpec, load_task
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from miner.testing.tiny import tiny_causal
-
-    be = tiny_causal()
-    d = tmp_path_factory.mktemp("tiny-model")
-    be.model.save_pretrained(d)
-    be.tokenizer.save_pretrained(d)
-    return d
+def tiny_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def _config(tmp_path, tiny_dir, **over):

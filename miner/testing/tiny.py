@@ -1,27 +1,31 @@
 """Tiny models built in memory from a config, with the default model's real tokenizer.
 
 Used by the unit tests and the conformance suite: two layers, random weights, a few
-seconds to build, but real tokenization (SmolLM2's BPE tokenizer; the masked LM gets
-the same tokenizer plus a ``<mask>`` token, as RoBERTa-style BPE masked LMs have).
+seconds to build, but real tokenization (SmolLM2's BPE tokenizer, shipped in
+``assets/smollm2_tokenizer`` so that no test converts the default model to get it; the
+masked LM gets the same tokenizer plus a ``<mask>`` token, as RoBERTa-style BPE masked LMs have).
 """
 
 from __future__ import annotations
 
 import copy
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
 from miner.models import Backend
 
 
+TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "smollm2_tokenizer"
+
+
 @lru_cache(maxsize=1)
 def default_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer (the same files the default model's conversion writes)."""
     from transformers import AutoTokenizer
 
-    from miner.models._default import default_model_dir
-
-    return AutoTokenizer.from_pretrained(default_model_dir())
+    return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
 
 
 @lru_cache(maxsize=1)
