@@ -89,7 +89,7 @@ def parse_args(argv=None):
     ap.add_argument("--ours-seconds", type=float, default=None,
                     help="cap on autoprompt's run (default: the reference's whole run time)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=REPO / "results")
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "autoprompt")
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from an existing JSON in --out")
     ap.add_argument("--note", action="append", help="with --summary: a paragraph to add under the table")
     ap.add_argument("--summary", nargs="+", metavar="NAME",

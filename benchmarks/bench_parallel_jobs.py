@@ -4,7 +4,7 @@ The same config (manual prompts on the built-in Rotten Tomatoes task, several se
 seed) runs twice into two fresh SQLite files: once sequentially in this process with all cores
 for torch, once with ``parallel.n_jobs`` workers (loky processes, cores / n_jobs torch threads
 each; every worker loads the model itself, which is counted). The rows must be the same prompts
-with the same scores. Writes ``results/parallel_jobs.{json,md}``.
+with the same scores. Writes ``results/scaling/parallel_jobs.{json,md}``.
 
 Usage::
 
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    (REPO / "results/parallel_jobs.json").write_text(json.dumps(res, indent=2))
+    (REPO / "results/scaling/parallel_jobs.json").write_text(json.dumps(res, indent=2))
     m = res["machine"]
     md = f"""# Jobs sequentially vs on joblib workers
 
@@ -94,7 +94,7 @@ Command: `{res['command']}`; {res['date']}; {m['cpu']}, {m['cores']} cores (load
 
 Leaderboard rows identical (same prompts, train/dev/test scores): **{'yes' if same else 'NO'}** ({res['n_rows']} rows each).
 """
-    (REPO / "results/parallel_jobs.md").write_text(md)
+    (REPO / "results/scaling/parallel_jobs.md").write_text(md)
     print(md)
     return 0 if same else 1
 

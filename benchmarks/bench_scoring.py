@@ -13,7 +13,7 @@ model, timed in one process on the same machine and interleaved per repeat (S, a
   scorer builds (built before timing): the floor the scorer's own overhead sits on.
 
 Writes ``scoring.json`` (every number) and ``scoring.md`` (table, machine, command) to ``--out``.
-Usage: ``python benchmarks/bench_scoring.py [--n 512] [--repeats 3] [--batch-size 32] [--out results/]``
+Usage: ``python benchmarks/bench_scoring.py [--n 512] [--repeats 3] [--batch-size 32] [--out results/scoring/]``
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=512, help="first N SST-2 test examples, dataset order")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--out", type=Path, default=Path("results") / "scoring")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "fewshot")

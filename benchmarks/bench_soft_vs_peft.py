@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-test", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--init-text", default="Classify the sentiment of the movie review as positive or negative.")
-    ap.add_argument("--out", default=str(ROOT / "results" / "soft_vs_peft.json"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "soft" / "soft_vs_peft.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -13,7 +13,7 @@ interleaved per repeat (C, M, C, M, ...), median reported:
   with a fresh scorer (so its requests are not cached), ``--model-verbalizers`` of them per repeat.
 
 Writes ``optuna_bench_verbalizer.json`` and ``.md`` to ``--out``.
-Usage: ``python benchmarks/bench_verbalizer.py [--words 1000] [--repeats 3] [--threads 2] [--out results/]``
+Usage: ``python benchmarks/bench_verbalizer.py [--words 1000] [--repeats 3] [--threads 2] [--out results/optuna/]``
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--seed", type=int, default=13)
-    ap.add_argument("--out", type=Path, default=REPO / "results")
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "optuna")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 

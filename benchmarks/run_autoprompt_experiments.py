@@ -66,7 +66,7 @@ def parse_args(argv=None):
     ap.add_argument("--allow-capitalized", action="store_true", help="let capitalised words be trigger candidates")
     ap.add_argument("--max-test", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=REPO / "results")
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "autoprompt")
     ap.add_argument("--name", default=None)
     return ap.parse_args(argv)
 

@@ -9,9 +9,9 @@ For one config (``configs/optuna_sst2.yaml`` or ``configs/optuna_rt.yaml``) this
 2. runs ``miner.runner.run(config, resume=True)`` (the searcher's jobs; a killed experiment
    continues where it stopped), which test-scores only each job's best prompt by dev score
    (ties by dev log-likelihood);
-3. writes ``results/optuna_<name>.json`` (every number, provenance) and ``.md`` (tables).
+3. writes ``results/optuna/optuna_<name>.json`` (every number, provenance) and ``.md`` (tables).
 
-``--report`` merges the JSON files present into ``results/optuna_results.md``.
+``--report`` merges the JSON files present into ``results/optuna/optuna_results.md``.
 
 Usage::
 
@@ -141,7 +141,7 @@ def full_test(cfg, summary_path: Path, out_dir: Path) -> dict:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = [f"# {summary['name']}: the picked prompts on the whole test split ({len(data.test)} examples)", "",
              f"Informational. The requirement is judged on the pre-specified {summary['n_test']}-example test sample "
-             f"(`results/{summary['name']}.md`); this scores the same picks (by dev, nothing re-chosen) and the manual "
+             f"(`results/optuna/{summary['name']}.md`); this scores the same picks (by dev, nothing re-chosen) and the manual "
              f"baselines on the whole split. Command: `{out['command']}`, {out['date']}; {out['machine']['cpu']} "
              f"({out['machine']['cores']} cores), torch {out['machine']['torch']}, {out['machine']['torch_threads']} threads.", "",
              "| prompt | test, " + f"{summary['n_test']} sample | test, all {len(data.test)} |", "|---|---|---|"]
@@ -158,7 +158,7 @@ def full_test(cfg, summary_path: Path, out_dir: Path) -> dict:
 
 
 def ensemble_test(cfg, seeds: list[int], k: int, out: Path) -> None:
-    """Score each seed's top-``k`` ensemble (results/optuna_ensemble_plan.md, step 5) on the test split.
+    """Score each seed's top-``k`` ensemble (results/plans/optuna_ensemble_plan.md, step 5) on the test split.
 
     The ensembles are built by the product (``top_trials`` on each seed's *unchanged* study, the
     same members the validation check used) and scored once by ``Scorer.score``, on the whole
@@ -237,12 +237,12 @@ def ensemble_report(parts: list[Path], out_dir: Path, k: int) -> dict:
     (out_dir / "optuna_sst2_ensemble.json").write_text(json.dumps(out, indent=1))
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = [f"# optuna on SST-2: the top-{k} ensemble on test (scored once)", "",
-             "Plan: `results/optuna_ensemble_plan.md`; adopted on validation data (`results/optuna_ensemble.md`, E5 84.2 vs "
+             "Plan: `results/plans/optuna_ensemble_plan.md`; adopted on validation data (`results/optuna/optuna_ensemble.md`, E5 84.2 vs "
              "82.3) before any ensemble touched test. The members are each seed's best 5 trials of the *unchanged* studies "
-             "(`results/optuna_experiments_v2.db`), chosen by the product's `top_trials` (dev, dev log-likelihood, train). "
+             "(`results/optuna/optuna_experiments_v2.db`), chosen by the product's `top_trials` (dev, dev log-likelihood, train). "
              "Commands: `python benchmarks/run_optuna_experiments.py configs/optuna_sst2.yaml --ensemble-test 13,42,87 -o "
-             "results/optuna_sst2_ensemble_a.json` (and `--ensemble-test 21,100 -o results/optuna_sst2_ensemble_b.json` in a "
-             "second process), then `--ensemble-report results/optuna_sst2_ensemble_{a,b}.json`; "
+             "results/optuna/optuna_sst2_ensemble_a.json` (and `--ensemble-test 21,100 -o results/optuna/optuna_sst2_ensemble_b.json` in a "
+             "second process), then `--ensemble-report results/optuna/optuna_sst2_ensemble_{a,b}.json`; "
              f"{out['date']}, {out['machine']['cpu']} ({out['machine']['cores']} cores), torch {out['machine']['torch']}, "
              "1 thread per process.", "",
              f"| seed | trials (ranked) | train | dev | test, 400 sample | test, all {jobs[0]['n_test_full']} | "
@@ -337,15 +337,15 @@ def markdown(summaries: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", nargs="?", type=Path)
-    ap.add_argument("--out", type=Path, default=REPO / "results")
-    ap.add_argument("--report", action="store_true", help="merge results/optuna_*.json into results/optuna_results.md")
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "optuna")
+    ap.add_argument("--report", action="store_true", help="merge results/optuna/optuna_*.json into results/optuna/optuna_results.md")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--baselines-only", action="store_true", help="only score the manual baselines (a parallel process)")
     ap.add_argument("--collect", action="store_true", help="no search: build the results from the database")
     ap.add_argument("--full-test", action="store_true",
-                    help="score the picks already in results/<name>.json and the baselines on the whole test split")
+                    help="score the picks already in results/optuna/<name>.json and the baselines on the whole test split")
     ap.add_argument("--ensemble-test", help="comma-separated seeds: score their top-k ensembles on test (after the plan)")
-    ap.add_argument("--ensemble-report", nargs="+", type=Path, help="merge --ensemble-test files into results/optuna_sst2_ensemble.md")
+    ap.add_argument("--ensemble-report", nargs="+", type=Path, help="merge --ensemble-test files into results/optuna/optuna_sst2_ensemble.md")
     ap.add_argument("--ensemble-k", type=int, default=5)
     ap.add_argument("-o", "--output", type=Path, help="file for --ensemble-test")
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """soft and blackbox next to the manual prompt: test accuracy (mean ± std over seeds) and cost.
 
 Runs a config (configs/soft_*.yaml) one seed at a time through the runner (so every row
-lands in the leaderboard) and rewrites results/soft_<task>.json and .md after each seed,
+lands in the leaderboard) and rewrites results/soft/soft_<task>.json and .md after each seed,
 so a cut-short run still leaves its finished seeds. Every method is tested on the same
 seeded test subsample (the config's ``max_test``); the searchers never see test data.
 
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--seeds", type=int, nargs="*", help="override the config's seeds")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(ROOT / "results"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "soft"))
     ap.add_argument("--storage", help="override the config's leaderboard (one per parallel process: SQLite locks)")
     ap.add_argument("--tag", default="", help="suffix of the output files (several processes, one per seed group)")
     ap.add_argument("--merge", nargs="*", help="combine the jobs of these JSON files into the untagged output, run nothing")

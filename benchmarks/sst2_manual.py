@@ -3,7 +3,7 @@
 Runs configs/sst2_manual.yaml through the runner (full SST-2 test set), then scores the same
 test sentences with the loop a user would write for the answer-at-the-end template (one sentence
 at a time, no padding, argmax over the label words' next-token logits), and writes
-results/sst2_manual.{json,md}. (The teacher-forced path for answer-mid templates is checked
+results/manual/sst2_manual.{json,md}. (The teacher-forced path for answer-mid templates is checked
 against direct computation in tests/test_scoring.py.)
 
     python benchmarks/sst2_manual.py
@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(1)  # the machine is shared; one thread per process wastes least
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "sst2_manual.yaml"))
-    ap.add_argument("--out", default=str(ROOT / "results"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "manual"))
     args = ap.parse_args()
 
     from miner.config import load_config

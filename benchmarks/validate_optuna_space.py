@@ -1,6 +1,6 @@
 """Choose the optuna searcher's SST-2 search space on validation data, never on test.
 
-The plan (committed before any number was seen) is ``results/optuna_validation_plan.md``. In short:
+The plan (committed before any number was seen) is ``results/plans/optuna_validation_plan.md``. In short:
 
 - V_s, the validation set of seed s: the SST-2 sentences of the other seeds' 16-shot train and dev
   splits that are not in seed s's own split. They all come from SST-2's *training* set.
@@ -9,7 +9,7 @@ The plan (committed before any number was seen) is ``results/optuna_validation_p
 - default (analysis): for each candidate restriction of the search space (demonstrations, pool
   sizes, calibration, number of trials), the product's own rule (dev score, then dev
   log-likelihood, then train score) picks one prompt per seed among the trials inside it, and
-  its V accuracy is averaged over seeds. Writes ``results/optuna_validation.{json,md}``.
+  its V accuracy is averaged over seeds. Writes ``results/optuna/optuna_validation.{json,md}``.
 
 Test scores are never read by this script.
 
@@ -111,7 +111,7 @@ CANDIDATES = {
 CURRENT = ("[0, 1]", "[0, 2]", "[false, true]", "32")
 
 
-# ----------------------------------------------------------------- the pick rule (results/optuna_selection_plan.md)
+# ----------------------------------------------------------------- the pick rule (results/plans/optuna_selection_plan.md)
 _NEG = float("-inf")
 
 
@@ -175,7 +175,7 @@ def analyse(records: list[dict]) -> dict:
 
 
 def _plan_line(plan: str, command: str) -> str:
-    return (f"Plan: `results/{plan}` (committed before these numbers). Command: `{command}`, "
+    return (f"Plan: `results/plans/{plan}` (committed before these numbers). Command: `{command}`, "
             f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}.")
 
 
@@ -188,7 +188,7 @@ def markdown(res: dict, command: str) -> str:
     lines = [
         "# optuna on SST-2: search space chosen on validation data (not test)", "",
         _plan_line("optuna_validation_plan.md", command) + f" V_s: {res['nV']} SST-2 training "
-        "sentences per seed from the other seeds' 16-shot splits. Trials: `results/optuna_experiments_v2.db` "
+        "sentences per seed from the other seeds' 16-shot splits. Trials: `results/optuna/optuna_experiments_v2.db` "
         "(`configs/optuna_sst2.yaml` as run before: demonstrations [0, 1], pool_sizes [0, 2], calibration "
         "[false, true], 32 trials).", "",
         "Manual baselines on V (mean over seeds): " + "; ".join(
@@ -245,7 +245,7 @@ def markdown_selection(res: dict, command: str) -> str:
     pct = _pct
     lines = ["# optuna on SST-2: the rule that picks the final prompt, chosen on validation data (not test)", "",
              _plan_line("optuna_selection_plan.md", command) + " The same trials and "
-             f"validation scores as `results/optuna_validation.md` (V_s: {res['nV']} SST-2 training sentences per seed); "
+             f"validation scores as `results/optuna/optuna_validation.md` (V_s: {res['nV']} SST-2 training sentences per seed); "
              "no model call, test never read.", "",
              "| rule | picks by | V accuracy of the pick (mean ± std, 5 seeds) | per seed (13, 21, 42, 87, 100) |",
              "|---|---|---|---|"]
@@ -260,7 +260,7 @@ def markdown_selection(res: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------- top-k ensembles (results/optuna_ensemble_plan.md)
+# ----------------------------------------------------------------- top-k ensembles (results/plans/optuna_ensemble_plan.md)
 ENSEMBLE_K = (1, 3, 5)  # E1 is the current pick (R0), the sanity check
 
 
@@ -301,7 +301,7 @@ def analyse_ensemble(records: list[dict]) -> dict:
     """E_k: the mean of the top-k trials' label probabilities, arg max; V accuracy per seed (never test)."""
     import numpy as np
 
-    stored = {(r["seed"], r["id"]): r["V"] for r in json.loads((REPO / "results/optuna_validation_scores.json").read_text())
+    stored = {(r["seed"], r["id"]): r["V"] for r in json.loads((REPO / "results/optuna/optuna_validation_scores.json").read_text())
               if r["kind"] == "trial"}
     out = {}
     for k in ENSEMBLE_K:
@@ -329,8 +329,8 @@ def markdown_ensemble(res: dict, command: str) -> str:
     pct = _pct
     lines = ["# optuna on SST-2: an ensemble of the top trials, checked on validation data (not test)", "",
              _plan_line("optuna_ensemble_plan.md", command) + " The same trials "
-             f"(`results/optuna_experiments_v2.db`) and V_s ({res['nV']} SST-2 training sentences per seed) as "
-             "`results/optuna_validation.md`; test never read. Members are ranked by the product's pick rule R0 "
+             f"(`results/optuna/optuna_experiments_v2.db`) and V_s ({res['nV']} SST-2 training sentences per seed) as "
+             "`results/optuna/optuna_validation.md`; test never read. Members are ranked by the product's pick rule R0 "
              "(dev accuracy, dev log-likelihood, train accuracy); an ensemble averages its members' label "
              "probabilities (each calibrated when its trial chose calibration).", "",
              "| candidate | V accuracy (mean ± std, 5 seeds) | per seed (13, 21, 42, 87, 100) | members' own V per seed |",
@@ -353,12 +353,12 @@ def main(argv=None) -> int:
     ap.add_argument("--score", help="comma-separated seeds to score on their validation sets")
     ap.add_argument("-o", "--output", help="score file to write (with --score)")
     ap.add_argument("--config", default=str(REPO / "configs/optuna_sst2.yaml"))
-    ap.add_argument("--storage", default=f"sqlite:///{REPO / 'results/optuna_experiments_v2.db'}")
+    ap.add_argument("--storage", default=f"sqlite:///{REPO / 'results/optuna/optuna_experiments_v2.db'}")
     ap.add_argument("--selection", action="store_true",
-                    help="compare the pick rules of results/optuna_selection_plan.md on the stored validation scores")
+                    help="compare the pick rules of results/plans/optuna_selection_plan.md on the stored validation scores")
     ap.add_argument("--ensemble-score", help="comma-separated seeds: score their top trials on V, per example")
     ap.add_argument("--ensemble", action="store_true",
-                    help="analyse the top-k ensembles of results/optuna_ensemble_plan.md from the given --ensemble-score files")
+                    help="analyse the top-k ensembles of results/plans/optuna_ensemble_plan.md from the given --ensemble-score files")
     args = ap.parse_args(argv)
     if args.ensemble_score:
         ensemble_score([int(x) for x in args.ensemble_score.split(",")], Path(args.config), args.storage, Path(args.output))
@@ -366,19 +366,19 @@ def main(argv=None) -> int:
     if args.ensemble:
         records = [r for f in args.scores for r in json.loads(Path(f).read_text())]
         res = analyse_ensemble(records)
-        (REPO / "results/optuna_ensemble.json").write_text(json.dumps(res, indent=1))
+        (REPO / "results/optuna/optuna_ensemble.json").write_text(json.dumps(res, indent=1))
         md = markdown_ensemble(res, "python benchmarks/validate_optuna_space.py --ensemble-score 13,42,100 -o "
-                               "results/optuna_ensemble_scores_a.json (and --ensemble-score 21,87 -o "
-                               "results/optuna_ensemble_scores_b.json in a second process); python "
-                               "benchmarks/validate_optuna_space.py --ensemble results/optuna_ensemble_scores_{a,b}.json")
-        (REPO / "results/optuna_ensemble.md").write_text(md)
+                               "results/optuna/optuna_ensemble_scores_a.json (and --ensemble-score 21,87 -o "
+                               "results/optuna/optuna_ensemble_scores_b.json in a second process); python "
+                               "benchmarks/validate_optuna_space.py --ensemble results/optuna/optuna_ensemble_scores_{a,b}.json")
+        (REPO / "results/optuna/optuna_ensemble.md").write_text(md)
         print(md)
         return 0
     if args.selection:
-        res = analyse_selection(json.loads((REPO / "results/optuna_validation_scores.json").read_text()))
-        (REPO / "results/optuna_selection.json").write_text(json.dumps(res, indent=1))
+        res = analyse_selection(json.loads((REPO / "results/optuna/optuna_validation_scores.json").read_text()))
+        (REPO / "results/optuna/optuna_selection.json").write_text(json.dumps(res, indent=1))
         md = markdown_selection(res, "python benchmarks/validate_optuna_space.py --selection")
-        (REPO / "results/optuna_selection.md").write_text(md)
+        (REPO / "results/optuna/optuna_selection.md").write_text(md)
         print(md)
         return 0
     if args.score:
@@ -392,12 +392,12 @@ def main(argv=None) -> int:
                 seen.add(key)
                 records.append(r)
     res = analyse(records)
-    (REPO / "results/optuna_validation_scores.json").write_text(json.dumps(
+    (REPO / "results/optuna/optuna_validation_scores.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "test"} for r in records]))
-    (REPO / "results/optuna_validation.json").write_text(json.dumps(res, indent=1))
+    (REPO / "results/optuna/optuna_validation.json").write_text(json.dumps(res, indent=1))
     command = "python benchmarks/validate_optuna_space.py --score 13,42,100 -o a.json (and --score 21,87 -o b.json " \
               "in a second process); python benchmarks/validate_optuna_space.py a.json b.json"
-    (REPO / "results/optuna_validation.md").write_text(markdown(res, command))
+    (REPO / "results/optuna/optuna_validation.md").write_text(markdown(res, command))
     print(markdown(res, " ".join(shlex.quote(a) for a in sys.argv)))
     return 0
 
