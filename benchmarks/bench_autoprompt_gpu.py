@@ -2,8 +2,8 @@
 
 Runs on a machine with only torch + transformers (no pydantic, miner not installed)::
 
-    PYTHONPATH=. python3 benchmarks/gpu_autoprompt.py --out results/autoprompt  # H100/H200, < 3 min
-    PYTHONPATH=. python3 benchmarks/gpu_autoprompt.py --smoke --out /tmp/g   # CPU check, tiny model
+    PYTHONPATH=. python3 benchmarks/bench_autoprompt_gpu.py --out results/autoprompt  # H100/H200, < 3 min
+    PYTHONPATH=. python3 benchmarks/bench_autoprompt_gpu.py --smoke --out /tmp/g   # CPU check, tiny model
 
 The model is built from a config (TinyLlama-1.1B shape, bf16) with random weights and the
 SmolLM2 tokenizer saved in ``miner/testing/assets/smollm2_tokenizer``; the examples are

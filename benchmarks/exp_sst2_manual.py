@@ -6,7 +6,7 @@ at a time, no padding, argmax over the label words' next-token logits), and writ
 results/manual/sst2_manual.{json,md}. (The teacher-forced path for answer-mid templates is checked
 against direct computation in tests/test_scoring.py.)
 
-    python benchmarks/sst2_manual.py
+    python benchmarks/exp_sst2_manual.py
 """
 
 from __future__ import annotations

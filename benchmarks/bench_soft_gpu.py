@@ -8,8 +8,8 @@ mean nothing; the figures are the CUDA path working (bf16, no parameter gradient
 losses), seconds per training step of ``soft`` and of PEFT prompt tuning on the same batches,
 seconds per ``blackbox`` candidate, and peak memory.
 
-    PYTHONPATH=. python3 benchmarks/gpu_soft.py --out /tmp/gpu_soft            # on the GPU machine
-    PYTHONPATH=. python benchmarks/gpu_soft.py --smoke --out /tmp/gpu_soft     # tiny, on a CPU
+    PYTHONPATH=. python3 benchmarks/bench_soft_gpu.py --out /tmp/gpu_soft            # on the GPU machine
+    PYTHONPATH=. python benchmarks/bench_soft_gpu.py --smoke --out /tmp/gpu_soft     # tiny, on a CPU
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
         result["blackbox"] = {"skipped": "cmaes is not installed"}
     print(json.dumps(result["blackbox"], default=str), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "gpu_soft.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (Path(args.out) / "soft_gpu.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0
 
 

@@ -10,8 +10,8 @@ replaces it. One test scorer is shared across seeds (the manual prompt is scored
 Writes ``autoprompt_<name>.json`` (every run, cost, provenance) and ``autoprompt_<name>.md``
 to ``--out``. Examples::
 
-    python benchmarks/run_autoprompt_experiments.py --task sst2 --seeds 13 21 42 87 100
-    python benchmarks/run_autoprompt_experiments.py --task rt --k 64 --seeds 13 21 42
+    python benchmarks/exp_autoprompt.py --task sst2 --seeds 13 21 42 87 100
+    python benchmarks/exp_autoprompt.py --task rt --k 64 --seeds 13 21 42
 """
 
 from __future__ import annotations

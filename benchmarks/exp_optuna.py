@@ -15,9 +15,9 @@ For one config (``configs/optuna_sst2.yaml`` or ``configs/optuna_rt.yaml``) this
 
 Usage::
 
-    python benchmarks/run_optuna_experiments.py configs/optuna_sst2.yaml
-    python benchmarks/run_optuna_experiments.py configs/optuna_rt.yaml
-    python benchmarks/run_optuna_experiments.py --report
+    python benchmarks/exp_optuna.py configs/optuna_sst2.yaml
+    python benchmarks/exp_optuna.py configs/optuna_rt.yaml
+    python benchmarks/exp_optuna.py --report
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def ensemble_report(parts: list[Path], out_dir: Path, k: int) -> dict:
              "Plan: `results/plans/optuna_ensemble_plan.md`; adopted on validation data (`results/optuna/optuna_ensemble.md`, E5 84.2 vs "
              "82.3) before any ensemble touched test. The members are each seed's best 5 trials of the *unchanged* studies "
              "(`results/optuna/optuna_experiments_v2.db`), chosen by the product's `top_trials` (dev, dev log-likelihood, train). "
-             "Commands: `python benchmarks/run_optuna_experiments.py configs/optuna_sst2.yaml --ensemble-test 13,42,87 -o "
+             "Commands: `python benchmarks/exp_optuna.py configs/optuna_sst2.yaml --ensemble-test 13,42,87 -o "
              "results/optuna/optuna_sst2_ensemble_a.json` (and `--ensemble-test 21,100 -o results/optuna/optuna_sst2_ensemble_b.json` in a "
              "second process), then `--ensemble-report results/optuna/optuna_sst2_ensemble_{a,b}.json`; "
              f"{out['date']}, {out['machine']['cpu']} ({out['machine']['cores']} cores), torch {out['machine']['torch']}, "

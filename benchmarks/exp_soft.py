@@ -5,7 +5,7 @@ lands in the leaderboard) and rewrites results/soft/soft_<task>.json and .md aft
 so a cut-short run still leaves its finished seeds. Every method is tested on the same
 seeded test subsample (the config's ``max_test``); the searchers never see test data.
 
-    PYTHONPATH=. python benchmarks/run_soft_experiments.py --config configs/soft_sst2.yaml
+    PYTHONPATH=. python benchmarks/exp_soft.py --config configs/soft_sst2.yaml
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ Test scores are never read by this script.
 
 Usage::
 
-    python benchmarks/validate_optuna_space.py --score 13,42,100 -o a.json   # two processes
-    python benchmarks/validate_optuna_space.py --score 21,87 -o b.json
-    python benchmarks/validate_optuna_space.py a.json b.json                  # the analysis
+    python benchmarks/exp_optuna_validation.py --score 13,42,100 -o a.json   # two processes
+    python benchmarks/exp_optuna_validation.py --score 21,87 -o b.json
+    python benchmarks/exp_optuna_validation.py a.json b.json                  # the analysis
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def score(seeds: list[int], config: Path, storage: str, out: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from run_optuna_experiments import BASELINES  # the same manual prompts as the experiments
+    from exp_optuna import BASELINES  # the same manual prompts as the experiments
 
     from miner.prompts import Prompt
 
@@ -367,17 +367,17 @@ def main(argv=None) -> int:
         records = [r for f in args.scores for r in json.loads(Path(f).read_text())]
         res = analyse_ensemble(records)
         (REPO / "results/optuna/optuna_ensemble.json").write_text(json.dumps(res, indent=1))
-        md = markdown_ensemble(res, "python benchmarks/validate_optuna_space.py --ensemble-score 13,42,100 -o "
+        md = markdown_ensemble(res, "python benchmarks/exp_optuna_validation.py --ensemble-score 13,42,100 -o "
                                "results/optuna/optuna_ensemble_scores_a.json (and --ensemble-score 21,87 -o "
                                "results/optuna/optuna_ensemble_scores_b.json in a second process); python "
-                               "benchmarks/validate_optuna_space.py --ensemble results/optuna/optuna_ensemble_scores_{a,b}.json")
+                               "benchmarks/exp_optuna_validation.py --ensemble results/optuna/optuna_ensemble_scores_{a,b}.json")
         (REPO / "results/optuna/optuna_ensemble.md").write_text(md)
         print(md)
         return 0
     if args.selection:
         res = analyse_selection(json.loads((REPO / "results/optuna/optuna_validation_scores.json").read_text()))
         (REPO / "results/optuna/optuna_selection.json").write_text(json.dumps(res, indent=1))
-        md = markdown_selection(res, "python benchmarks/validate_optuna_space.py --selection")
+        md = markdown_selection(res, "python benchmarks/exp_optuna_validation.py --selection")
         (REPO / "results/optuna/optuna_selection.md").write_text(md)
         print(md)
         return 0
@@ -395,8 +395,8 @@ def main(argv=None) -> int:
     (REPO / "results/optuna/optuna_validation_scores.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "test"} for r in records]))
     (REPO / "results/optuna/optuna_validation.json").write_text(json.dumps(res, indent=1))
-    command = "python benchmarks/validate_optuna_space.py --score 13,42,100 -o a.json (and --score 21,87 -o b.json " \
-              "in a second process); python benchmarks/validate_optuna_space.py a.json b.json"
+    command = "python benchmarks/exp_optuna_validation.py --score 13,42,100 -o a.json (and --score 21,87 -o b.json " \
+              "in a second process); python benchmarks/exp_optuna_validation.py a.json b.json"
     (REPO / "results/optuna/optuna_validation.md").write_text(markdown(res, command))
     print(markdown(res, " ".join(shlex.quote(a) for a in sys.argv)))
     return 0
