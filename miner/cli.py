@@ -7,65 +7,89 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
 from miner.errors import MinerError
 
-DEFAULT_STORAGE = os.environ.get("MINER_STORAGE", "sqlite:///miner.db")
+DEFAULT_STORAGE = "sqlite:///miner.db"
+SEED_MAX = 2**32 - 1  # what numpy's and torch's seeding accept
 
-EPILOG = """examples:
+EPILOG = """examples (every command reads and writes ./miner.db unless --storage or $MINER_STORAGE says otherwise):
+  miner validate configs/quickstart.yaml            check a config (data, prompts, searchers, model) without running it
   miner run configs/quickstart.yaml                 run a mining job, print its leaderboard
   miner leaderboard --task rotten_tomatoes          best prompts so far (by dev score)
   miner export --task rotten_tomatoes -o best.json  write the best prompt as JSON
   miner predict --prompt best.json --text "A gem."  apply it to new text
   miner plot --task rotten_tomatoes -o board.png    best dev score against cost; dev against test
   miner searchers                                   list the registered searchers
+
+errors are one line; add --debug to see the traceback of an unexpected one.
 """
+
+
+def default_storage() -> str:
+    """``$MINER_STORAGE`` when set, else ./miner.db: the same default for every command."""
+    return os.environ.get("MINER_STORAGE") or DEFAULT_STORAGE
+
+
+def _int_in(lo: int, hi: int | None, what: str):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {value!r}") from None
+        if n < lo or (hi is not None and n > hi):
+            raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi if hi is not None else 'any'}, got {n}")
+        return n
+
+    return parse
 
 
 def _k_arg(value: str) -> Any:
     if value.lower() in ("full", "none", "null"):
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"k must be an integer or 'full', got {value!r}") from None
+    return _int_in(0, 2**31 - 1, "k")(value)
 
 
 def _add_filters(p: argparse.ArgumentParser, task_required: bool = False) -> None:
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="leaderboard database URL or SQLite file (default: %(default)s; env MINER_STORAGE)")
+    p.add_argument("--storage", help=f"leaderboard database URL or SQLite file (default: $MINER_STORAGE, else {DEFAULT_STORAGE})")
     p.add_argument("--task", required=task_required, help="task name")
     p.add_argument("--model", help="model name as in the config")
     p.add_argument("--searcher", help="searcher name")
-    p.add_argument("--seed", type=int, help="job seed")
+    p.add_argument("--seed", type=_int_in(0, SEED_MAX, "--seed"), help="job seed")
     p.add_argument("--k", type=_k_arg, default=..., help="shots per class ('full' for full data)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="miner",
         description="Automatic prompt mining and search for frozen language models.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("run", help="run a mining job from a YAML config", description="Run a mining job: every task x model x searcher x seed x k, scored on train/dev, best prompts scored on test, all rows written to the leaderboard.")
+    p = sub.add_parser("run", help="run a mining job from a YAML config", description="Run a mining job: every task x model x searcher x seed x k, scored on train/dev, best prompts scored on test, all rows written to the leaderboard. The whole config is checked first (as 'miner validate' does): bad input writes nothing.")
     p.add_argument("config", help="YAML config (see configs/)")
-    p.add_argument("--storage", help="override the config's storage URL")
+    p.add_argument("--storage", help="override the config's storage URL (else $MINER_STORAGE, else the config's)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--resume", action="store_true", help="continue a killed run: reuse the rows (and searcher state) of identical jobs already in storage")
-    p.add_argument("--limit", type=int, default=20, help="rows of the run's leaderboard to print (default: %(default)s)")
-    p.add_argument("--jobs", type=int, metavar="N", help="run the jobs on N joblib worker processes (overrides parallel.n_jobs; each loads the model once)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run: reuse the rows, test scores and searcher state of identical jobs already in storage; a job another live process is running is waited for")
+    p.add_argument("--limit", type=_int_in(0, None, "--limit"), default=20, help="rows of the run's leaderboard to print (default: %(default)s; 0 = all)")
+    p.add_argument("--jobs", type=_int_in(1, 4096, "--jobs"), metavar="N", help="run the jobs on N joblib worker processes (overrides parallel.n_jobs; each loads the model once)")
+
+    p = sub.add_parser("validate", help="check a config without running it", description="Check a config as 'miner run' does before its first row: keys and types, every job's data, every prompt against the task's fields and the model's tokenizer, every searcher's parameters. Loads the model; writes nothing.")
+    p.add_argument("config", help="YAML config (see configs/)")
 
     p = sub.add_parser("leaderboard", help="show the leaderboard (filterable)", description="Show evaluated prompts, best first.")
     _add_filters(p)
-    p.add_argument("--run", dest="run_id", help="only this run id")
+    p.add_argument("--run", dest="run_id", help="only this run (its id or a unique prefix of it)")
     p.add_argument("--order", choices=["dev", "test", "time"], default="dev", help="sort order (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=20, help="rows to show (default: %(default)s; 0 = all)")
+    p.add_argument("--limit", type=_int_in(0, None, "--limit"), default=20, help="rows to show (default: %(default)s; 0 = all)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
     p = sub.add_parser("export", help="write the best prompt of a task/model as JSON", description="Write the best prompt (by dev score, ties by dev log-likelihood; a job whose searcher declared a pick, such as the optuna searcher's ensemble, is represented by that pick) as a JSON file with its scores and provenance.")
@@ -82,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="plot best dev score against cost, and dev against test", description="Draw two panels from the leaderboard: best dev score so far against forward passes spent (one line per job, coloured by searcher), and dev against test score for the test-scored rows. Needs matplotlib (pip install 'miner[plot]').")
     _add_filters(p)
-    p.add_argument("--run", dest="run_id", help="only this run id")
+    p.add_argument("--run", dest="run_id", help="only this run (its id or a unique prefix of it)")
     p.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf or .svg)")
     p.add_argument("--title", help="figure title (default: task, model and row count)")
 
@@ -90,13 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reader(storage: str | None):
+    """The leaderboard for a command that only reads: it must exist; nothing is created."""
+    from miner.leaderboard import Leaderboard
+
+    return Leaderboard(storage or default_storage(), create=False)
+
+
+def _run_filter(board, run_id: str | None) -> str | None:
+    return None if run_id is None else board.resolve_run_id(run_id)
+
+
 def _cmd_run(args) -> int:
     from miner.leaderboard import Leaderboard, format_table
     from miner.runner import run
 
-    result = run(args.config, storage=args.storage, progress=False if args.no_progress else None, resume=args.resume or None,
+    storage = args.storage or os.environ.get("MINER_STORAGE") or None
+    result = run(args.config, storage=storage, progress=False if args.no_progress else None, resume=args.resume or None,
                  n_jobs=args.jobs)
-    print(f"run {result.run_id} -> {result.storage}")
+    print(f"run {result.run_id} -> {result.display_storage}")
     for jr in result.jobs:
         j = jr.job
         best = jr.best
@@ -111,12 +147,23 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_leaderboard(args) -> int:
-    from miner.leaderboard import Leaderboard, format_table
+def _cmd_validate(args) -> int:
+    from miner.runner import prepare
 
-    board = Leaderboard(args.storage)
+    prep = prepare(args.config, storage=os.environ.get("MINER_STORAGE") or None, keep_backend=True, dry_run=True)
+    cfg = prep.cfg
+    names = ", ".join(s.name for s in prep.searchers)
+    print(f"{args.config}: ok: {prep.n_jobs} job(s) ({len(prep.datasets)} data draw(s) x searchers {names}), "
+          f"{len(prep.prompts)} prompt(s), model {cfg.model.name} ({prep.backend.kind} LM), task {cfg.task.name}")
+    return 0
+
+
+def _cmd_leaderboard(args) -> int:
+    from miner.leaderboard import format_table
+
+    board = _reader(args.storage)
     rows = board.rows(task=args.task, model=args.model, searcher=args.searcher, seed=args.seed, k=args.k,
-                      run_id=args.run_id, limit=args.limit or None, order=args.order)
+                      run_id=_run_filter(board, args.run_id), limit=args.limit or None, order=args.order)
     if args.json:
         import dataclasses
 
@@ -132,7 +179,9 @@ def _cmd_leaderboard(args) -> int:
 def _cmd_export(args) -> int:
     from miner.export import export_best
 
-    ex = export_best(args.storage, task=args.task, model=args.model, searcher=args.searcher, seed=args.seed, k=args.k, out=args.output)
+    storage = args.storage or default_storage()
+    _reader(storage).close()  # a missing leaderboard is an error, not a new empty one
+    ex = export_best(storage, task=args.task, model=args.model, searcher=args.searcher, seed=args.seed, k=args.k, out=args.output)
     s = ex.scores
     fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     print(f"wrote {args.output}: {ex.prompt.describe()}  train {fmt(s['train'])} dev {fmt(s['dev'])} test {fmt(s['test'])}")
@@ -197,8 +246,11 @@ def _cmd_predict(args) -> int:
 def _cmd_plot(args) -> int:
     from miner.plot import plot_leaderboard
 
-    out = plot_leaderboard(args.storage, args.output, task=args.task, model=args.model, searcher=args.searcher,
-                           seed=args.seed, k=args.k, run_id=args.run_id, title=args.title)
+    board = _reader(args.storage)
+    run_id = _run_filter(board, args.run_id)
+    board.close()
+    out = plot_leaderboard(args.storage or default_storage(), args.output, task=args.task, model=args.model,
+                           searcher=args.searcher, seed=args.seed, k=args.k, run_id=run_id, title=args.title)
     print(f"wrote {out}")
     return 0
 
@@ -214,25 +266,69 @@ def _cmd_searchers(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "leaderboard": _cmd_leaderboard, "export": _cmd_export, "predict": _cmd_predict, "plot": _cmd_plot,
-            "searchers": _cmd_searchers}
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "leaderboard": _cmd_leaderboard, "export": _cmd_export,
+            "predict": _cmd_predict, "plot": _cmd_plot, "searchers": _cmd_searchers}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ``error:`` line with exit 2, like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _quiet_third_parties() -> None:
+    """No transformers/hub warnings or weight-loading bars: miner prints its own status lines (-vv shows theirs)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (a notebook, a test): the variables came too late
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(f"error: {exc} (see --help)", file=sys.stderr)
+        return 2
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose < 2:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        _quiet_third_parties()
     try:
         return COMMANDS[args.command](args)
     except MinerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory (an input or a setting asks for more than this machine has); "
+              "re-run with --debug for the traceback", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback by default
+        if args.debug:
+            traceback.print_exc()
+            return 1
+        what = _one_line(exc) or "no message"
+        print(f"error: unexpected {type(exc).__name__}: {what[:300]} (a bug in miner or a dependency; "
+              "re-run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

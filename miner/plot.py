@@ -61,7 +61,7 @@ def plot_leaderboard(storage: str, output: str | Path, *, task: str | None = Non
         raise ConfigError(f"plot output must end in .png, .pdf or .svg, got {str(output)!r}")
     if not output.parent.exists():
         raise ConfigError(f"plot output folder {str(output.parent)!r} does not exist")
-    rows = Leaderboard(storage).rows(task=task, model=model, searcher=searcher, seed=seed, k=k, run_id=run_id,
+    rows = Leaderboard(storage, create=False).rows(task=task, model=model, searcher=searcher, seed=seed, k=k, run_id=run_id,
                                      order="time")
     if not rows:
         raise ConfigError("no leaderboard rows match these filters; nothing to plot")

@@ -12,6 +12,7 @@ get their held-out test score; a prompt the searcher proposed with ``extra={"pic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import socket
@@ -29,8 +30,10 @@ from tqdm.auto import tqdm
 
 from miner.artifacts import artifacts_for_storage
 from miner.config import BudgetSpec, RunConfig, parse_config
-from miner.errors import BudgetExhausted, ConfigError
+from miner.errors import BudgetExhausted, ConfigError, MinerError
 from miner.leaderboard import EvaluationRecord, Leaderboard, library_versions
+from miner.leaderboard._engine import mask_secrets, safe_url
+from miner.leaderboard._store import HEARTBEAT_S
 from miner.models import Backend, load_backend
 from miner.prompts import Prompt
 from miner.scoring import Cost, CostCounter, Scorer, ScoreResult
@@ -63,7 +66,7 @@ def provenance() -> dict[str, Any]:
         "machine": platform.machine(),
         "host": socket.gethostname(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv,
+        "argv": [mask_secrets(a) for a in sys.argv],  # a --storage URL may hold a password
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
@@ -172,6 +175,7 @@ class JobEvaluator:
         self._last = scorer.counter.snapshot()
         self.best: Evaluation | None = None
         self.pick: Evaluation | None = None  # the searcher's declared pick (``extra={"pick": True}``), if any
+        self.tested: dict[int, StoredTestScore] = {}  # row id -> test score stored by an earlier attempt (resume)
 
     def _consider(self, ev: Evaluation, pick: bool) -> None:
         """The job's best is the searcher's latest declared pick, else the best by dev (``rank_key``)."""
@@ -259,6 +263,8 @@ class JobEvaluator:
             train = SplitScore(r.train_score, ex.get("train_metrics") or {}, ex.get("train_loglik"), r.n_train) if r.train_score is not None else None
             dev = SplitScore(r.dev_score, ex.get("dev_metrics") or {}, r.dev_loglik, r.n_dev) if r.dev_score is not None else None
             ev = Evaluation(prompt, train, dev, Cost(forward_passes=r.forward_passes, tokens=r.tokens, seconds=r.seconds), r.id)
+            if r.test_score is not None:  # tested by the earlier attempt: not scored again
+                self.tested[r.id] = StoredTestScore(dict(r.test_metrics or {job.task.metric: r.test_score}), r.n_test or 0)
             self.seen[prompt.key] = ev
             self.evaluations.append(ev)
             self.budget.evaluations += 1
@@ -267,15 +273,24 @@ class JobEvaluator:
         return len(rows)
 
 
+@dataclass(frozen=True)
+class StoredTestScore:
+    """A test score read back from storage (a resumed job's prompt that was tested before)."""
+
+    metrics: dict[str, float]
+    n: int
+
+
 @dataclass
 class JobResult:
     job: Job
     evaluations: list[Evaluation]
     best: Evaluation | None
-    test: dict[int, ScoreResult] = field(default_factory=dict)  # row id -> test result
+    test: dict[int, ScoreResult | StoredTestScore] = field(default_factory=dict)  # row id -> test result
     cost: Cost = field(default_factory=Cost)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the search and the test scoring of the job's best prompts
     stopped_by_budget: str | None = None
+    stored_tests: dict[int, StoredTestScore] = field(default_factory=dict)  # resumed rows tested before
 
     @property
     def best_test(self) -> float | None:
@@ -287,8 +302,12 @@ class JobResult:
 @dataclass
 class RunResult:
     run_id: str
-    storage: str
+    storage: str  # the URL as given (it may hold a password: print ``display_storage``)
     jobs: list[JobResult]
+
+    @property
+    def display_storage(self) -> str:
+        return safe_url(self.storage)
 
 
 def build_searchers(cfg: RunConfig) -> list[Searcher]:
@@ -309,20 +328,22 @@ def build_prompts(cfg: RunConfig, label_names: Sequence[str]) -> list[Prompt]:
     return out
 
 
-def run(
-    config: RunConfig | dict | str | Path,
-    *,
-    storage: str | None = None,
-    backend: Backend | None = None,
-    progress: bool | None = None,
-    resume: bool | None = None,
-    n_jobs: int | None = None,
-) -> RunResult:
-    """Run a mining job. Everything is validated before the first leaderboard row is written.
+@dataclass
+class Prepared:
+    """A config checked as a whole, before anything is written: what ``run`` goes on to run."""
 
-    ``n_jobs`` overrides ``parallel.n_jobs``: the jobs then run on that many joblib workers.
-    """
-    started_at = time.time()  # searchers tell work launched beside this run from earlier runs by it
+    cfg: RunConfig
+    searchers: list[Searcher]
+    datasets: dict[tuple[Any, int], TaskData]
+    prompts: list[Prompt]
+    backend: Backend | None  # None when the jobs run in workers (each loads its own)
+
+    @property
+    def n_jobs(self) -> int:
+        return len(self.datasets) * len(self.searchers)
+
+
+def _resolve_config(config, storage, resume, n_jobs) -> RunConfig:
     if isinstance(config, (str, Path)):
         from miner.config import load_config
 
@@ -337,36 +358,70 @@ def run(
         if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
             raise ConfigError(f"n_jobs must be a positive int, got {n_jobs!r}")
         cfg = cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"n_jobs": n_jobs})})
-    show = cfg.progress if progress is None else progress
+    return cfg
 
-    # 1. Validate everything that can fail before touching the leaderboard.
+
+def prepare(
+    config: RunConfig | dict | str | Path,
+    *,
+    storage: str | None = None,
+    backend: Backend | None = None,
+    resume: bool | None = None,
+    n_jobs: int | None = None,
+    keep_backend: bool = False,
+    dry_run: bool = False,
+) -> Prepared:
+    """Check the whole expanded config and load the model; write nothing (``miner validate`` is this).
+
+    Every job's data is loaded, every prompt is checked against every job's text fields and compiled
+    with the tokenizer (lengths against the model's positions, trigger ids in the vocabulary), and every
+    searcher checks its parameters against every job (``Searcher.validate``), so that bad input is an
+    error before the first leaderboard row, not after the first job. ``dry_run`` (``miner validate``)
+    also leaves the artifact folder uncreated.
+    """
+    from miner.errors import PromptError
+
+    cfg = _resolve_config(config, storage, resume, n_jobs)
     searcher_objs = build_searchers(cfg)
     datasets = {(k, seed): load_task(cfg.task, k, seed) for k in cfg.k for seed in cfg.seeds}
     first = next(iter(datasets.values()))
     prompts = build_prompts(cfg, first.label_names)
+    for i, p in enumerate(prompts):
+        for data in datasets.values():
+            try:
+                for m in getattr(p, "members", (p,)):
+                    m.parsed.check_fields(data.text_fields)
+            except PromptError as exc:
+                raise PromptError(f"prompts[{i}]: {exc}") from None
     for s in searcher_objs:
-        if s.capabilities.needs_seed_prompts and not prompts and not getattr(s, "prompts", None):
+        if s.capabilities.needs_seed_prompts and not prompts and not s.brings_prompts():
             raise ConfigError(f"searcher {s.name!r} needs hand-written prompts: add a 'prompts' list to the config")
     if cfg.parallel.n_jobs > 1:
         _check_parallel(cfg, backend is not None)
+    _check_artifacts(cfg, searcher_objs, create=False)
     if backend is None:
         backend = _load_model(cfg)
     for s in searcher_objs:
         if backend.kind not in s.capabilities.model_kinds:
             raise ConfigError(f"searcher {s.name!r} does not support {backend.kind} LMs (model {backend.name!r})")
-    probe = Scorer(backend, progress=False)
+    probe = Scorer(backend, progress=False, content_free=cfg.content_free)
     for i, p in enumerate(prompts):
         try:
             probe.compile(p)
-        except Exception as exc:
-            from miner.errors import PromptError
-
-            if isinstance(exc, PromptError):
-                raise PromptError(f"prompts[{i}]: {exc}") from None
-            raise
-    par = cfg.parallel
-    in_workers = par.n_jobs > 1 and len(datasets) * len(searcher_objs) > 1
-    if in_workers:  # each worker loads its own copy: hold no spare one here (GPU memory)
+        except PromptError as exc:
+            raise PromptError(f"prompts[{i}]: {exc}") from None
+    for i, s in enumerate(searcher_objs):
+        for data in datasets.values():
+            ctx = SearchContext(task=data.without_test(), backend=backend, scorer=probe, seed=data.seed,
+                                prompts=tuple(prompts), progress=False)
+            try:
+                s.validate(ctx)
+            except MinerError as exc:
+                raise type(exc)(f"searchers[{i}] ({s.name}): {exc}") from None
+    if not dry_run:
+        _check_artifacts(cfg, searcher_objs, create=True)  # last: it may create the (empty) folder
+    in_workers = cfg.parallel.n_jobs > 1 and len(datasets) * len(searcher_objs) > 1
+    if in_workers and not keep_backend:  # each worker loads its own copy: hold no spare one here (GPU memory)
         del probe
         backend = None
         import gc
@@ -374,21 +429,85 @@ def run(
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    return Prepared(cfg, searcher_objs, datasets, prompts, backend)
 
-    # 2. Run the jobs.
+
+def _check_artifacts(cfg: RunConfig, searcher_objs: Sequence[Searcher], create: bool) -> None:
+    """Soft searchers keep tensors in the artifact folder: it must be a writable folder.
+
+    With ``create`` (``run``, after every other check) it is created and a file is written and removed
+    in it, the only test that holds for root too; without (``miner validate``) only the nearest
+    existing parent is looked at, so that checking writes nothing.
+    """
+    import os
+    import tempfile
+
+    if not any(s.capabilities.prompt_kind == "soft" for s in searcher_objs):
+        return
+    root = artifacts_for_storage(cfg.storage, cfg.artifacts).root.expanduser().absolute()
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"artifacts: {str(probe)!r} is not a folder (soft-prompt tensors are kept in {str(root)!r})")
+    problem = None if os.access(probe, os.W_OK | os.X_OK) else f"{str(probe)!r} is not writable"
+    if create and problem is None:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=root):
+                pass
+        except OSError as exc:
+            problem = exc.strerror or type(exc).__name__
+    if problem:
+        raise ConfigError(f"artifacts: cannot write soft-prompt tensors to {str(root)!r} ({problem}); "
+                          "set 'artifacts:' to a writable folder")
+
+
+def recorded_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as stored with a run: secrets (a storage password, a scheduler's) masked."""
+    data = cfg.model_dump(mode="json")
+    data["storage"] = safe_url(cfg.storage)
+    if data["parallel"].get("scheduler"):
+        data["parallel"]["scheduler"] = mask_secrets(data["parallel"]["scheduler"])
+    return data
+
+
+def run(
+    config: RunConfig | dict | str | Path,
+    *,
+    storage: str | None = None,
+    backend: Backend | None = None,
+    progress: bool | None = None,
+    resume: bool | None = None,
+    n_jobs: int | None = None,
+) -> RunResult:
+    """Run a mining job. Everything is validated (``prepare``) before the first leaderboard row is written.
+
+    ``n_jobs`` overrides ``parallel.n_jobs``: the jobs then run on that many joblib workers. A run that
+    fails inside a job is marked "failed" (its finished jobs' rows stay: each row is written whole, in
+    one transaction); one whose process is killed is marked "interrupted" by the next run on the same
+    storage. With ``resume`` a job that another live process is running is waited for, not run twice.
+    """
+    started_at = time.time()  # searchers tell work launched beside this run from earlier runs by it
+    prep = prepare(config, storage=storage, backend=backend, resume=resume, n_jobs=n_jobs)
+    cfg = prep.cfg
+    show = cfg.progress if progress is None else progress
+
     board = Leaderboard(cfg.storage)
     artifacts = artifacts_for_storage(cfg.storage, cfg.artifacts)
-    run_id = board.start_run(cfg.model_dump(mode="json"), provenance())
+    board.mark_stale_runs()
+    run_id = board.start_run(recorded_config(cfg), provenance())
     results: list[JobResult] = []
     status = "failed"
     try:
-        jobs = [(d, i, s) for d in datasets.values() for i, s in enumerate(searcher_objs)]
-        if in_workers:
-            results = _run_parallel(cfg, [(d.k, d.seed, i) for d, i, _ in jobs], run_id, show, started_at)
-        else:
-            for data, i, searcher in tqdm(jobs, desc="jobs", disable=not show or len(jobs) < 2):
-                results.append(_run_job(cfg, i, data, searcher, backend, prompts, board, run_id, show, artifacts,
-                                        started_at))
+        with _Heartbeat(lambda: board.beat(run_id)):
+            jobs = [(d, i, s) for d in prep.datasets.values() for i, s in enumerate(prep.searchers)]
+            if prep.backend is None:
+                results = _run_parallel(cfg, [(d.k, d.seed, i) for d, i, _ in jobs], run_id, show, started_at)
+            else:
+                for data, i, searcher in tqdm(jobs, desc="jobs", disable=not show or len(jobs) < 2):
+                    results.append(_run_job(cfg, i, data, searcher, prep.backend, prep.prompts, board, run_id, show,
+                                            artifacts, started_at))
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -396,6 +515,54 @@ def run(
     finally:
         board.finish_run(run_id, status)
     return RunResult(run_id, board.url, results)
+
+
+class _Heartbeat:
+    """Calls ``beat()`` now and then every ``interval`` seconds on a daemon thread while the block runs.
+
+    A failed beat is logged and retried at the next tick: a heartbeat must never end a run.
+    """
+
+    def __init__(self, beat, interval: float = HEARTBEAT_S) -> None:
+        self.beat, self.interval = beat, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="miner-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as exc:  # noqa: BLE001 - see the class docstring
+                logger.debug("heartbeat failed: %s", exc)
+
+    def __enter__(self) -> _Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _claim(board: Leaderboard, key: str, run_id: str, wait: bool, label: str) -> bool:
+    """Claim a job for this run; with ``wait`` (``--resume``) wait while a live process holds it.
+
+    Returns whether the claim is ours. Without ``wait`` a held job runs anyway, unclaimed: a plain
+    re-run adds a new run's rows, as it always did.
+    """
+    told = False
+    while True:
+        holder = board.claim_job(key, run_id)
+        if holder is None:
+            return True
+        if not wait:
+            return False
+        if not told:
+            logger.warning("%s: run %s (host %s, pid %s) is running this job; waiting for it to finish",
+                           label, holder["run_id"][:8], holder["host"], holder["pid"])
+            told = True
+        time.sleep(1.0)
 
 
 def _check_parallel(cfg: RunConfig, backend_given: bool) -> None:
@@ -420,7 +587,6 @@ def _check_parallel(cfg: RunConfig, backend_given: bool) -> None:
 def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str, show: bool,
                   started_at: float) -> list[JobResult]:
     """Run the jobs on joblib workers (loky processes or a Dask cluster), results in job order."""
-    import contextlib
     import os
 
     from joblib import Parallel, delayed, parallel_config
@@ -487,15 +653,35 @@ def _job_in_worker(payload: dict, k: Any, seed: int, index: int, run_id: str, th
 def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backend, prompts, board, run_id, show, artifacts,
              started_at: float | None = None) -> JobResult:
     m = cfg.model
+    key = job_key(cfg, index, data.seed, data.k)
+    label = Job(data, m.name, searcher.name, data.seed, data.k).label
+    start = time.perf_counter()
+    claimed = _claim(board, key, run_id, wait=cfg.resume, label=label)
+    try:
+        with contextlib.ExitStack() as stack:
+            if claimed:
+                stack.enter_context(_Heartbeat(lambda: board.beat_claim(key, run_id)))
+            result = _run_claimed_job(cfg, data, searcher, backend, prompts, board, run_id, show, artifacts, key,
+                                      started_at)
+    finally:
+        if claimed:
+            board.release_job(key, run_id)
+    result.seconds = time.perf_counter() - start  # the whole job, test scoring included
+    return result
+
+
+def _run_claimed_job(cfg, data, searcher, backend, prompts, board, run_id, show, artifacts, key, started_at) -> JobResult:
+    m = cfg.model
     scorer_kw = dict(batch_size=m.batch_size, max_batch_tokens=m.max_batch_tokens, stem_cache_mb=m.stem_cache_mb, progress=show,
                      content_free=cfg.content_free, soft_resolver=artifacts.get_tensor)
     result = _search(
         searcher, backend, data, Scorer(backend, counter=CostCounter(), **scorer_kw),
         prompts=prompts, budget=cfg.budget, board=board, run_id=run_id, score_train=cfg.score_train,
-        progress=show, model_name=m.name, artifacts=artifacts, key=job_key(cfg, index, data.seed, data.k),
+        progress=show, model_name=m.name, artifacts=artifacts, key=key,
         resume=cfg.resume, started_at=started_at,
     )
-    # Held-out test scores for the best prompts (not charged to the searcher's budget).
+    # Held-out test scores for the best prompts (not charged to the searcher's budget), each once:
+    # a resumed job's prompts that were tested before keep their stored score.
     if data.test and result.evaluations:
         ranked = sorted(result.evaluations, key=lambda e: e.rank_key, reverse=True)
         if result.best is not None:  # a searcher's declared pick comes first, whatever its dev rank
@@ -503,6 +689,9 @@ def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backe
         top = ranked if cfg.test_top == "all" else ranked[: cfg.test_top]
         test_scorer = Scorer(backend, **scorer_kw)
         for ev in top:
+            if ev.row_id in result.stored_tests:
+                result.test[ev.row_id] = result.stored_tests[ev.row_id]
+                continue
             res = test_scorer.score(ev.prompt, data.test, desc="test")
             result.test[ev.row_id] = res
             if ev.row_id is not None:
@@ -534,7 +723,8 @@ def _search(searcher, backend, data, scorer, *, prompts, budget, board, run_id, 
     except BudgetExhausted as exc:
         stopped = str(exc)
         logger.info("%s: budget exhausted (%s)", job.label, exc)
-    res = JobResult(job, evaluator.evaluations, evaluator.best, cost=scorer.counter.snapshot(), stopped_by_budget=stopped)
+    res = JobResult(job, evaluator.evaluations, evaluator.best, cost=scorer.counter.snapshot(), stopped_by_budget=stopped,
+                    stored_tests=dict(evaluator.tested))
     res.seconds = time.perf_counter() - start
     return res
 

@@ -72,7 +72,7 @@ def safe_url(url: str | URL) -> str:
         return sa.make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):  # ValueError: e.g. a non-numeric port
         # Unparseable, but it may still hold "user:password@": hide what looks like one.
-        return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+        return mask_secrets(url)
 
 
 def normalize_url(url: str) -> URL:
@@ -114,15 +114,25 @@ def _install_sqlite_events(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
-def open_engine(url: URL, shown: str) -> Engine:
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (for records, argv and logs)."""
+    return re.sub(r"(://[^/:@\s]*:)[^/@\s]+@", r"\1***@", text)
+
+
+def open_engine(url: URL, shown: str, *, create: bool = True) -> Engine:
     """Create the engine (no connection yet); driver problems become LeaderboardError.
 
     ``shown`` is how the URL appears in messages (as the user wrote it, password hidden).
+    With ``create=False`` a SQLite file must already exist (nothing is created for a reader).
     """
     kwargs: dict = {}
     if url.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S, "check_same_thread": False}
-        if _is_sqlite_file(url):
+        if _is_sqlite_file(url) and not create:
+            if not Path(url.database).expanduser().is_file():
+                raise LeaderboardError(f"no leaderboard at {shown!r}: the file does not exist "
+                                       "(run 'miner run CONFIG' first, or name another with --storage)")
+        elif _is_sqlite_file(url):
             parent = Path(url.database).expanduser().parent
             try:
                 parent.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,9 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+MAX_JSON_CHARS = 4_000_000  # one JSON column of one row
+
+
 def to_json_dict(value: Any, what: str) -> dict:
     """Return ``value`` as it will read back from a JSON column (tuples become lists...).
 
@@ -115,6 +118,9 @@ def to_json_dict(value: Any, what: str) -> dict:
         text = json.dumps(value, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{what} is not JSON-serializable: {exc}") from None
+    if len(text) > MAX_JSON_CHARS:
+        # a runaway value (an alias bomb, a huge pasted list) must not fill the database
+        raise DataError(f"{what} is {len(text) / 1e6:.1f} MB as JSON; the limit per value is {MAX_JSON_CHARS / 1e6:.0f} MB")
     # parse_constant sees exactly the tokens NaN, Infinity and -Infinity.
     return json.loads(text, parse_constant=lambda _token: None)
 

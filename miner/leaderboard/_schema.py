@@ -1,7 +1,11 @@
 """Table definitions (SQLAlchemy Core), portable between SQLite and PostgreSQL.
 
-All three tables are append-only except ``runs.finished_at`` / ``runs.status``,
-which ``finish_run`` fills in once.
+The three result tables are append-only except ``runs.finished_at`` / ``runs.status``,
+which ``finish_run`` fills in once (or the next run's start, for a run whose process died).
+Two small bookkeeping tables are rewritten in place: ``run_heartbeats`` (which process runs a
+run, and when it last said so) and ``job_claims`` (which run is running a job right now, so
+that two ``--resume`` runs of one config never evaluate the same job side by side).
+New tables are created on open, so older databases gain them without a migration.
 """
 
 from __future__ import annotations
@@ -65,4 +69,23 @@ test_scores = sa.Table(
     sa.Column("n_test", sa.Integer, nullable=False),
     sa.Column("metrics", sa.JSON, nullable=False),
     sa.Index("ix_test_scores_evaluation_id", "evaluation_id"),
+)
+
+run_heartbeats = sa.Table(
+    "run_heartbeats",
+    metadata,
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.run_id"), primary_key=True),
+    sa.Column("host", sa.String, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("beat_at", _Time, nullable=False),
+)
+
+job_claims = sa.Table(
+    "job_claims",
+    metadata,
+    sa.Column("job_key", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("host", sa.String, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("beat_at", _Time, nullable=False),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -31,12 +32,16 @@ from miner.leaderboard._records import (
     record_to_row,
     to_json_dict,
 )
-from miner.leaderboard._schema import evaluations, metadata, runs, test_scores
+from miner.leaderboard._schema import evaluations, job_claims, metadata, run_heartbeats, runs, test_scores
 from miner.leaderboard._versions import library_versions
 
 logger = logging.getLogger(__name__)
 
 ORDERS = ("dev", "test", "time")
+# A process says it is alive every HEARTBEAT_S seconds; one silent for STALE_AFTER_S is taken for dead
+# (at once, when it ran on this host and its pid is gone).
+HEARTBEAT_S = 10.0
+STALE_AFTER_S = 60.0
 
 
 def _utc_now() -> datetime:
@@ -66,18 +71,23 @@ class Leaderboard:
     Safe to open from several processes at once; writes are single transactions.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, create: bool = True):
+        """``create=False`` opens an existing leaderboard only (readers: ``leaderboard``, ``export``,
+        ``plot``): a missing file or a database without the tables is an error, and nothing is created."""
         parsed = normalize_url(url)
         # ``url`` keeps the password so that Leaderboard(board.url) reconnects; anything
         # written to files or logs should use ``display_url`` instead.
         self.url: str = parsed.render_as_string(hide_password=False)
         self.display_url: str = safe_url(parsed)
         self._shown = safe_url(url)
-        self._engine = open_engine(parsed, self._shown)
+        self._engine = open_engine(parsed, self._shown, create=create)
         self._pid = os.getpid()
         self._closed = False
         try:
-            create_tables(self._engine, metadata, self._shown)
+            if create:
+                create_tables(self._engine, metadata, self._shown)
+            elif not run_read(self._engine, lambda conn: sa.inspect(conn).has_table(evaluations.name)):
+                raise LeaderboardError(f"{self._shown!r} holds no leaderboard (no '{evaluations.name}' table)")
         except BaseException:
             self._engine.dispose()
             raise
@@ -134,6 +144,84 @@ class Leaderboard:
                 raise LeaderboardError(f"unknown run_id {run_id!r}")
 
         run_write(self._db, work)
+
+    def beat(self, run_id: str) -> None:
+        """Say that this process is still running ``run_id`` (see ``mark_stale_runs``)."""
+        values = {"host": socket.gethostname(), "pid": os.getpid(), "beat_at": _utc_now()}
+
+        def work(conn: Connection) -> None:
+            hb = run_heartbeats.c
+            if conn.execute(sa.update(run_heartbeats).where(hb.run_id == run_id).values(values)).rowcount == 0:
+                conn.execute(sa.insert(run_heartbeats), {"run_id": run_id, **values})
+
+        run_write(self._db, work)
+
+    def mark_stale_runs(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+        """Mark "interrupted" every run still "running" whose process is gone; returns their ids.
+
+        A run's process is gone when it ran on this host and its pid no longer exists, or when its
+        heartbeat (``beat``) is older than ``stale_after_s`` (a run with no heartbeat at all, from an
+        older version, counts from its start).
+        """
+        hb = run_heartbeats.c
+        stmt = (sa.select(runs.c.run_id, runs.c.created_at, hb.host, hb.pid, hb.beat_at)
+                .select_from(runs.outerjoin(run_heartbeats, hb.run_id == runs.c.run_id))
+                .where(runs.c.status == "running"))
+        found = run_read(self._db, lambda conn: conn.execute(stmt).mappings().all())
+        dead = [m["run_id"] for m in found
+                if not _alive(m["host"], m["pid"], _utc(m["beat_at"] or m["created_at"]), stale_after_s)]
+        if dead:
+            upd = (sa.update(runs).where(runs.c.run_id.in_(dead), runs.c.status == "running")
+                   .values(status="interrupted", finished_at=_utc_now()))
+            run_write(self._db, lambda conn: conn.execute(upd))
+            logger.info("marked %d run(s) whose process is gone as interrupted: %s", len(dead), ", ".join(dead))
+        return dead
+
+    # ----------------------------------------------------------- job claims
+    def claim_job(self, job_key: str, run_id: str, stale_after_s: float = STALE_AFTER_S) -> dict | None:
+        """Take the claim on a job for ``run_id``: None when taken (it was free, stale, or ours already),
+        else the live holder (``run_id``, ``host``, ``pid``). Only one process holds a job at a time."""
+        me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()}
+        jc = job_claims.c
+
+        def work(conn: Connection) -> dict | None:
+            now = _utc_now()
+            held = conn.execute(sa.select(job_claims).where(jc.job_key == job_key)).mappings().first()
+            if held is None:
+                conn.execute(_insert_ignore(conn, job_claims), {"job_key": job_key, **me, "beat_at": now})
+            elif (held["run_id"], held["host"], held["pid"]) != tuple(me.values()) and _alive(
+                    held["host"], held["pid"], _utc(held["beat_at"]), stale_after_s):
+                return {k: held[k] for k in ("run_id", "host", "pid")}
+            else:  # ours, or its holder is gone: take it over
+                conn.execute(sa.update(job_claims).where(jc.job_key == job_key).values(**me, beat_at=now))
+            # an insert that lost a race to another process's insert did nothing: that process holds it
+            now_held = conn.execute(sa.select(job_claims).where(jc.job_key == job_key)).mappings().one()
+            holder = {k: now_held[k] for k in ("run_id", "host", "pid")}
+            return None if holder == me else holder
+
+        return run_write(self._db, work)
+
+    def beat_claim(self, job_key: str, run_id: str) -> None:
+        jc = job_claims.c
+        stmt = sa.update(job_claims).where(jc.job_key == job_key, jc.run_id == run_id).values(beat_at=_utc_now())
+        run_write(self._db, lambda conn: conn.execute(stmt))
+
+    def release_job(self, job_key: str, run_id: str) -> None:
+        jc = job_claims.c
+        stmt = sa.delete(job_claims).where(jc.job_key == job_key, jc.run_id == run_id)
+        run_write(self._db, lambda conn: conn.execute(stmt))
+
+    def resolve_run_id(self, prefix: str) -> str:
+        """The full id of the one run whose id starts with ``prefix`` (as ``git`` takes commit prefixes)."""
+        if not isinstance(prefix, str) or not prefix.strip() or not all(c in "0123456789abcdef" for c in prefix.lower()):
+            raise LeaderboardError(f"run id {prefix!r} is not a hex run id (or a prefix of one)")
+        stmt = sa.select(runs.c.run_id).where(runs.c.run_id.startswith(prefix.lower(), autoescape=True)).limit(2)
+        found = run_read(self._db, lambda conn: list(conn.execute(stmt).scalars()))
+        if not found:
+            raise LeaderboardError(f"no run with id {prefix!r} in {self._shown!r}")
+        if len(found) > 1:
+            raise LeaderboardError(f"run id prefix {prefix!r} matches several runs; give more characters")
+        return found[0]
 
     def runs(self) -> list[RunRow]:
         """All runs, oldest first, with how many evaluations each wrote."""
@@ -282,6 +370,29 @@ class Leaderboard:
             if _job_of(r) not in picked or (r.extra or {}).get("pick"):
                 return r
         return None
+
+
+def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
+    """INSERT that does nothing when the primary key exists (both dialects we support have it)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing()
+
+
+def _alive(host: str | None, pid: int | None, beat_at: datetime | None, stale_after_s: float) -> bool:
+    """Whether the process that wrote a heartbeat may still be running."""
+    if beat_at is None or (_utc_now() - beat_at).total_seconds() > stale_after_s:
+        return False
+    if host == socket.gethostname() and pid:
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the pid exists
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by someone else
+            return True
+    return True
 
 
 def _job_of(row: LeaderboardRow) -> tuple:

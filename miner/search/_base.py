@@ -113,5 +113,18 @@ class Searcher:
     # Validated by pydantic at the config edge: an unknown parameter is an error.
     __pydantic_config__ = ConfigDict(extra="forbid")
 
+    def brings_prompts(self) -> bool:
+        """Whether the searcher's own parameters hold prompts (so a config needs none of its own)."""
+        return False
+
+    def validate(self, context: SearchContext) -> None:
+        """Check the parameters against one job (its task, model and seed prompts) before any job runs.
+
+        The runner calls it for every job before it writes the first leaderboard row, so that a bad
+        parameter is an error up front rather than after other jobs' rows. Raise a ``MinerError``
+        naming the parameter. It must not run the model (the tokenizer and ``context.scorer.compile``
+        are fine) and, like ``search``, keeps no state on ``self``.
+        """
+
     def search(self, context: SearchContext, evaluate: Evaluate) -> None:
         raise NotImplementedError

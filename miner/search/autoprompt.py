@@ -137,6 +137,13 @@ class AutoPromptSearcher(Searcher):
                               exclude=exclude)
 
     # ------------------------------------------------------------------ search
+    def validate(self, context: SearchContext) -> None:
+        self._validate()
+        prompt = self.initial_prompt(context)
+        context.scorer.compile(prompt)
+        if self.screen_dtype == "float16" and context.backend.device.type == "cpu":
+            self.screen_backend(context.backend)  # raises the CPU error without building a copy
+
     def search(self, context: SearchContext, evaluate: Evaluate) -> None:
         self._validate()
         be, scorer, log, budget = context.backend, context.scorer, context.logger, context.budget

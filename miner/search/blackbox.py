@@ -81,6 +81,9 @@ class BlackboxSearcher(Searcher):
         if not self.sigma > 0:
             raise ConfigError(f"blackbox.sigma must be positive, got {self.sigma}")
 
+    def validate(self, context: SearchContext) -> None:
+        build_layout(context, self.template, self.n_tokens, self.verbalizer)
+
     def search(self, context: SearchContext, evaluate: Evaluate) -> None:
         be, scorer, log = context.backend, context.scorer, context.logger
         layout = build_layout(context, self.template, self.n_tokens, self.verbalizer)

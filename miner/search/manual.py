@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from miner.errors import PromptError
 from miner.prompts import Prompt
 from miner.search._base import Capabilities, Evaluate, SearchContext, Searcher
 from miner.search._registry import register_searcher
@@ -22,10 +23,28 @@ class ManualSearcher(Searcher):
     prompts: list[dict[str, Any]] = field(default_factory=list)  # extra prompts (template, verbalizer, ...)
     with_calibration: bool = False  # also score every prompt with content-free calibration
 
-    def search(self, context: SearchContext, evaluate: Evaluate) -> None:
+    def brings_prompts(self) -> bool:
+        return bool(self.prompts)
+
+    def _candidates(self, context: SearchContext) -> list[Prompt]:
         candidates = list(context.prompts)
-        candidates += [Prompt.from_dict(d, context.label_names) for d in self.prompts]
+        for i, d in enumerate(self.prompts):
+            try:
+                candidates.append(Prompt.from_dict(d, context.label_names))
+            except (PromptError, TypeError, AttributeError) as exc:
+                raise PromptError(f"manual.prompts[{i}]: {exc}") from None
         if self.with_calibration:
             candidates = [v for p in candidates for v in (p, p.with_(calibrate=not p.calibrate))]
-        for prompt in candidates:
+        return candidates
+
+    def validate(self, context: SearchContext) -> None:
+        for i, prompt in enumerate(self._candidates(context)[: len(context.prompts) + len(self.prompts)]):
+            try:
+                prompt.parsed.check_fields(context.text_fields)
+                context.scorer.compile(prompt)
+            except PromptError as exc:
+                raise PromptError(f"manual.prompts[{i - len(context.prompts)}]: {exc}") from None
+
+    def search(self, context: SearchContext, evaluate: Evaluate) -> None:
+        for prompt in self._candidates(context):
             evaluate([prompt])

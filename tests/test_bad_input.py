@@ -1,0 +1,110 @@
+"""The bad-input suite: each case is a CLI call that must fail cleanly.
+
+Clean means (the ``clean_failure`` fixture in conftest.py): exit 2, one ``error:`` line on stderr that
+names the problem, no traceback, no new leaderboard rows and no new or changed files. The config, data,
+template and export cases live beside this file in ``test_bad_input_config.py`` and
+``test_bad_input_export.py``; this module holds the runner's and the command line's own cases.
+A new bad input is one more line in a table.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from miner.cli import main
+
+SOFT = {"name": "soft", "params": {"n_tokens": 2, "steps": 2, "eval_every": 1, "batch_size": 4}}
+
+# (name, config changes) that must fail in the up-front check, whatever job they would have reached
+RUN_CASES = [
+    ("unknown field in the second prompt",
+     {"prompts": [{"template": "{sentence} It was {answer}", "verbalizer": {"negative": "bad", "positive": "good"}},
+                  {"template": "{review} It was {answer}", "verbalizer": {"negative": "bad", "positive": "good"}}]},
+     "prompts[1]"),
+    ("bad parameter of the second searcher (found only against the task)",
+     {"searchers": [{"name": "manual"}, {"name": "autoprompt", "params": {"template": "{sentence} {answer}"}}]},
+     "searchers[1]"),
+    ("unknown field in a manual searcher's own second prompt",
+     {"searchers": [{"name": "manual", "params": {"prompts": [
+         {"template": "{sentence} {answer}", "verbalizer": {"negative": ["bad"], "positive": ["good"]}},
+         {"template": "{nope} {answer}", "verbalizer": {"negative": ["bad"], "positive": ["good"]}}]}}]},
+     "manual.prompts[1]"),
+    ("artifacts folder that cannot be written", {"artifacts": "/proc/miner-artifacts", "searchers": [SOFT]}, "artifacts"),
+    ("artifacts path that is a file", {"artifacts": "FILE", "searchers": [SOFT]}, "not a folder"),
+]
+
+
+@pytest.mark.parametrize("name, change, needle", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_run_rejects_before_the_first_row(tmp_path, make_config, clean_failure, name, change, needle):
+    (tmp_path / "a-file").write_text("x")
+    change = {k: (str(tmp_path / "a-file") if v == "FILE" else v) for k, v in change.items()}
+    path, cfg = make_config(**change)
+    clean_failure(["run", path], needle=needle, watch=tmp_path, db=tmp_path / "lb.db")
+    assert not (tmp_path / "lb.db").exists()
+
+
+def test_a_bad_flag_fails_before_any_work(tmp_path, make_config, clean_failure):
+    path, _ = make_config()
+    clean_failure(["run", path, "--limit", "-1"], needle="--limit", watch=tmp_path)
+    clean_failure(["run", path, "--jobs", "0"], needle="--jobs", watch=tmp_path)
+    clean_failure(["run", path, "--no-such-flag"], needle="unrecognized", watch=tmp_path)
+    assert not (tmp_path / "lb.db").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["leaderboard", "--seed", "99999999999999999999"], "--seed"),
+    (["leaderboard", "--seed", "-1"], "--seed"),
+    (["leaderboard", "--k", "-3"], "k must be in"),
+    (["leaderboard", "--limit", "-1"], "--limit"),
+    (["leaderboard", "--run", "zz"], "not a hex run id"),
+    (["leaderboard", "--run", "ab"], "no run with id"),
+])
+def test_leaderboard_flags_are_range_checked(tmp_path, make_config, clean_failure, argv, needle):
+    path, cfg = make_config(seeds=[1], prompts=make_config()[1]["prompts"][:1], test_top=1)
+    assert main(["run", str(path)]) == 0
+    clean_failure(argv + ["--storage", cfg["storage"]], needle=needle, watch=tmp_path, db=tmp_path / "lb.db")
+
+
+@pytest.mark.parametrize("argv", [
+    ["leaderboard"],
+    ["export", "--task", "rotten_tomatoes", "-o", "OUT/best.json"],
+    ["plot", "-o", "OUT/board.png"],
+], ids=["leaderboard", "export", "plot"])
+def test_readers_on_a_missing_database_create_nothing(tmp_path, clean_failure, argv):
+    db = tmp_path / "nowhere" / "lb.db"
+    argv = [a.replace("OUT", str(tmp_path)) for a in argv] + ["--storage", str(db)]
+    clean_failure(argv, needle="no leaderboard", watch=tmp_path)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_readers_on_a_database_that_is_not_a_leaderboard(tmp_path, clean_failure):
+    import sqlite3
+
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as con:
+        con.execute("create table notes (x text)")
+    clean_failure(["leaderboard", "--storage", str(db)], needle="holds no leaderboard", watch=tmp_path)
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import miner.cli as cli
+
+    def boom(args):
+        raise RuntimeError("something deep\nwent wrong")
+
+    monkeypatch.setitem(cli.COMMANDS, "searchers", boom)
+    assert main(["searchers"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "unexpected RuntimeError: something deep went wrong" in err and "--debug" in err
+    assert main(["--debug", "searchers"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_validate_checks_without_writing(tmp_path, make_config, capsys, clean_failure):
+    path, cfg = make_config()
+    assert main(["validate", str(path)]) == 0
+    assert "ok: 2 job(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # no database, no artifacts
+    bad, _ = make_config("bad.yaml", searchers=[{"name": "autoprompt", "params": {"n_triggers": 0}}])
+    clean_failure(["validate", bad], needle="n_triggers", watch=tmp_path)
