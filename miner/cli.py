@@ -144,6 +144,11 @@ def _cmd_run(args) -> int:
     board = Leaderboard(result.storage)
     rows = board.rows(run_id=result.run_id, limit=args.limit or None)
     print(format_table(rows))
+    if result.jobs:
+        # the readers' default is the same as run's, so the hint names --storage only when it differs
+        where = "" if result.storage == default_storage() else f" --storage {result.display_storage}"
+        task = result.jobs[0].job.task.name
+        print(f"next: miner export{where} --task {task} -o best.json   (then: miner predict --prompt best.json --text ...)")
     return 0
 
 
@@ -296,6 +301,28 @@ def _quiet_third_parties() -> None:
         hf_logging.disable_progress_bar()
 
 
+def _show_status() -> None:
+    """Print the runner's phase lines (and the default model's one-time conversion) on stdout."""
+    for name in ("miner.status", "miner.models._default"):
+        log = logging.getLogger(name)
+        if not any(isinstance(h, _StdoutHandler) for h in log.handlers):
+            log.addHandler(_StdoutHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Plain message lines on whatever ``sys.stdout`` is at the time (a notebook or test may swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -307,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose < 2:
         _quiet_third_parties()
+    if args.command in ("run", "validate"):
+        _show_status()
     try:
         return COMMANDS[args.command](args)
     except MinerError as exc:

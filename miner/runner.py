@@ -41,6 +41,9 @@ from miner.search import Evaluation, SearchContext, Searcher, SplitScore, search
 from miner.tasks import TaskData, load_task
 
 logger = logging.getLogger(__name__)
+# One line per phase of a run (loading, each job's search, its test scoring), for people watching:
+# the CLI prints this logger's INFO records; library users see them with logging configured.
+phase = logging.getLogger("miner.status")
 
 
 def code_version() -> str:
@@ -400,7 +403,11 @@ def prepare(
         _check_parallel(cfg, backend is not None)
     _check_artifacts(cfg, searcher_objs, create=False)
     if backend is None:
+        t0 = time.perf_counter()
+        phase.info("loading model %s ...", cfg.model.name)
         backend = _load_model(cfg)
+        phase.info("loaded %s (%s LM, %s, %s) in %.1f s", cfg.model.name, backend.kind, backend.device,
+                    str(backend.dtype).replace("torch.", ""), time.perf_counter() - t0)
     for s in searcher_objs:
         if backend.kind not in s.capabilities.model_kinds:
             raise ConfigError(f"searcher {s.name!r} does not support {backend.kind} LMs (model {backend.name!r})")
@@ -502,6 +509,7 @@ def run(
     try:
         with _Heartbeat(lambda: board.beat(run_id)):
             jobs = [(d, i, s) for d in prep.datasets.values() for i, s in enumerate(prep.searchers)]
+            phase.info("run %s: %d job(s) -> %s", run_id[:8], len(jobs), board.display_url)
             if prep.backend is None:
                 results = _run_parallel(cfg, [(d.k, d.seed, i) for d, i, _ in jobs], run_id, show, started_at)
             else:
@@ -688,11 +696,15 @@ def _run_claimed_job(cfg, data, searcher, backend, prompts, board, run_id, show,
             ranked = [result.best] + [e for e in ranked if e is not result.best]
         top = ranked if cfg.test_top == "all" else ranked[: cfg.test_top]
         test_scorer = Scorer(backend, **scorer_kw)
+        todo = [ev for ev in top if ev.row_id not in result.stored_tests]
+        if todo:
+            phase.info("%s: testing the best %d prompt(s) on %d held-out examples", result.job.label, len(todo),
+                        len(data.test))
         for ev in top:
             if ev.row_id in result.stored_tests:
                 result.test[ev.row_id] = result.stored_tests[ev.row_id]
                 continue
-            res = test_scorer.score(ev.prompt, data.test, desc="test")
+            res = test_scorer.score(ev.prompt, data.test, desc=f"test {todo.index(ev) + 1}/{len(todo)}")
             result.test[ev.row_id] = res
             if ev.row_id is not None:
                 board.add_test_score(ev.row_id, res.metrics[data.metric], len(data.test), res.metrics)
@@ -702,7 +714,9 @@ def _run_claimed_job(cfg, data, searcher, backend, prompts, board, run_id, show,
 def _search(searcher, backend, data, scorer, *, prompts, budget, board, run_id, score_train, progress,
             model_name, artifacts, key, resume, started_at: float | None = None) -> JobResult:
     job = Job(data, model_name, searcher.name, data.seed, data.k)
-    logger.info("job %s", job.label)
+    n_train = len(data.train) if score_train else 0
+    phase.info("%s: searching (each prompt scored on %s%d dev examples)", job.label,
+                f"{n_train} train + " if n_train else "", len(data.dev))
     b = Budget(budget, scorer.counter)
     evaluator = JobEvaluator(job, scorer, board, run_id, b, score_train, key)
     if resume and board is not None:
