@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--text", action="append", help="a text to label (repeatable)")
     src.add_argument("--input", help="a file: .txt (one text per line), .csv/.tsv/.jsonl (columns = the task's text fields)")
     p.add_argument("--model", help="override the exported prompt's model")
+    p.add_argument("--max-input-mb", type=float, default=64.0, help="largest --input file read (default: %(default)s MB)")
     p.add_argument("--json", action="store_true", help="print JSON lines with all label probabilities")
 
     p = sub.add_parser("plot", help="plot best dev score against cost, and dev against test", description="Draw two panels from the leaderboard: best dev score so far against forward passes spent (one line per job, coloured by searcher), and dev against test score for the test-scored rows. Needs matplotlib (pip install 'miner[plot]').")
@@ -195,17 +196,16 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _read_inputs(path: str) -> list[Any]:
+def _read_inputs(path: str, max_mb: float) -> list[Any]:
+    """The texts of an input file: a regular file of at most ``max_mb`` (no FIFO, device or endless file)."""
+    from miner.tasks._files import decode_utf8, read_bytes_bounded, read_table
+
     p = Path(path)
+    limit = int(max_mb * 2**20)
     if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
-        from miner.tasks._files import read_table
-
-        return [dict(row) for row in read_table(p).rows]  # rows are already {column: value}
-    from miner.tasks._files import decode_utf8
-
-    if not p.is_file():
-        raise MinerError(f"input file {path!r} does not exist")
-    return [line for line in decode_utf8(p.read_bytes(), path).splitlines() if line.strip()]
+        return [dict(row) for row in read_table(p, max_bytes=limit).rows]  # rows are already {column: value}
+    data = read_bytes_bounded(p, f"input file {path}", limit, setting="--max-input-mb")
+    return [line for line in decode_utf8(data, path).splitlines() if line.strip()]
 
 
 def _soft_export_path(path: str) -> str | None:
@@ -229,7 +229,7 @@ def _cmd_predict(args) -> int:
     from miner.export import load_exported, predict
     from miner.models import load_backend
 
-    inputs = args.text if args.text else _read_inputs(args.input)
+    inputs = args.text if args.text else _read_inputs(args.input, args.max_input_mb)
     soft = _soft_export_path(args.prompt)
     if soft is not None:
         from miner.soft_export import load_soft_export, predict_soft

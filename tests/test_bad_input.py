@@ -108,3 +108,37 @@ def test_validate_checks_without_writing(tmp_path, make_config, capsys, clean_fa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # no database, no artifacts
     bad, _ = make_config("bad.yaml", searchers=[{"name": "autoprompt", "params": {"n_triggers": 0}}])
     clean_failure(["validate", bad], needle="n_triggers", watch=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_model_dir):
+    """A real export of the tiny model to feed ``miner predict``."""
+    import yaml
+
+    d = tmp_path_factory.mktemp("export")
+    cfg = {"task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 8}, "model": {"name": str(tiny_model_dir)},
+           "prompts": [{"template": "{sentence} It was {answer}", "verbalizer": {"negative": "bad", "positive": "good"}}],
+           "seeds": [1], "k": 2, "storage": f"sqlite:///{d / 'lb.db'}", "progress": False}
+    (d / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(d / "c.yaml")]) == 0
+    assert main(["export", "--storage", cfg["storage"], "--task", "rotten_tomatoes", "-o", str(d / "best.json")]) == 0
+    return d / "best.json"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "too-big", "missing", "dir"])
+@pytest.mark.parametrize("suffix", [".txt", ".csv"])
+def test_predict_input_must_be_a_bounded_regular_file(tmp_path, exported, clean_failure, kind, suffix):
+    import os
+
+    inp = tmp_path / f"in{suffix}"
+    if kind == "fifo":
+        os.mkfifo(inp)  # nobody writes: reading it would wait for ever
+    elif kind == "dev-zero":
+        inp.symlink_to("/dev/zero")  # endless
+    elif kind == "too-big":
+        inp.write_text("sentence\n" + "a fine film\n" * 200_000)  # 2.4 MB against a 1 MB limit
+    elif kind == "dir":
+        inp.mkdir()
+    needle = {"fifo": "not a regular file", "dev-zero": "not a regular file", "too-big": "limit",
+              "missing": "not found", "dir": "not a regular file"}[kind]
+    clean_failure(["predict", "--prompt", exported, "--input", inp, "--max-input-mb", "1"], needle=needle, watch=tmp_path)
