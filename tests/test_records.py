@@ -84,7 +84,8 @@ def test_readme_is_a_front_door():
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move detail to docs/"
 
 
-@pytest.mark.parametrize("doc", _docs(), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("doc", [*_docs(), REPO / "results" / "README.md", REPO / "benchmarks" / "README.md"],
+                         ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_resolve(doc):
     broken = []
     for target in _links(doc.read_text()):
