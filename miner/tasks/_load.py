@@ -18,14 +18,15 @@ from miner.tasks._spec import TaskSpec
 from miner.tasks._types import TaskData
 
 logger = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # k-shot tasks already warned about (one warning per task, not per job)
 
 
 def _read_raw(spec: TaskSpec, k: int | None, seed: int) -> tuple[dict[str, RawSplit | None], tuple[str, ...] | None]:
     if spec.source == "kshot":
-        return read_kshot(spec.root, spec.name, k, seed), None
+        return read_kshot(spec.root, spec.name, k, seed, spec.max_file_bytes), None
     if spec.source == "files":
         paths = {"train": spec.train, "dev": spec.dev, "test": spec.test}
-        return {split: read_table(path) if path else None for split, path in paths.items()}, None
+        return {split: read_table(path, spec.max_file_bytes) if path else None for split, path in paths.items()}, None
     if spec.source == "hub":
         return read_hub(spec.name, spec.hub_config, spec.hub_splits, spec.label_column)
     return {"train": read_builtin(spec.name, spec.label_column), "dev": None, "test": None}, None
@@ -58,6 +59,14 @@ def load_task(spec: TaskSpec, k: int | None, seed: int) -> TaskData:
         label_names = declared_names
     else:
         label_names = infer_label_names(present, spec.label_column)
+        if spec.source == "kshot" and all(n.lstrip("-").isdigit() for n in label_names) and name not in _WARNED:
+            _WARNED.add(name)
+            # LM-BFF folders store class indices; outside the known-task table nothing says what they mean,
+            # and verbalizers keyed by "0", "1", ... are easy to get wrong.
+            logger.warning(
+                "k-shot task '%s' is not in the known-task table: its labels are the bare integers %s; "
+                "set task.label_names to name them", name, list(label_names),
+            )
     if len(label_names) < 2:
         raise DataError(f"task '{name}' has a single label {list(label_names)}; classification needs two or more")
 

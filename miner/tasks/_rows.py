@@ -46,10 +46,11 @@ def _as_int(value: Any) -> int | None:
 def infer_label_names(splits: Sequence[RawSplit], label_column: str) -> tuple[str, ...]:
     """Label names when neither the spec, the known-task table nor the hub gives them.
 
-    The sorted unique non-integer values, integers then being indices into them.
-    When every value is an integer, the names are those integers sorted
-    numerically ("2" before "10"), each value mapping to its own name whatever
-    the base (0- or 1-based files both work).
+    The sorted unique non-integer values, integers then being indices into them (an
+    integer that is no such index is an error: set ``task.label_names``). When every
+    value is an integer, the names are those integers sorted numerically ("2" before
+    "10"), each value mapping to its own name whatever the base (0- or 1-based files
+    both work).
     """
     words: set[str] = set()
     numbers: set[int] = set()
@@ -64,10 +65,19 @@ def infer_label_names(splits: Sequence[RawSplit], label_column: str) -> tuple[st
                 words.add(str(value).strip())
             else:
                 numbers.add(as_int)
+    where = ", ".join(s.where for s in splits)
     if words:
-        return tuple(sorted(words))
+        names = tuple(sorted(words))
+        stray = sorted(n for n in numbers if not 0 <= n < len(names))
+        if stray:
+            raise DataError(
+                f"label column '{label_column}' in {where} mixes label names {list(names)} with integers "
+                f"{sorted(numbers)}, read as indices into those names, but {stray[0]} is outside 0..{len(names) - 1}: "
+                "set task.label_names"
+            )
+        return names
     if not numbers:
-        raise DataError(f"no labelled rows in {', '.join(s.where for s in splits)}")
+        raise DataError(f"no labelled rows in {where}")
     return tuple(str(n) for n in sorted(numbers))
 
 
@@ -111,6 +121,13 @@ def to_examples(
             text = row.get(column)
             if text is None:
                 raise DataError(f"{split.where} has no value for column '{column}' at {split.row_ref(i)}")
+            if isinstance(text, (dict, list)):
+                raise DataError(
+                    f"{split.where} holds a JSON {type(text).__name__} in text column '{column}' at {split.row_ref(i)}"
+                )
+            if not str(text).strip():
+                # A blank text scores as the prompt alone: it is a broken row, not an example.
+                raise DataError(f"{split.where} has a blank text in column '{column}' at {split.row_ref(i)}")
             fields[field] = str(text)
         label = _label_index(row.get(label_column), index_of, label_base, split, i)
         examples.append(Example(fields=fields, label=label))
@@ -120,16 +137,18 @@ def to_examples(
 def _label_index(value: Any, index_of: dict[str, int], label_base: int, split: RawSplit, i: int) -> int:
     # A matching name wins over an integer reading, so label names that are
     # themselves numbers ("1".."5" star ratings, or names inferred from 1-based
-    # integer labels) keep their meaning whether the file stores "3" or 3.
+    # integer labels) keep their meaning whether the file stores "3" or 3. Such
+    # names take no index reading at all: "1" cannot be both a name and index 1.
     as_int = _as_int(value)
     key = value.strip() if isinstance(value, str) else (str(as_int) if as_int is not None else None)
     if key in index_of:
         return index_of[key]
-    if as_int is not None and 0 <= as_int - label_base < len(index_of):
-        return as_int - label_base
     names = list(index_of)
+    by_index = not all(_as_int(name) is not None for name in names)
+    if by_index and as_int is not None and 0 <= as_int - label_base < len(index_of):
+        return as_int - label_base
     shown = value.strip() if isinstance(value, str) else value
-    hint = f" (or an index {label_base}..{label_base + len(names) - 1})" if as_int is not None else ""
+    hint = f" (or an index {label_base}..{label_base + len(names) - 1})" if by_index and as_int is not None else ""
     raise DataError(
         f"label value '{shown}' in {split.where} is not one of the label names {names}{hint}; at {split.row_ref(i)}"
     )

@@ -2,28 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    model_validator,
+)
 
 # Our split names; hub_splits maps these to the hub dataset's split names.
 SPLIT_NAMES = ("train", "dev", "test")
+
+# The seeds numpy's legacy generators (and so scikit-learn's random_state, Optuna's and cmaes'
+# samplers) accept; torch and ``random`` accept more, so this range suits every consumer.
+SEED_MAX = 2**32 - 1
+
+
+def _seed_in_range(value: int) -> int:
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(f"a seed must be an integer in 0..{SEED_MAX} (2**32 - 1, what numpy accepts), got {value}")
+    return value
+
+
+# Strict: YAML's ``true`` or ``4.0`` is not an integer here (pydantic would otherwise read them as 1 and 4).
+StrictInt = Annotated[int, Strict()]
+Seed = Annotated[int, Strict(), AfterValidator(_seed_in_range)]
+PositiveStrictInt = Annotated[int, Strict(), Field(gt=0)]
 
 
 class TaskSpec(BaseModel):
     """Where a task's data comes from and how to read it.
 
     Validation errors are ordinary pydantic ``ValueError``s so the config layer
-    can report them with the key path they came from.
+    can report them with the key path they came from. Float fields must be finite
+    (no ``.nan`` / ``.inf``) and integer fields take integers only (not ``true`` or ``4.0``).
+
+    ``max_file_mb`` bounds every data file read (source ``files`` and ``kshot``): a file over
+    that size is an error, and so is a path that is not a regular file (a FIFO, a device
+    such as ``/dev/zero``, a directory), symlinks being followed first.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     source: Literal["builtin", "files", "kshot", "hub"] = "builtin"
     # builtin: task name; kshot: sub-folder of root; hub: load_dataset path (or a
     # local directory of data files); files: a free name.
     name: str = "rotten_tomatoes"
-    root: str | None = None  # kshot root; falls back to $MINER_FEWSHOT_ROOT
+    root: str | None = Field(
+        None,
+        description="kshot: the folder holding the task folders (sst-2/, mr/, ...). A relative path is relative to "
+        "the current directory, like every path in a config; unset, it is read from $MINER_FEWSHOT_ROOT.",
+    )
     train: str | None = None  # files: .csv, .tsv, .jsonl/.json paths
     dev: str | None = None
     test: str | None = None
@@ -33,10 +65,19 @@ class TaskSpec(BaseModel):
     label_column: str = "label"
     label_names: list[str] | None = None
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
-    max_test: int | None = None
-    split_seed: int = 0
+    max_test: StrictInt | None = None
+    split_seed: Seed = Field(0, description=f"seed of the created dev/test splits and the test subsample (0..{SEED_MAX})")
     dev_fraction: float = 0.1
     test_fraction: float = 0.2
+    max_file_mb: PositiveStrictInt = Field(
+        512,
+        description="largest data file read, in MB (2**20 bytes); a larger file, or a path that is not a regular "
+        "file, is an error before anything is read past the limit",
+    )
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.max_file_mb * 2**20
 
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
