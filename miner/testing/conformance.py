@@ -9,8 +9,10 @@ Usage in a test module (one fixture, as Optuna's ``pytest_samplers`` does for sa
         def searcher(self):
             return MySearcher(steps=3)
 
-Optionally override the ``backend`` fixture (default: a tiny causal LM, and the tiny
-masked LM too when the searcher supports it) or ``budget``.
+Everything else the checks need (the tiny causal and masked LMs, a small task) comes with the
+class as fixtures, so nothing else has to be imported. Optionally override the ``backend``
+fixture (default: a tiny causal LM, and the tiny masked LM too when the searcher supports it)
+or ``budget``.
 """
 
 from __future__ import annotations
@@ -34,24 +36,39 @@ def _seed_prompts(label_names):
     ]
 
 
-@pytest.fixture(scope="session")
-def conformance_data():
+def _data():
     from miner.tasks import TaskSpec, load_task
 
     return load_task(TaskSpec(source="builtin", name="rotten_tomatoes", max_test=16), 4, 13)
 
 
-@pytest.fixture(scope="session", params=["causal", "masked"])
-def conformance_backend(request):
+def _backend(kind: str):
     from miner.testing.tiny import tiny_causal, tiny_masked
 
-    return tiny_causal() if request.param == "causal" else tiny_masked()
+    return tiny_causal() if kind == "causal" else tiny_masked()
+
+
+# Module-level twins of the class's fixtures, for tests outside a SearcherConformance subclass.
+conformance_data = pytest.fixture(scope="session", name="conformance_data")(_data)
+
+
+@pytest.fixture(scope="session", params=["causal", "masked"], name="conformance_backend")
+def conformance_backend(request):
+    return _backend(request.param)
 
 
 class SearcherConformance:
     """Contract checks every searcher must pass."""
 
     budget = BudgetSpec(max_evaluations=6, max_forward_passes=40)
+
+    @pytest.fixture(scope="session")
+    def conformance_data(self):
+        return _data()
+
+    @pytest.fixture(scope="session", params=["causal", "masked"])
+    def conformance_backend(self, request):
+        return _backend(request.param)
 
     @pytest.fixture
     def searcher(self) -> Searcher:  # pragma: no cover - must be overridden
@@ -103,6 +120,36 @@ class SearcherConformance:
                 m.parsed.check_fields(conformance_data.text_fields)
                 scorer.compile(m)  # raises on words that tokenize to nothing, bad triggers, ...
             assert Prompt.from_dict(p.to_dict(), conformance_data.label_names).key == p.key
+
+    def test_cost_is_what_the_model_saw(self, searcher, backend, conformance_data, monkeypatch):
+        """The counter charged every model call and every backward pass, however a searcher made it."""
+        import torch
+
+        seen = {"forward": 0, "backward": 0}
+        model_cls = type(backend.model)  # patched on the class: a screening copy in another dtype counts too
+        forward = model_cls.forward
+
+        def counted_forward(module, *args, **kwargs):
+            seen["forward"] += 1
+            return forward(module, *args, **kwargs)
+
+        def counting(fn):
+            def wrapped(*args, **kwargs):
+                seen["backward"] += 1
+                return fn(*args, **kwargs)
+
+            return wrapped
+
+        monkeypatch.setattr(model_cls, "forward", counted_forward)
+        monkeypatch.setattr(torch.autograd, "grad", counting(torch.autograd.grad))
+        monkeypatch.setattr(torch.Tensor, "backward", counting(torch.Tensor.backward))
+        res = self._run(searcher, backend, conformance_data)
+        assert res.cost.forward_passes == seen["forward"], "forward passes charged vs run"
+        assert res.cost.backward_passes == seen["backward"], "backward passes charged vs run"
+        recorded = sum(e.cost.forward_passes for e in res.evaluations if not e.duplicate)
+        assert recorded <= res.cost.forward_passes  # rows carry the cost up to their evaluation
+        if searcher.capabilities.needs_gradients:
+            assert seen["backward"] > 0, "a gradient searcher that ran no backward pass"
 
     def test_no_run_state_on_self(self, searcher, backend, conformance_data):
         before = dataclasses.asdict(searcher) if dataclasses.is_dataclass(searcher) else vars(searcher).copy()
