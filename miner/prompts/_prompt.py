@@ -23,10 +23,21 @@ class Verbalizer:
     words: tuple[tuple[str, ...], ...]
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any], label_names: Sequence[str] | None = None) -> "Verbalizer":
+    def from_mapping(
+        cls, mapping: Mapping[str, Any], label_names: Sequence[str] | None = None, *, distinct: bool = True
+    ) -> "Verbalizer":
+        """The verbalizer of ``mapping`` (label -> a word or a list of words), in ``label_names`` order.
+
+        ``distinct``: two labels with the same words (in any order, ignoring surrounding spaces) are an error, as the
+        model could never tell them apart; searchers' internal probes, whose labels share a placeholder
+        word on purpose, pass False.
+        """
         if not isinstance(mapping, Mapping) or not mapping:
             raise PromptError("verbalizer is empty: map every label to at least one answer word")
         labels = tuple(label_names) if label_names is not None else tuple(mapping)
+        odd = next((k for k in mapping if not isinstance(k, str)), None)
+        if odd is not None:
+            raise PromptError(f"verbalizer label {odd!r} is not a string: labels are names, e.g. {{'positive': 'great'}}")
         unknown = [k for k in mapping if k not in labels]
         if unknown:
             raise PromptError(f"verbalizer names unknown label {unknown[0]!r}; the labels are {list(labels)}")
@@ -35,7 +46,7 @@ class Verbalizer:
             if label not in mapping:
                 raise PromptError(f"verbalizer has no words for label {label!r}")
             value = mapping[label]
-            ws = (value,) if isinstance(value, str) else tuple(value)
+            ws = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else ()
             if not ws or any(not isinstance(w, str) for w in ws):
                 raise PromptError(f"verbalizer label {label!r} needs a list of words, got {value!r}")
             if any(not w.strip() for w in ws):
@@ -43,6 +54,16 @@ class Verbalizer:
             if len(set(ws)) != len(ws):
                 raise PromptError(f"verbalizer label {label!r} repeats a word: {list(ws)}")
             words.append(tuple(ws))
+        if distinct:
+            owner: dict[tuple[str, ...], str] = {}
+            for label, ws in zip(labels, words):
+                key = tuple(sorted(w.strip() for w in ws))  # the order of a label's words changes nothing
+                if key in owner:
+                    raise PromptError(
+                        f"verbalizer gives labels {owner[key]!r} and {label!r} the same words {list(key)}: "
+                        "the model could never tell them apart"
+                    )
+                owner[key] = label
         return cls(labels=labels, words=tuple(words))
 
     def to_dict(self) -> dict[str, list[str]]:
@@ -70,6 +91,11 @@ class Prompt:
 
     def __post_init__(self) -> None:
         parsed = self.parsed  # validates
+        if not isinstance(self.triggers, tuple):
+            raise PromptError(f"trigger tokens must be a tuple of token ids, got {type(self.triggers).__name__}")
+        bad = next((t for t in self.triggers if isinstance(t, bool) or not isinstance(t, int) or t < 0), None)
+        if bad is not None:
+            raise PromptError(f"trigger token {bad!r} is not a token id (a non-negative integer)")
         if parsed.n_triggers != len(self.triggers):
             raise PromptError(
                 f"template {self.template!r} has {parsed.n_triggers} trigger slots but {len(self.triggers)} trigger tokens were given"
@@ -82,8 +108,23 @@ class Prompt:
         return _parse_cached(self.template)
 
     @classmethod
-    def create(cls, template: str, verbalizer: Mapping[str, Any], label_names: Sequence[str] | None = None, **kw: Any) -> "Prompt":
-        return cls(template=template, verbalizer=Verbalizer.from_mapping(verbalizer, label_names), **kw)
+    def create(
+        cls,
+        template: str,
+        verbalizer: Mapping[str, Any],
+        label_names: Sequence[str] | None = None,
+        *,
+        distinct: bool = False,
+        **kw: Any,
+    ) -> "Prompt":
+        """A prompt from a template and a label -> words mapping.
+
+        ``distinct=True`` refuses two labels with the same words (see :meth:`Verbalizer.from_mapping`):
+        pass it for prompts a user wrote (the config's prompts are checked so at parse time, and
+        :meth:`from_dict` always checks). The default is False because searchers build probe prompts
+        whose labels share one placeholder word.
+        """
+        return cls(template=template, verbalizer=Verbalizer.from_mapping(verbalizer, label_names, distinct=distinct), **kw)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"template": self.template, "verbalizer": self.verbalizer.to_dict()}
@@ -98,8 +139,15 @@ class Prompt:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], label_names: Sequence[str] | None = None) -> "Prompt":
-        """A prompt from its JSON form; a ``{"ensemble": [...]}`` dict gives a :class:`PromptEnsemble`."""
+    def from_dict(
+        cls, d: Mapping[str, Any], label_names: Sequence[str] | None = None, *, distinct: bool = False
+    ) -> "Prompt":
+        """A prompt from its JSON form; a ``{"ensemble": [...]}`` dict gives a :class:`PromptEnsemble`.
+
+        Every value is type-checked (a :class:`PromptError`, never a ``ValueError``). ``distinct=True``
+        refuses two labels with the same words: pass it for prompts a user wrote; stored rows and
+        exports are read back as they were written.
+        """
         if not isinstance(d, Mapping):
             raise PromptError(f"a prompt must be a mapping, got {type(d).__name__}")
         if "ensemble" in d:
@@ -110,14 +158,27 @@ class Prompt:
             raise PromptError(f"prompt has unknown key {sorted(extra)[0]!r} (known: {sorted(known)})")
         if "template" not in d or "verbalizer" not in d:
             raise PromptError("prompt needs both 'template' and 'verbalizer'")
+        triggers = d.get("triggers", ())
+        if not isinstance(triggers, (list, tuple)):
+            raise PromptError(f"prompt 'triggers' must be a list of token ids, got {type(triggers).__name__}")
+        calibrate = d.get("calibrate", False)
+        if not isinstance(calibrate, bool):
+            raise PromptError(f"prompt 'calibrate' must be true or false, got {calibrate!r}")
+        soft = d.get("soft")
+        if soft is not None and not isinstance(soft, str):
+            raise PromptError(f"prompt 'soft' must name a soft-prompt tensor (a string), got {type(soft).__name__}")
+        meta = d.get("meta", {})
+        if not isinstance(meta, Mapping):
+            raise PromptError(f"prompt 'meta' must be a mapping, got {type(meta).__name__}")
         return cls.create(
             d["template"],
             d["verbalizer"],
             label_names,
-            triggers=tuple(int(t) for t in d.get("triggers", ())),
-            calibrate=bool(d.get("calibrate", False)),
-            soft=d.get("soft"),
-            meta=dict(d.get("meta", {})),
+            distinct=distinct,
+            triggers=tuple(triggers),
+            calibrate=calibrate,
+            soft=soft,
+            meta=dict(meta),
         )
 
     @property

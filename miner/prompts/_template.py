@@ -9,7 +9,9 @@ Templates are plain text with slots in braces:
 - ``{{`` / ``}}``   literal braces
 
 The parser never evaluates anything: a slot is a bare identifier, optionally followed
-by ``:COUNT``. Anything else inside braces is an error naming the offending text.
+by ``:COUNT``. Anything else inside braces is an error naming the offending text. A
+template holds at most :data:`MAX_SLOTS` trigger and soft slots in all (far more than any
+model's positions; ``compile_prompt`` then checks the template against the model's length).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ ANSWER = "answer"
 TRIGGER = "trigger"
 SOFT = "soft"
 _RESERVED = {ANSWER, TRIGGER, SOFT}
+MAX_SLOTS = 4096  # trigger + soft slots in one template: an absolute bound, whatever the model
 _SLOT = re.compile(r"([A-Za-z_][A-Za-z0-9_\-]*)(?::(\d+))?$")
 
 
@@ -83,15 +86,25 @@ class Template:
         tail = self.segments[self.answer_index + 1 :]
         return all(isinstance(s, Literal) and not s.text.strip() for s in tail)
 
+    def check_has_field(self) -> None:
+        """Raise :class:`PromptError` unless the template has a text field slot (whatever its name)."""
+        if not self.fields:
+            raise PromptError(
+                f"template {self.text!r} has no text field slot (e.g. {{sentence}}): every example would get the same score"
+            )
+
     def check_fields(self, text_fields: tuple[str, ...] | list[str]) -> None:
+        """Raise :class:`PromptError` unless the template uses one or more of ``text_fields`` and no other field."""
+        shown = ", ".join("{" + f + "}" for f in text_fields) or "(none)"
         unknown = [f for f in self.fields if f not in text_fields]
         if unknown:
             raise PromptError(
-                f"template {self.text!r} uses unknown field {{{unknown[0]}}}; the task's text fields are "
-                + ", ".join("{" + f + "}" for f in text_fields)
+                f"template {self.text!r} uses unknown field {{{unknown[0]}}}; the task's text fields are {shown}"
             )
         if not self.fields:
-            raise PromptError(f"template {self.text!r} has no text field slot (e.g. {{{text_fields[0]}}})")
+            raise PromptError(
+                f"template {self.text!r} has no text field slot: use one of the task's text fields {shown}"
+            )
 
     def render(self, fields: dict[str, str], answer: str = "____") -> str:
         """Human-readable rendering (triggers and soft tokens shown as markers)."""
@@ -108,6 +121,10 @@ class Template:
             else:
                 out.append("[P]")
         return "".join(out)
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_template(text: str) -> Template:
@@ -129,27 +146,36 @@ def parse_template(text: str) -> Template:
             i += 2
             continue
         if ch == "}":
-            raise PromptError(f"template {text!r} has an unmatched '}}' at character {i} (write '}}}}' for a literal brace)")
+            raise PromptError(f"template {_short(text)!r} has an unmatched '}}' at character {i} (write '}}}}' for a literal brace)")
         if ch != "{":
             buf.append(ch)
             i += 1
             continue
         end = text.find("}", i + 1)
         if end < 0:
-            raise PromptError(f"template {text!r} has an unclosed '{{' at character {i}")
+            raise PromptError(f"template {_short(text)!r} has an unclosed '{{' at character {i}")
         body = text[i + 1 : end].strip()
         m = _SLOT.match(body)
         if not m:
-            raise PromptError(f"template {text!r} has an invalid slot {{{body}}}: expected {{name}} or {{trigger:N}}")
+            raise PromptError(f"template {_short(text)!r} has an invalid slot {{{_short(body)}}}: expected {{name}} or {{trigger:N}}")
         name, count = m.group(1), m.group(2)
         if buf:
             segments.append(Literal("".join(buf)))
             buf = []
         if count is not None and name not in (TRIGGER, SOFT):
-            raise PromptError(f"template {text!r}: only {{trigger:N}} and {{soft:N}} take a count, not {{{body}}}")
-        n = int(count) if count is not None else 1
+            raise PromptError(f"template {_short(text)!r}: only {{trigger:N}} and {{soft:N}} take a count, not {{{body}}}")
+        if count is None:
+            n = 1
+        elif len(count.lstrip("0")) > len(str(MAX_SLOTS)):
+            n = MAX_SLOTS + 1  # compared as digits: a count of thousands of digits is refused, never converted
+        else:
+            n = int(count)
         if n < 1:
-            raise PromptError(f"template {text!r}: slot {{{body}}} needs a count of at least 1")
+            raise PromptError(f"template {_short(text)!r}: slot {{{body}}} needs a count of at least 1")
+        if name in (TRIGGER, SOFT) and n_trig + n_soft + n > MAX_SLOTS:
+            raise PromptError(
+                f"template {_short(text)!r} asks for more than {MAX_SLOTS} trigger and soft slots in all (slot {{{_short(body)}}})"
+            )
         if name == ANSWER:
             n_answer += 1
             segments.append(Answer())
@@ -165,7 +191,7 @@ def parse_template(text: str) -> Template:
     if buf:
         segments.append(Literal("".join(buf)))
     if n_answer == 0:
-        raise PromptError(f"template {text!r} has no answer slot: add {{answer}} where the label word goes")
+        raise PromptError(f"template {_short(text)!r} has no answer slot: add {{answer}} where the label word goes")
     if n_answer > 1:
-        raise PromptError(f"template {text!r} has {n_answer} answer slots; exactly one {{answer}} is allowed")
+        raise PromptError(f"template {_short(text)!r} has {n_answer} answer slots; exactly one {{answer}} is allowed")
     return Template(text=text, segments=tuple(segments))

@@ -4,6 +4,12 @@ Text between non-text slots is rendered to one string and tokenized as a whole, 
 filled template tokenizes as the user would type it. A single space right before the
 answer slot moves onto the answer words (``"It was {answer}"`` scores ``" great"``),
 which is how BPE tokenizers see a word in running text.
+
+Lengths: ``compile_prompt`` refuses a prompt whose own tokens (template text, trigger and
+soft slots, special tokens and the longest answer word) do not fit the model
+(:func:`max_tokens`). An example too long for what is left has its text fields cut from
+their end, the longest field first, so that every example is scored; the template's own
+tokens are never cut.
 """
 
 from __future__ import annotations
@@ -42,8 +48,30 @@ class Encoded:
     stem: int = 0  # prefix tokens before the first trigger (no soft slot among them): see _stems.py
 
 
+def max_tokens(backend: Backend) -> int:
+    """The most tokens one input may have: the backend's ``max_length``, within the model's positions."""
+    limit = int(backend.max_length)
+    config = getattr(getattr(backend, "model", None), "config", None)
+    n_pos = getattr(config, "max_position_embeddings", None)
+    if isinstance(n_pos, int) and n_pos > 0:
+        # masked LMs of the RoBERTa family reserve two position slots (Backend keeps the same margin)
+        limit = min(limit, n_pos - 2 if backend.kind == "masked" else n_pos)
+    return limit
+
+
 def compile_prompt(prompt: Prompt, backend: Backend) -> CompiledPrompt:
+    """Tokenize a prompt's answer words and check it against the model.
+
+    Raises :class:`PromptError` when a trigger id is outside the vocabulary, a verbalizer word
+    tokenizes to nothing, or the prompt's own tokens leave no room for an example's text.
+    """
     tpl = prompt.parsed
+    limit = max_tokens(backend)
+    if tpl.n_triggers + tpl.n_soft >= limit:  # before tokenizing anything
+        raise PromptError(
+            f"template {_short(prompt.template)!r} has {tpl.n_triggers + tpl.n_soft} trigger and soft slots; "
+            f"model {backend.name!r} takes at most {limit} tokens"
+        )
     idx = tpl.answer_index
     before = tpl.segments[idx - 1] if idx > 0 else None
     space = isinstance(before, Literal) and before.text.endswith(" ")
@@ -57,9 +85,23 @@ def compile_prompt(prompt: Prompt, backend: Backend) -> CompiledPrompt:
             ids_for_label.append(ids)
         word_ids.append(tuple(ids_for_label))
     for t in prompt.triggers:
-        if not 0 <= t < backend.vocab_size:
-            raise PromptError(f"trigger token id {t} is outside the vocabulary (size {backend.vocab_size})")
-    return CompiledPrompt(prompt, tpl, tuple(word_ids), space, tpl.answer_at_end)
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < backend.vocab_size:
+            raise PromptError(
+                f"trigger token id {t!r} is outside the vocabulary (ids 0..{backend.vocab_size - 1} of model {backend.name!r})"
+            )
+    cp = CompiledPrompt(prompt, tpl, tuple(word_ids), space, tpl.answer_at_end)
+    empty = _encode_once(cp, backend, {f: "" for f in tpl.fields})
+    own = len(empty.prefix) + len(empty.suffix) + cp.max_word_len
+    if own >= limit:  # not even one token of text would fit
+        raise PromptError(
+            f"template {_short(prompt.template)!r} takes {own} tokens before any text (template, slots, special "
+            f"tokens and the longest answer word); model {backend.name!r} takes at most {limit}"
+        )
+    return cp
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _render(segments, fields: Mapping[str, str], triggers, backend: Backend, strip_space: bool):
@@ -98,18 +140,25 @@ def _render(segments, fields: Mapping[str, str], triggers, backend: Backend, str
 
 
 def encode(cp: CompiledPrompt, backend: Backend, fields: Mapping[str, str]) -> Encoded:
+    """The token ids around the answer slot for one example (text fields cut to fit, see the module doc)."""
     fields = {k: (v or "").strip() for k, v in fields.items()}
-    for _ in range(4):
+    limit = max_tokens(backend)
+    used = cp.template.fields
+    for _ in range(4 + 2 * len(used)):
         enc = _encode_once(cp, backend, fields)
-        excess = len(enc.prefix) + len(enc.suffix) + cp.max_word_len - backend.max_length
+        excess = len(enc.prefix) + len(enc.suffix) + cp.max_word_len - limit
         if excess <= 0:
             return enc
         # Too long for the model: cut the longest text field from its end.
-        longest = max(cp.template.fields, key=lambda f: len(fields[f]))
+        longest = max(used, key=lambda f: len(fields[f]))
+        if not fields[longest]:
+            break
         toks = backend.tokenize(fields[longest])
         keep = max(0, len(toks) - excess - 2)
         fields = {**fields, longest: backend.decode(toks[:keep]).strip()}
-    return enc
+    # Cutting met a tokenizer that re-merges text into more tokens: score the template alone,
+    # which compile_prompt checked fits.
+    return _encode_once(cp, backend, {f: "" for f in used})
 
 
 def _encode_once(cp: CompiledPrompt, backend: Backend, fields: Mapping[str, str]) -> Encoded:
