@@ -1,57 +1,139 @@
 """Run configuration: pydantic models validated at the edge.
 
-YAML is data only (``yaml.safe_load``: no tags, no code). An unknown key, a wrong type
-or a missing field is a :class:`ConfigError` naming the key path, e.g.
-``config error at task.label_column: ...``.
+YAML is data only (``yaml.safe_load``'s rules: no tags, no code), and a config file is read
+with these further rules, each broken one a :class:`ConfigError` naming the file and the line:
+
+- at most 1 MB (:data:`MAX_CONFIG_BYTES`) and 64 levels of nesting;
+- no anchors' aliases (``*name``, ``<<: *name``): one alias can expand to gigabytes, and no
+  shipped config needs them, so write the value out;
+- no duplicate keys in a mapping (YAML would silently keep the last one).
+
+An unknown key, a wrong type or a missing field is a :class:`ConfigError` naming the key
+path, e.g. ``config error at task.label_column: ...``. Integer fields take integers only
+(``true`` and ``4.0`` are not integers), float fields must be finite (no ``.nan``/``.inf``,
+inside searcher ``params`` too), seeds lie in 0..2**32-1, and each prompt is checked as far
+as it can be without the task and the model (its template, verbalizer and trigger ids).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
 
-from miner.errors import ConfigError
+from miner.errors import ConfigError, DataError, MinerError
 from miner.tasks import TaskSpec
+from miner.tasks._files import read_bytes_bounded
+from miner.tasks._spec import PositiveStrictInt, Seed, StrictInt
+
+MAX_CONFIG_BYTES = 2**20
+MAX_CONFIG_DEPTH = 64
+NonNegativeStrictInt = Annotated[int, Strict(), Field(ge=0)]
+# What torch can be asked for; pick_device then checks that this machine has it.
+DEVICE_FORMS = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
     name: str = "smollm2"  # default-model alias, local directory or hub id
     kind: Literal["auto", "causal", "masked"] = "auto"
-    device: str = "auto"  # auto = CUDA, then MPS, then CPU
+    device: str = Field(
+        "auto",
+        description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; checked against this machine's "
+        "devices when the model loads",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto = bf16 on CUDA
-    batch_size: PositiveInt = 32
-    max_batch_tokens: PositiveInt = 8192
-    max_length: PositiveInt | None = None
+    batch_size: PositiveStrictInt = 32
+    max_batch_tokens: PositiveStrictInt = 8192
+    max_length: PositiveStrictInt | None = None
     # causal LMs: key/value cache of the text before a prompt's first trigger, kept per job (0 = off)
-    stem_cache_mb: NonNegativeInt = 1024
+    stem_cache_mb: NonNegativeStrictInt = 1024
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v: str) -> str:
+        if not DEVICE_FORMS.fullmatch(v):
+            raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
+        return v
 
 
 class PromptSpec(_Strict):
+    """A hand-written prompt. Checked here as far as it goes without the task and the model: the
+    template parses and has a text field slot, the verbalizer gives each label its own words, and
+    there is one non-negative trigger id per ``{trigger}`` slot (the vocabulary is checked when the
+    model is loaded)."""
+
     template: str
     verbalizer: dict[str, list[str] | str]
     calibrate: bool = False
-    triggers: list[int] = Field(default_factory=list)
+    triggers: list[NonNegativeStrictInt] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_prompt(self) -> PromptSpec:
+        from miner.prompts import Prompt
+
+        try:
+            prompt = Prompt.create(self.template, self.verbalizer, triggers=tuple(self.triggers), distinct=True)
+            prompt.parsed.check_has_field()
+        except MinerError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+def _non_finite(value: Any, path: str, depth: int = 0) -> str | None:
+    """The key path of the first NaN or infinite float in ``value``, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if depth > MAX_CONFIG_DEPTH:
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, v in items:
+        sub = f"{path}{key}" if str(key).startswith("[") else f"{path}.{key}"
+        found = _non_finite(v, sub, depth + 1)
+        if found:
+            return found
+    return None
 
 
 class SearcherSpec(_Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("params")
+    @classmethod
+    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = _non_finite(v, "params")
+        if bad:
+            raise ValueError(f"{bad} must be a finite number (no .nan or .inf)")
+        return v
+
 
 class BudgetSpec(_Strict):
-    """Per job (task x model x searcher x seed x k). Unset means unlimited."""
+    """Per job (task x model x searcher x seed x k). Unset means unlimited; set values are finite."""
 
-    max_evaluations: PositiveInt | None = None  # distinct prompts scored
-    max_forward_passes: PositiveInt | None = None  # model calls, counted by the scorer
-    max_seconds: PositiveFloat | None = None
+    max_evaluations: PositiveStrictInt | None = None  # distinct prompts scored
+    max_forward_passes: PositiveStrictInt | None = None  # model calls, counted by the scorer
+    max_seconds: Annotated[float, Field(strict=True, gt=0)] | None = None  # an int is fine too, a bool is not
 
 
 class ParallelSpec(_Strict):
@@ -63,10 +145,10 @@ class ParallelSpec(_Strict):
     writes to the shared ``storage``, which must therefore be a database file or server.
     """
 
-    n_jobs: PositiveInt = 1
+    n_jobs: PositiveStrictInt = 1
     backend: Literal["loky", "dask"] | None = None
     scheduler: str | None = None  # dask only: e.g. tcp://10.0.0.5:8786
-    threads_per_job: PositiveInt | None = None  # torch threads per worker; default: cores / n_jobs
+    threads_per_job: PositiveStrictInt | None = None  # torch threads per worker; default: cores / n_jobs
 
 
 class RunConfig(_Strict):
@@ -75,15 +157,19 @@ class RunConfig(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     prompts: list[PromptSpec] = Field(default_factory=list)
     searchers: list[SearcherSpec] = Field(default_factory=lambda: [SearcherSpec(name="manual")])
-    seeds: list[int] = Field(default_factory=lambda: [42])
-    k: list[int | None] = Field(default_factory=lambda: [16])  # shots per class; null = full data; 0 = zero-shot
+    seeds: list[Seed] = Field(default_factory=lambda: [42], description="job seeds, each in 0..2**32-1")
+    # shots per class: an integer >= 0 (0 = zero-shot) or null for the full data
+    k: list[StrictInt | None] = Field(default_factory=lambda: [16])
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     storage: str = "sqlite:///miner.db"
     artifacts: str | None = None  # soft-prompt tensors; default: beside a SQLite file, else ./miner-artifacts
     resume: bool = False  # reuse rows of identical jobs already in storage (continue a killed run)
-    test_top: PositiveInt | Literal["all"] = 1  # how many of each job's best prompts get a test score
+    test_top: PositiveStrictInt | Literal["all"] = 1  # how many of each job's best prompts get a test score
     score_train: bool = True
-    content_free: list[str] = Field(default_factory=lambda: ["N/A", "", "[MASK]"])
+    content_free: list[str] = Field(
+        default_factory=lambda: ["N/A", "", "[MASK]"], min_length=1,
+        description="texts for content-free calibration (a non-empty list of strings)",
+    )
     progress: bool = True
     parallel: ParallelSpec = Field(default_factory=ParallelSpec)
 
@@ -109,6 +195,13 @@ class RunConfig(_Strict):
     def _k_nonnegative(cls, v: list[int | None]) -> list[int | None]:
         if any(k is not None and k < 0 for k in v):
             raise ValueError("k must be >= 0 (or null for full data)")
+        return v
+
+    @field_validator("seeds", "k")
+    @classmethod
+    def _some(cls, v: list[Any]) -> list[Any]:
+        if not v:
+            raise ValueError("give at least one value (an empty list runs no job)")
         return v
 
     @field_validator("searchers")
@@ -143,16 +236,74 @@ def parse_config(data: Any) -> RunConfig:
         raise ConfigError(_format_error(exc)) from None
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing aliases, duplicate keys, deep nesting and endless integers."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None,
+                f"alias *{event.anchor} is not allowed: a config may not use anchors and aliases (write the value out)",
+                event.start_mark,
+            )
+        if self._depth >= MAX_CONFIG_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_CONFIG_DEPTH} levels", self.peek_event().start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if seen is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given at line {seen})", key_node.start_mark
+                    )
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: Any) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # Python's limit on digits in an int: 4300 by default
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer of {len(node.value)} characters is too long", node.start_mark
+            ) from None
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+
+
 def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file (see the module docstring for the rules)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        text = p.read_bytes().decode("utf-8")
+        data = read_bytes_bounded(p, f"config file {str(p)!r}", MAX_CONFIG_BYTES)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {str(p)!r} is not UTF-8 (byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)  # _ConfigLoader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

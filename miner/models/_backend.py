@@ -9,6 +9,7 @@ input embedding matrix and an ``inputs_embeds`` path for gradient and soft-promp
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,15 +30,49 @@ class Batch:
     lengths: list[int]
 
 
-def pick_device(preference: str = "auto") -> torch.device:
-    if preference != "auto":
-        return torch.device(preference)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
+_DEVICE_FORM = re.compile(r"(auto|cpu|mps|cuda)(?::(\d+))?")
+
+
+def _devices_here() -> str:
+    """This machine's devices, for error messages: "cpu", "cpu, cuda:0", "cpu, cuda:0..3, mps"."""
+    found = ["cpu"]
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n:
+        found.append("cuda:0" if n == 1 else f"cuda:0..{n - 1}")
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        found.append("mps")
+    return ", ".join(found)
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """The torch device for ``model.device``: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``. Another form, or a device this machine lacks, is a one-line :class:`ConfigError`
+    naming the devices there are."""
+    from miner.errors import ConfigError
+
+    m = _DEVICE_FORM.fullmatch(preference) if isinstance(preference, str) else None
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise ConfigError(f"model.device {preference!r} is not one of auto, cpu, cuda, cuda:N or mps")
+    kind, index = m.group(1), m.group(2)
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if kind == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        ok = n > 0 and (index is None or int(index) < n)
+    elif kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        ok = mps is not None and mps.is_available()
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"model.device {preference!r} is not available: this machine has {_devices_here()}")
+    return torch.device(preference)
 
 
 def pick_dtype(device: torch.device, preference: str = "auto") -> torch.dtype:
