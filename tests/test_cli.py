@@ -2,7 +2,6 @@
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 import yaml
@@ -252,14 +251,3 @@ def test_parallel_needs_a_shared_storage_and_no_given_backend(tmp_path, tiny_dir
     with pytest.raises(ConfigError, match="n_jobs must be a positive int"):
         run(cfg, n_jobs=0)
     assert not (tmp_path / "lb.db").exists()  # nothing was written
-
-
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_parse_and_build_their_searchers(path):
-    """Every config under configs/ is valid: keys, types and each searcher's parameters."""
-    from miner.config import load_config
-    from miner.runner import build_searchers
-
-    cfg = load_config(path)
-    searchers = build_searchers(cfg)
-    assert len(searchers) == len(cfg.searchers) >= 1

@@ -1,0 +1,67 @@
+"""The configs under configs/ work from a clone: they parse and build their searchers without any
+data, and where the few-shot data is present (found through $MINER_FEWSHOT_ROOT) each config's task
+loads its splits. Uses no fixture from conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from miner.config import load_config
+from miner.errors import MinerError
+from miner.tasks import load_task
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+SHARED_FEWSHOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fewshot"
+
+
+def _fewshot_root() -> Path | None:
+    """$MINER_FEWSHOT_ROOT when it is set, else the developers' shared copy beside the checkout (when present)."""
+    given = os.environ.get("MINER_FEWSHOT_ROOT")
+    root = Path(given) if given else SHARED_FEWSHOT
+    return root if (root / "sst-2").is_dir() else None
+
+
+def test_there_are_configs_and_none_points_outside_the_clone():
+    assert len(CONFIGS) >= 9
+    for path in CONFIGS:
+        text = path.read_text(encoding="utf-8")
+        assert "../" not in text and "/shared/" not in text, f"{path.name} names a folder outside the clone"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_parse_and_build_their_searchers(path, monkeypatch):
+    """Every config under configs/ is valid: keys, types and each searcher's parameters (no data needed)."""
+    from miner.runner import build_searchers
+
+    monkeypatch.delenv("MINER_FEWSHOT_ROOT", raising=False)
+    cfg = load_config(path)
+    searchers = build_searchers(cfg)
+    assert len(searchers) == len(cfg.searchers) >= 1
+    if cfg.task.source == "kshot":
+        assert cfg.task.root is None  # found through $MINER_FEWSHOT_ROOT
+        with pytest.raises(MinerError, match=r"few-shot data not found.*MINER_FEWSHOT_ROOT.*sst-2/"):
+            load_task(cfg.task, cfg.k[0], cfg.seeds[0])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_their_data(path, monkeypatch):
+    """Each config's task gives train/dev/test for every (k, seed) job (the data only; no model runs)."""
+    cfg = load_config(path)
+    if cfg.task.source == "kshot":
+        root = _fewshot_root()
+        if root is None:
+            pytest.skip(f"few-shot data not found (set $MINER_FEWSHOT_ROOT; looked at {SHARED_FEWSHOT})")
+        monkeypatch.setenv("MINER_FEWSHOT_ROOT", str(root))
+    for k in cfg.k:
+        for seed in cfg.seeds:
+            data = load_task(cfg.task, k, seed)
+            assert data.test and len(data.label_names) >= 2
+            if k:
+                assert len(data.train) == len(data.dev) == k * len(data.label_names)
+            if cfg.task.max_test is not None:
+                assert len(data.test) <= cfg.task.max_test
