@@ -412,6 +412,10 @@ def test_max_file_mb_is_a_positive_int():
         parse_config({"task": {"max_file_mb": 0}})
     with pytest.raises(ConfigError, match="task.max_file_mb"):
         parse_config({"task": {"max_file_mb": True}})
+    # it never changes results: left out of dumps (and so job keys) at its default, kept when set
+    assert "max_file_mb" not in parse_config({}).model_dump(mode="json")["task"]
+    dumped = parse_config({"task": {"max_file_mb": 2048}}).model_dump(mode="json")
+    assert parse_config(dumped).task.max_file_mb == 2048
 
 
 def test_unreadable_json_is_a_data_error(tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -10,8 +10,11 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    model_serializer,
     model_validator,
 )
+
+from miner.tasks._files import DEFAULT_MAX_FILE_MB
 
 # Our split names; hub_splits maps these to the hub dataset's split names.
 SPLIT_NAMES = ("train", "dev", "test")
@@ -70,7 +73,7 @@ class TaskSpec(BaseModel):
     dev_fraction: float = 0.1
     test_fraction: float = 0.2
     max_file_mb: PositiveStrictInt = Field(
-        512,
+        DEFAULT_MAX_FILE_MB,
         description="largest data file read, in MB (2**20 bytes); a larger file, or a path that is not a regular "
         "file, is an error before anything is read past the limit",
     )
@@ -78,6 +81,15 @@ class TaskSpec(BaseModel):
     @property
     def max_file_bytes(self) -> int:
         return self.max_file_mb * 2**20
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        # max_file_mb bounds reading, never results: left out at its default, so that the job keys
+        # hashed from a dump stay those of the runs recorded before the field existed.
+        data = handler(self)
+        if isinstance(data, dict) and self.max_file_mb == DEFAULT_MAX_FILE_MB:
+            data.pop("max_file_mb", None)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
