@@ -83,6 +83,14 @@ class PromptSpec(_Strict):
     calibrate: bool = False
     triggers: list[NonNegativeStrictInt] = Field(default_factory=list)
 
+    @field_validator("verbalizer", mode="before")
+    @classmethod
+    def _integer_labels(cls, v: Any) -> Any:
+        # YAML reads `{0: bad, 1: good}` with integer keys; label names are strings ("0", "1").
+        if isinstance(v, dict):
+            return {str(k) if isinstance(k, int) and not isinstance(k, bool) else k: w for k, w in v.items()}
+        return v
+
     @model_validator(mode="after")
     def _check_prompt(self) -> PromptSpec:
         from miner.prompts import Prompt
@@ -292,7 +300,7 @@ _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_y
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML config file (see the module docstring for the rules)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
         data = read_bytes_bounded(p, f"config file {str(p)!r}", MAX_CONFIG_BYTES)

@@ -104,6 +104,16 @@ def test_yaml_deep_or_endless(tmp_path, text, needle):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_config_path_that_is_not_a_regular_file(tmp_path):
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"c\.yaml' is a FIFO \(named pipe\), not a regular file"):
+        load_config(fifo)
+    with pytest.raises(ConfigError, match="is a directory, not a regular file"):
+        load_config(tmp_path)
+
+
 # --------------------------------------------------------------------------- numbers
 
 
@@ -192,6 +202,11 @@ def test_pick_device_names_the_devices_there_are(monkeypatch):
 )
 def test_bad_prompt_in_config(run_fails, prompt, needle):
     run_fails(needle, prompts=[prompt])
+
+
+def test_integer_label_keys_in_a_config_verbalizer_are_label_names():
+    cfg = parse_config({"prompts": [{"template": "{sentence} {answer}", "verbalizer": {0: "bad", 1: ["good"]}}]})
+    assert cfg.prompts[0].verbalizer == {"0": "bad", "1": ["good"]}
 
 
 def test_prompt_from_dict_types():
