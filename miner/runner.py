@@ -76,7 +76,12 @@ def provenance() -> dict[str, Any]:
 
 
 class Budget:
-    """A job's budget, checked before each evaluation so it is never exceeded."""
+    """A job's budget: the searcher's read-only view (``BudgetView``) and the runner's enforcement.
+
+    ``evaluate`` checks a prompt's planned passes before scoring it (so no row is cut short), and the
+    job's cost counter asks ``guard`` before every model call and backward pass, so any work a searcher
+    makes on its own is refused the same way, with :class:`BudgetExhausted`, when it would overrun.
+    """
 
     def __init__(self, spec: BudgetSpec, counter: CostCounter) -> None:
         self.spec = spec
@@ -84,6 +89,8 @@ class Budget:
         self.start = time.perf_counter()
         self.evaluations = 0
         self.previous_passes = 0  # spent by an earlier, resumed attempt at the same job
+        self.previous_backward = 0
+        counter.guard = self.guard
 
     @property
     def elapsed(self) -> float:
@@ -95,26 +102,43 @@ class Budget:
         return float("inf") if m is None else m - self.counter.total.forward_passes - self.previous_passes
 
     @property
+    def backward_passes_left(self) -> float:
+        m = getattr(self.spec, "max_backward_passes", None)
+        return float("inf") if m is None else m - self.counter.total.backward_passes - self.previous_backward
+
+    @property
     def seconds_left(self) -> float:
         m = self.spec.max_seconds
         return float("inf") if m is None else m - self.elapsed
 
-    def check(self, planned_passes: int) -> None:
+    @property
+    def evaluations_left(self) -> float:
+        m = self.spec.max_evaluations
+        return float("inf") if m is None else m - self.evaluations
+
+    def can_afford(self, forward_passes: int = 0, backward_passes: int = 0, evaluations: int = 0) -> bool:
+        return (forward_passes <= self.forward_passes_left and backward_passes <= self.backward_passes_left
+                and evaluations <= self.evaluations_left and self.seconds_left > 0)
+
+    def guard(self, forward_passes: int, backward_passes: int) -> None:
+        """The counter's check before a model call: refuse what the budget cannot pay for."""
         s = self.spec
-        if s.max_evaluations is not None and self.evaluations >= s.max_evaluations:
-            raise BudgetExhausted(f"max_evaluations={s.max_evaluations} reached")
-        if planned_passes > self.forward_passes_left:
+        if forward_passes > self.forward_passes_left:
             raise BudgetExhausted(f"max_forward_passes={s.max_forward_passes} would be exceeded")
+        if backward_passes > self.backward_passes_left:
+            raise BudgetExhausted(f"max_backward_passes={getattr(s, 'max_backward_passes', None)} would be exceeded")
         if self.seconds_left <= 0:
             raise BudgetExhausted(f"max_seconds={s.max_seconds} reached")
 
-    def exhausted(self) -> bool:
+    def check(self, planned_passes: int) -> None:
+        """``evaluate``'s check before scoring a prompt (its planned passes on train and dev)."""
         s = self.spec
-        return (
-            (s.max_evaluations is not None and self.evaluations >= s.max_evaluations)
-            or self.forward_passes_left <= 0
-            or self.seconds_left <= 0
-        )
+        if s.max_evaluations is not None and self.evaluations >= s.max_evaluations:
+            raise BudgetExhausted(f"max_evaluations={s.max_evaluations} reached")
+        self.guard(planned_passes, 0)
+
+    def exhausted(self) -> bool:
+        return not self.can_afford(forward_passes=1, evaluations=1)
 
 
 def _split_score(res: ScoreResult, metric: str) -> SplitScore | None:

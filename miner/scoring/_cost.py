@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
@@ -31,16 +32,24 @@ class Cost:
 
 
 class CostCounter:
-    """Accumulates :class:`Cost`; shared by the scorer and any searcher that calls the model."""
+    """Accumulates :class:`Cost`; shared by the scorer and any searcher that calls the model.
 
-    def __init__(self) -> None:
+    Every model call goes through ``forward`` and every backward pass through ``backward``; both ask
+    the ``guard`` first (the runner installs the job's budget there), so a call the budget cannot pay
+    for raises :class:`~miner.errors.BudgetExhausted` before it runs, whoever made it.
+    """
+
+    def __init__(self, guard: Callable[[int, int], None] | None = None) -> None:
         self.total = Cost()
+        self.guard = guard  # guard(forward_passes, backward_passes) raises BudgetExhausted to refuse
 
     def snapshot(self) -> Cost:
         return self.total.copy()
 
     @contextmanager
     def forward(self, sequences: int, tokens: int, padded_tokens: int, backward: bool = False):
+        if self.guard is not None:
+            self.guard(1, int(backward))
         start = time.perf_counter()
         try:
             yield
@@ -53,6 +62,19 @@ class CostCounter:
             t.padded_tokens += padded_tokens
             t.seconds += time.perf_counter() - start
 
+    @contextmanager
+    def backward(self):
+        """Charge one backward pass (a ``loss.backward()`` or ``torch.autograd.grad``) with its time."""
+        if self.guard is not None:
+            self.guard(0, 1)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.total.backward_passes += 1
+            self.total.seconds += time.perf_counter() - start
+
     def charge_backward(self, seconds: float = 0.0) -> None:
+        """Deprecated spelling of ``with counter.backward():`` for a pass already made (not guarded)."""
         self.total.backward_passes += 1
         self.total.seconds += seconds

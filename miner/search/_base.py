@@ -17,9 +17,11 @@ from typing import Any, ClassVar, Protocol, Sequence
 
 from pydantic import ConfigDict
 
+from miner.artifacts import ArtifactStore
 from miner.models import Backend
 from miner.prompts import Prompt
 from miner.scoring import Cost, Scorer
+from miner.tasks import TaskData
 
 
 @dataclass(frozen=True)
@@ -75,19 +77,46 @@ class Evaluate(Protocol):
         """
 
 
+class BudgetView(Protocol):
+    """What a searcher may know of its job's budget (read-only; the runner enforces it).
+
+    Every model call and backward pass is charged to the job's cost counter and refused with
+    :class:`~miner.errors.BudgetExhausted` when the budget cannot pay for it, and ``evaluate`` refuses
+    a prompt whose scoring would overrun, so a searcher never has to stop itself to stay within it.
+    It plans with ``can_afford`` only to avoid starting work it could not finish (a step, a trial).
+    """
+
+    @property
+    def forward_passes_left(self) -> float: ...  # inf when unlimited
+
+    @property
+    def backward_passes_left(self) -> float: ...
+
+    @property
+    def seconds_left(self) -> float: ...
+
+    @property
+    def evaluations_left(self) -> float: ...
+
+    @property
+    def evaluations(self) -> int: ...  # prompts evaluated so far in this job (resumed ones included)
+
+    def can_afford(self, forward_passes: int = 0, backward_passes: int = 0, evaluations: int = 0) -> bool: ...
+
+
 @dataclass
 class SearchContext:
     """Everything a searcher may look at. There is no test split here, by construction."""
 
-    task: Any  # miner.tasks.TaskData with test=()
+    task: TaskData  # test=()
     backend: Backend
     scorer: Scorer  # charges the job's cost counter; use it for any model call
     seed: int
     prompts: tuple[Prompt, ...] = ()  # the config's hand-written prompts
-    budget: Any = None  # miner.runner.Budget view (remaining forward passes / seconds)
+    budget: BudgetView | None = None  # None outside the runner (e.g. in a searcher's own unit test)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("miner.search"))
     progress: bool = True
-    artifacts: Any = None  # miner.artifacts.ArtifactStore for tensors (soft prompts)
+    artifacts: ArtifactStore | None = None  # tensors that do not belong in a row (soft prompts)
     storage_url: str | None = None  # the leaderboard's database URL (searchers may keep state there, e.g. an Optuna study)
     job_key: str = ""  # stable identity of this job (same config -> same key), for resumable searcher state
     started_at: float | None = None  # time.time() when the run that launched this job started (before loading)
