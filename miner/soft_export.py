@@ -25,17 +25,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Annotated, Any, Iterable, Mapping
+from typing import Literal as Lit
 
+import pydantic
 import torch
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
-from miner._io import atomic_write_text, read_format_json
+from miner._io import atomic_write_text
 from miner.errors import MinerError
+from miner.export import MAX_SLOTS, ExportBody, PlainName
 from miner.prompts import Answer, Field, Literal, Prompt, Soft, parse_template
 
 logger = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ PEFT_DIR = "peft"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_KEY = "prompt_embeddings"  # the key PEFT saves prompt-learning adapters under
+MAX_WIDTH = 1 << 16  # embedding width no model reaches (the largest are ~16k)
 
 
 @dataclass(frozen=True)
@@ -155,41 +160,60 @@ def export_soft(
     backend (loaded from the row's model when not given) decides the PEFT layout and fills
     the adapter config (layers, heads).
     """
+    from miner.export import ExportFileError, check_output_path, replace_dir
+
     exported = source if hasattr(source, "prompt") and isinstance(getattr(source, "prompt"), Prompt) else exported_from_row(source)
     prompt = exported.prompt
     if prompt.soft is None:
         raise MinerError(f"prompt {prompt.describe()} is not a soft prompt; export it with 'miner export' as JSON")
-    tensor = store.get_tensor(prompt.soft).float()
+    out = Path(out_dir)
+    check_output_path(out, directory=True)
+    tensor = _stored_tensor(store, prompt.soft).float()
     if tensor.ndim != 2 or tensor.shape[0] != prompt.parsed.n_soft:
         raise MinerError(f"soft prompt {prompt.soft} has shape {tuple(tensor.shape)}, the template needs {prompt.parsed.n_soft} tokens")
     if backend is None and peft:
         from miner.models import load_backend
 
         backend = load_backend(exported.model)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if backend is not None:
+        _check_width(tensor, backend)
+    # Written into a fresh directory beside the target and moved into place when complete:
+    # a failed export leaves the old one (or nothing), never a half-written one.
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise ExportFileError(f"cannot write the export directory {str(out)!r}: {exc.strerror or exc}") from None
+    from safetensors import SafetensorError
+
+    try:
+        desc, has_peft, reason = _write_soft_export(exported, tensor, tmp, backend, peft)
+        replace_dir(tmp, out)
+    except (OSError, SafetensorError) as exc:  # safetensors reports a failed write (a full disk) as its own error
+        raise ExportFileError(f"cannot write the export directory {str(out)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if peft and reason is not None:
+        logger.warning("soft prompt exported without a PEFT adapter: %s", reason)
+    return SoftExport(exported, tensor.cpu(), out, out / PEFT_DIR if has_peft else None, desc)
+
+
+def _write_soft_export(exported: Any, tensor: torch.Tensor, out: Path, backend: Any, peft: bool) -> tuple[dict[str, Any], bool, str | None]:
+    """Write the tensor, the PEFT adapter (where the layout allows) and the description into ``out``."""
     from safetensors.torch import save_file
 
+    prompt = exported.prompt
     meta = {"format": FORMAT, "template": prompt.template, "model": exported.model}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=out)
-    os.close(fd)
-    try:
-        save_file({TENSOR_KEY: tensor.contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, out / TENSOR_FILE)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    save_file({TENSOR_KEY: tensor.contiguous()}, str(out / TENSOR_FILE), metadata=meta)
 
     reason = peft_incompatibility(prompt, backend) if peft else "not requested"
-    peft_dir = None
     if reason is None:
         cfg = backend.model.config
-        peft_dir = export_peft_adapter(
+        export_peft_adapter(
             tensor, out / PEFT_DIR, base_model=getattr(cfg, "_name_or_path", None) or exported.model,
             num_layers=getattr(cfg, "num_hidden_layers", None), num_attention_heads=getattr(cfg, "num_attention_heads", None),
             tokenizer=getattr(backend.tokenizer, "name_or_path", None),
         )
-    elif peft:
-        logger.warning("soft prompt exported without a PEFT adapter: %s", reason)
     nearest = None
     if backend is not None:
         from miner.search._soft_common import nearest_report
@@ -206,7 +230,7 @@ def export_soft(
             "nearest": nearest,
         },
         "peft": {
-            "adapter": PEFT_DIR if peft_dir else None,
+            "adapter": PEFT_DIR if reason is None else None,
             "reason": reason,
             "input_template": peft_input_template(prompt),
             "answer_words": {label: [" " + w for w in ws] if _space_before_answer(prompt) else list(ws)
@@ -217,7 +241,29 @@ def export_soft(
     }
     desc.setdefault("provenance", {})["soft_exported_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_text(out / DESC_FILE, json.dumps(desc, indent=2, ensure_ascii=False, default=str) + "\n")
-    return SoftExport(exported, tensor.cpu(), out, peft_dir, desc)
+    return desc, reason is None, reason
+
+
+def _stored_tensor(store: Any, ref: str) -> torch.Tensor:
+    """The run's tensor for ``ref``; an unreadable artifact file is a one-line error naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return store.get_tensor(ref)
+    except (SafetensorError, OSError, KeyError) as exc:
+        where = store.path(ref) if hasattr(store, "path") else ref
+        raise MinerError(f"soft prompt artifact {str(where)!r} is unreadable ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _check_width(tensor: torch.Tensor, backend: Any) -> None:
+    hidden = int(backend.input_embeddings().shape[1])
+    if tensor.shape[1] != hidden:
+        raise MinerError(f"soft prompt has width {tensor.shape[1]} but model {backend.name!r} has embeddings of width {hidden}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def exported_from_row(row: Any) -> Any:
@@ -241,45 +287,104 @@ def exported_from_row(row: Any) -> Any:
 # --------------------------------------------------------------------------- load / predict
 def is_soft_export(path: str | Path) -> bool:
     """True for an export directory or its description file (for ``miner predict`` to dispatch on)."""
-    p = Path(path)
-    desc = p / DESC_FILE if p.is_dir() else p
-    if not desc.is_file():
-        return False
+    from miner.export import MAX_FILE_BYTES
+
     try:
+        p = Path(path)
+        desc = p / DESC_FILE if p.is_dir() else p
+        if not desc.is_file() or desc.stat().st_size > MAX_FILE_BYTES:
+            return False
         return json.loads(desc.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
+
+
+class SoftSection(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    file: PlainName
+    key: Annotated[str, StringConstraints(min_length=1)] = TENSOR_KEY
+    shape: Annotated[list[Annotated[int, pydantic.Field(ge=1)]], pydantic.Field(min_length=2, max_length=2)]
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    nearest: dict[str, Any] | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _bounded(cls, v: list[int]) -> list[int]:
+        if v[0] > MAX_SLOTS:
+            raise ValueError(f"{v[0]} soft tokens; no model takes more than {MAX_SLOTS} positions")
+        if v[1] > MAX_WIDTH:
+            raise ValueError(f"width {v[1]} is beyond any model's embeddings (at most {MAX_WIDTH})")
+        return v
+
+
+class PeftSection(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    adapter: PlainName | None = None
+    reason: str | None = None
+    input_template: str | None = None
+    answer_words: dict[str, list[str]] | None = None
+    usage: str | None = None
+
+
+class SoftDescriptionFile(ExportBody):
+    """``soft_prompt.json``: an export body plus where the tensor is and how PEFT reads it."""
+
+    format: Lit["miner-soft-prompt/1"]
+    soft: SoftSection
+    peft: PeftSection | None = None
 
 
 def load_soft_export(path: str | Path) -> SoftExport:
-    """Load an export directory (or its ``soft_prompt.json``)."""
-    from safetensors.torch import load_file
-
-    from miner.export import ExportedPrompt
+    """Load an export directory (or its ``soft_prompt.json``); every problem is one :class:`ExportFileError` line."""
+    from miner.export import ExportFileError, read_export_json, validate_export
 
     p = Path(path)
-    desc_path = p / DESC_FILE if p.is_dir() else p
-    if not desc_path.is_file():
-        raise MinerError(f"soft prompt export {str(p)!r} does not exist (expected a directory with {DESC_FILE})")
-    d = read_format_json(desc_path, FORMAT, "soft prompt description")
-    root = desc_path.parent
     try:
-        task = d["task"]
-        prompt = Prompt.from_dict(d["prompt"], task["label_names"])
-        tfile = root / d["soft"]["file"]
-        if not tfile.is_file():
-            raise MinerError(f"soft prompt tensor {str(tfile)!r} is missing")
-        tensor = load_file(str(tfile))[d["soft"].get("key", TENSOR_KEY)].float()
-    except KeyError as exc:
-        raise MinerError(f"soft prompt description {str(desc_path)!r} lacks the key {exc.args[0]!r}") from None
-    if tuple(tensor.shape) != tuple(d["soft"]["shape"]) or tensor.shape[0] != prompt.parsed.n_soft:
-        raise MinerError(f"soft prompt tensor {str(tfile)!r} has shape {tuple(tensor.shape)}, expected {d['soft']['shape']}")
+        desc_path, exists = (p / DESC_FILE if p.is_dir() else p), p.exists()
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        desc_path, exists = p, False
+    if not exists:
+        raise ExportFileError(f"soft prompt export {str(p)!r} does not exist (expected a directory with {DESC_FILE})")
+    desc_path, d = read_export_json(desc_path, FORMAT, "soft prompt description")
+    root = desc_path.parent
+    ex, body = validate_export(d, desc_path, SoftDescriptionFile)
+    if ex.prompt.soft is None:
+        raise ExportFileError(f"{desc_path}: prompt.soft: missing (a soft prompt description names its tensor)")
+    if body.soft.shape[0] != ex.prompt.parsed.n_soft:
+        raise ExportFileError(f"{desc_path}: soft.shape: {body.soft.shape} does not match the template's {ex.prompt.parsed.n_soft} soft slots")
+    tfile = root / body.soft.file
+    tensor = _read_tensor(tfile, body.soft.key, tuple(body.soft.shape))
     digest = hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
-    if d["soft"].get("sha256") and digest != d["soft"]["sha256"]:
-        raise MinerError(f"soft prompt tensor {str(tfile)!r} does not match its description (sha256 differs)")
-    ex = ExportedPrompt(prompt, d["model"], task, d.get("scores", {}), d.get("provenance", {}), d.get("leaderboard", {}))
-    adapter = d.get("peft", {}).get("adapter")
+    if body.soft.sha256 and digest != body.soft.sha256:
+        raise ExportFileError(f"soft prompt tensor {str(tfile)!r} does not match its description (sha256 differs)")
+    adapter = body.peft.adapter if body.peft is not None else None
     return SoftExport(ex, tensor, root, root / adapter if adapter else None, d)
+
+
+def _read_tensor(tfile: Path, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The float32 tensor ``key`` of ``tfile``, its name, dtype and shape checked from the header before it is read."""
+    from safetensors import SafetensorError, safe_open
+
+    from miner.export import ExportFileError
+
+    if not tfile.is_file():
+        raise ExportFileError(f"soft prompt tensor {str(tfile)!r} is missing")
+    try:
+        with safe_open(str(tfile), framework="pt") as f:
+            keys = list(f.keys())
+            if key not in keys:
+                raise ExportFileError(f"soft prompt tensor file {str(tfile)!r} has no tensor {key!r} (it holds {keys[:5]})")
+            info = f.get_slice(key)
+            got_shape, dtype = tuple(info.get_shape()), info.get_dtype()
+            if dtype != "F32":
+                raise ExportFileError(f"soft prompt tensor {key!r} in {str(tfile)!r} is {dtype}; the export writes float32 (F32)")
+            if got_shape != shape:
+                raise ExportFileError(f"soft prompt tensor {str(tfile)!r} has shape {list(got_shape)}, its description says {list(shape)}")
+            return f.get_tensor(key)
+    except (SafetensorError, OSError) as exc:
+        raise ExportFileError(f"soft prompt tensor {str(tfile)!r} is not a readable safetensors file: {_first_line(exc)}") from None
 
 
 def predict_soft(
@@ -291,14 +396,13 @@ def predict_soft(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Apply a soft-prompt export to new text; same output as :func:`miner.export.predict`."""
-    from miner.export import predict
+    from miner.export import check_fits_model, predict
     from miner.models import load_backend
 
     se = export if isinstance(export, SoftExport) else load_soft_export(export)
     backend = backend or load_backend(se.exported.model)
-    hidden = int(backend.input_embeddings().shape[1])
-    if se.tensor.shape[1] != hidden:
-        raise MinerError(f"soft prompt has width {se.tensor.shape[1]} but model {backend.name!r} has embeddings of width {hidden}")
+    check_fits_model(se.prompt, backend)
+    _check_width(se.tensor, backend)
     return predict(se.exported, inputs, backend=backend, batch_size=batch_size, progress=progress, soft_resolver=se.resolver)
 
 
