@@ -20,21 +20,33 @@ continues from the last evaluation with identical results.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Literal as Lit
+from typing import Annotated, Any
+from typing import Literal as Lit
 
+import pydantic
 import torch
 
 from miner.search._base import Capabilities, Evaluate, SearchContext, Searcher
 from miner.search._registry import register_searcher
 from miner.search._soft_common import (
-    Recorded, autocast, build_layout, check_template, checkpoint_dir, eval_passes, initial_embeddings, passes_left,
+    Recorded,
+    autocast,
+    build_layout,
+    check_template,
+    checkpoint_dir,
+    eval_passes,
     evaluations_left,
-    record_projection, record_soft, seconds_left,
+    initial_embeddings,
+    passes_left,
+    record_projection,
+    record_soft,
+    seconds_left,
 )
 
 CKPT_NAME = "state.pt"
@@ -146,13 +158,12 @@ class SoftSearcher(Searcher):
         gold_all = torch.tensor([e.label for e in train])
 
         ckdir = checkpoint_dir(context, self.name) if self.checkpoints else None
-        state = self._resume(context, ckdir, encoder, opt)
+        state = self._resume(context, ckdir, encoder, opt, layout)
         step, bad, best_ref, stopped = state["step"], state["bad"], state["best_ref"], state["stopped"]
         best_step = state["best_step"]
         best: Recorded | None = None
         if best_ref is not None:  # re-proposed: a duplicate of the resumed row, no new cost
-            tensor = context.artifacts.get_tensor(best_ref)
-            best = record_soft(context, evaluate, layout, tensor, {"searcher": self.name}, {"step": state["best_step"]})
+            best = record_soft(context, evaluate, layout, state["best_tensor"], {"searcher": self.name}, {"step": state["best_step"]})
             log.info("soft: resumed at step %d (best so far from step %d)", step, state["best_step"])
 
         per_eval = eval_passes(scorer, layout, context.task)
@@ -224,8 +235,15 @@ class SoftSearcher(Searcher):
             record_projection(context, evaluate, layout, best, self.name)
 
     # ------------------------------------------------------------------ checkpoints
-    def _resume(self, context: SearchContext, ckdir, encoder, opt) -> dict[str, Any]:
-        fresh = {"step": 0, "bad": 0, "best_ref": None, "best_step": 0, "stopped": None, "loss": None}
+    def _resume(self, context: SearchContext, ckdir, encoder, opt, layout) -> dict[str, Any]:
+        """The checkpointed state, or a fresh start (with a warning) when the checkpoint is unusable.
+
+        Training is a function of the seed and the step alone, so starting over re-proposes the
+        same soft prompts: the resumed rows come back as duplicates and the result is unchanged;
+        only the time the checkpoint would have saved is lost. A checkpoint is only trusted once
+        it has passed every check, so a corrupt one never reaches the encoder or a stored row.
+        """
+        fresh = {"step": 0, "bad": 0, "best_ref": None, "best_step": 0, "stopped": None, "loss": None, "best_tensor": None}
         path = ckdir / CKPT_NAME if ckdir else None
         # Only continue when the runner resumed this job's rows too (``--resume``): a fresh run
         # with the same config must train afresh, not reuse an old state.
@@ -233,14 +251,55 @@ class SoftSearcher(Searcher):
         if path is None or not path.is_file() or not resumed_rows:
             return fresh
         try:
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a corrupt checkpoint is not fatal: start over
-            context.logger.warning("soft: cannot read checkpoint %s (%s); starting over", path, exc)
+            state = self._checked_state(context, path, encoder, opt, layout)
+        except _BadCheckpoint as exc:
+            context.logger.warning("soft: ignoring checkpoint %s (%s); starting over", path, exc)
             return fresh
-        if ck.get("encoder") is not None:
-            encoder.load_state_dict(ck["encoder"])
-            opt.load_state_dict(ck["optimizer"])
-        return {**fresh, **{k: ck[k] for k in fresh if k in ck}}
+        return {**fresh, **state}
+
+    def _checked_state(self, context: SearchContext, path, encoder, opt, layout) -> dict[str, Any]:
+        ck = _read_checkpoint(path)
+        try:
+            st = _CheckpointState.model_validate({k: ck[k] for k in _CheckpointState.model_fields if k in ck})
+        except pydantic.ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            raise _BadCheckpoint(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        if st.step > self.steps or st.best_step > st.step:
+            raise _BadCheckpoint(f"step {st.step} (best {st.best_step}) does not fit a {self.steps}-step training")
+        best_tensor = None
+        if st.best_ref is not None:
+            best_tensor = self._stored_best(context, st.best_ref, layout, encoder)
+        enc_state, opt_state = ck.get("encoder"), ck.get("optimizer")
+        if enc_state is not None:
+            _check_encoder_state(enc_state, encoder)
+            before_enc = {k: v.clone() for k, v in encoder.state_dict().items()}
+            before_opt = copy.deepcopy(opt.state_dict())
+            try:
+                encoder.load_state_dict(enc_state)
+                opt.load_state_dict(opt_state)
+                _check_optimizer_state(opt, before_opt["param_groups"])
+            except (RuntimeError, ValueError, KeyError, TypeError, _BadCheckpoint) as exc:
+                encoder.load_state_dict(before_enc)
+                opt.load_state_dict(before_opt)
+                raise _BadCheckpoint(f"optimizer state does not fit the soft prompt ({type(exc).__name__}: {exc})") from None
+        return {**st.model_dump(), "best_tensor": best_tensor}
+
+    @staticmethod
+    def _stored_best(context: SearchContext, ref: str, layout, encoder) -> torch.Tensor:
+        from safetensors import SafetensorError
+
+        from miner.errors import MinerError
+
+        if context.artifacts is None:
+            raise _BadCheckpoint("there is no artifact store to read its best soft prompt from")
+        try:
+            tensor = context.artifacts.get_tensor(ref)
+        except (MinerError, SafetensorError, OSError, KeyError) as exc:
+            raise _BadCheckpoint(f"its best soft prompt {ref} cannot be read: {exc}") from None
+        want = (layout.parsed.n_soft, int(encoder.base.shape[1]))
+        if tuple(tensor.shape) != want or not tensor.dtype.is_floating_point:
+            raise _BadCheckpoint(f"its best soft prompt {ref} has shape {tuple(tensor.shape)}, this layout needs {want}")
+        return tensor
 
     @staticmethod
     def _save(ckdir, encoder, opt, step, bad, best: Recorded | None, best_step, stopped, loss) -> None:
@@ -249,8 +308,13 @@ class SoftSearcher(Searcher):
         ckdir.mkdir(parents=True, exist_ok=True)
         path = ckdir / CKPT_NAME
         state: dict[str, Any] = {}
+        prev = None
         if encoder is None and path.is_file():  # keep the last good weights (after a NaN)
-            prev = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                prev = _read_checkpoint(path)
+            except _BadCheckpoint:
+                prev = None  # unreadable: the state below records no weights
+        if encoder is None and prev is not None:
             state.update(encoder=prev.get("encoder"), optimizer=prev.get("optimizer"), step=prev.get("step", step))
         else:
             state.update(encoder=encoder.state_dict() if encoder else None, optimizer=opt.state_dict() if opt else None, step=step)
@@ -263,6 +327,71 @@ class SoftSearcher(Searcher):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+class _BadCheckpoint(Exception):
+    """A checkpoint that cannot be trusted (internal: the searcher warns and starts over)."""
+
+
+NonNegative = Annotated[int, pydantic.Field(ge=0)]
+
+
+class _CheckpointState(pydantic.BaseModel):
+    """The scalar part of ``state.pt`` (weights are checked against the encoder itself)."""
+
+    model_config = pydantic.ConfigDict(strict=True)
+
+    step: NonNegative = 0
+    bad: NonNegative = 0
+    best_ref: Annotated[str, pydantic.StringConstraints(pattern=r"^soft:[A-Za-z0-9]+$")] | None = None
+    best_step: NonNegative = 0
+    stopped: str | None = None
+    loss: float | None = None
+
+
+def _read_checkpoint(path) -> dict[str, Any]:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load has no error contract: garbage fails in a dozen ways
+        raise _BadCheckpoint(f"unreadable: {type(exc).__name__}: {str(exc).strip()[:120]}") from None
+    if not isinstance(ck, dict):
+        raise _BadCheckpoint(f"holds a {type(ck).__name__}, not a state dictionary")
+    return ck
+
+
+def _check_encoder_state(state: Any, encoder: SoftEncoder) -> None:
+    own = encoder.state_dict()
+    if not isinstance(state, dict) or set(state) != set(own):
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise _BadCheckpoint(f"encoder weights {keys} are not this encoder's {sorted(own)}")
+    for k, v in own.items():
+        t = state[k]
+        if not isinstance(t, torch.Tensor) or t.shape != v.shape or not t.dtype.is_floating_point:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise _BadCheckpoint(f"encoder weight {k!r} is {got}, this encoder needs {tuple(v.shape)}")
+
+
+def _check_optimizer_state(opt: torch.optim.Optimizer, fresh_groups: list[dict[str, Any]]) -> None:
+    """AdamW's settings and moments must be what a fresh one has, or the first step fails mid-training."""
+    for group, fresh in zip(opt.param_groups, fresh_groups):
+        for key, want in fresh.items():
+            if key != "params" and not _same_kind(group.get(key), want):
+                raise _BadCheckpoint(f"optimizer setting {key}={group.get(key)!r} is not like {want!r}")
+        for p in group["params"]:
+            for name, value in opt.state.get(p, {}).items():
+                if name != "step" and (not isinstance(value, torch.Tensor) or value.shape != p.shape):
+                    got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                    raise _BadCheckpoint(f"optimizer {name} is {got} for a parameter of shape {tuple(p.shape)}")
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    if isinstance(b, tuple):
+        return isinstance(a, tuple) and len(a) == len(b) and all(_same_kind(x, y) for x, y in zip(a, b))
+    if isinstance(b, bool) or b is None:
+        return type(a) is type(b)
+    if isinstance(b, (int, float)):
+        return isinstance(a, (int, float)) and not isinstance(a, bool)
+    return type(a) is type(b)
 
 
 def _loss(raw: torch.Tensor, gold: torch.Tensor, kind: str) -> torch.Tensor:
