@@ -111,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf or .svg)")
     p.add_argument("--title", help="figure title (default: task, model and row count)")
 
-    sub.add_parser("searchers", help="list the registered searchers", description="List the registered searchers, one line each.")
+    p = sub.add_parser("searchers", help="list the searchers, or one searcher's parameters",
+                       description="List the registered searchers (built in, and installed plugins of the "
+                                   "'miner.searchers' entry-point group), one line each; with a NAME, that "
+                                   "searcher's parameters: type, default and meaning.")
+    p.add_argument("name", nargs="?", help="a searcher to describe")
     return parser
 
 
@@ -260,14 +264,35 @@ def _cmd_plot(args) -> int:
     return 0
 
 
-def _cmd_searchers(args) -> int:
-    from miner.search import searchers
+def _caps(cls) -> str:
+    caps = cls.capabilities
+    kinds = "/".join(sorted(caps.model_kinds))
+    grad = ", gradients" if caps.needs_gradients else ""
+    seeds = ", needs prompts" if caps.needs_seed_prompts else ""
+    return f"[{caps.prompt_kind}; {kinds} LMs{grad}{seeds}]"
 
-    for name, cls in searchers.items():
-        caps = cls.capabilities
-        kinds = "/".join(sorted(caps.model_kinds))
-        grad = ", gradients" if caps.needs_gradients else ""
-        print(f"{name:12s} {cls.summary}  [{caps.prompt_kind}; {kinds} LMs{grad}]")
+
+def _cmd_searchers(args) -> int:
+    from miner.search import parameters, searchers
+
+    if args.name is None:
+        for name, cls in searchers.items():
+            print(f"{name:12s} {cls.summary}  {_caps(cls)}")
+        for name, why in sorted(searchers.broken.items()):
+            print(f"{name:12s} (plugin failed to load: {why})")
+        return 0
+    cls = searchers.get(args.name)
+    print(f"{cls.name}: {cls.summary}  {_caps(cls)}")
+    if cls.__doc__:
+        print(f"  {' '.join(cls.__doc__.split())}")
+    params = parameters(cls)
+    width = max((len(p.name) for p in params), default=0)
+    print("parameters (searchers[].params in a config):" if params else "no parameters")
+    for p in params:
+        default = json.dumps(p.default) if isinstance(p.default, (str, list, dict, bool, type(None))) else p.default
+        print(f"  {p.name:{width}s}  {p.type} = {default}")
+        if p.description:
+            print(f"  {'':{width}s}    {p.description}")
     return 0
 
 

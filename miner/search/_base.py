@@ -11,11 +11,15 @@ Capabilities are declared on the class, so the core never special-cases a search
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, Sequence
 
+import pydantic
 from pydantic import ConfigDict
+
+from miner.errors import ConfigError
 
 from miner.artifacts import ArtifactStore
 from miner.models import Backend
@@ -139,8 +143,18 @@ class Searcher:
     # Parameters that only add work after the search proper (they change no earlier row), left out of
     # the job key so that turning one on for a finished job and resuming it reuses that job's rows.
     post_search_params: ClassVar[tuple[str, ...]] = ()
-    # Validated by pydantic at the config edge: an unknown parameter is an error.
+    # Validated by pydantic at the config edge: an unknown parameter is an error. Declare each parameter
+    # once, as ``name: Annotated[type, pydantic.Field(ge=..., description=...)] = default``: the registry
+    # validates a config's params against it, __post_init__ a direct construction, and
+    # ``miner searchers NAME`` shows the description.
     __pydantic_config__ = ConfigDict(extra="forbid")
+
+    def __post_init__(self) -> None:
+        for name, adapter in _field_adapters(type(self)).items():
+            try:
+                adapter.validate_python(getattr(self, name), strict=False)
+            except pydantic.ValidationError as exc:
+                raise ConfigError(f"{self.name}.{name}: {exc.errors()[0]['msg']} (got {getattr(self, name)!r})") from None
 
     def brings_prompts(self) -> bool:
         """Whether the searcher's own parameters hold prompts (so a config needs none of its own)."""
@@ -157,3 +171,15 @@ class Searcher:
 
     def search(self, context: SearchContext, evaluate: Evaluate) -> None:
         raise NotImplementedError
+
+
+@functools.cache
+def _field_adapters(cls: type) -> dict[str, pydantic.TypeAdapter]:
+    """One validator per dataclass field of a searcher, built from its (Annotated) type."""
+    import dataclasses
+    import typing
+
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: pydantic.TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls) if f.name in hints}

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 from typing import Literal as Lit
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from miner.errors import ConfigError, MinerError
+from miner.errors import MinerError
 from miner.search._base import Capabilities, Evaluate, SearchContext, Searcher
 from miner.search._registry import register_searcher
 from miner.search._soft_common import (
@@ -56,30 +58,30 @@ class BlackboxSearcher(Searcher):
     summary = "derivative-free soft prompt: CMA-ES in a random low-dimensional projection (Black-Box Tuning)"
     capabilities = Capabilities(prompt_kind="soft")
 
-    n_tokens: int = 8  # virtual tokens (used when template is not given)
-    template: str | None = None  # with {soft:N} slots; default "{soft:N}" + the first seed prompt's template
-    verbalizer: dict[str, list[str] | str] | None = None
-    init: Lit["vocab", "text", "random"] = "vocab"
-    init_text: str = "Read the text and choose the best answer."
-    intrinsic_dim: int = 200  # size of the searched space
-    sigma: float = 1.0  # CMA-ES initial step size (z space)
-    popsize: int | None = None  # CMA-ES population (None: 4 + 3 ln d)
-    bound: float | None = None  # box constraint on |z_i| (None: unbounded)
-    generations: int = 50  # at most
-    max_fit_examples: int | None = None  # score fitness on a seeded subset of train (None: all)
-    eval_every: int = 2  # generations between evaluations of the best candidate
-    mixed_precision: bool = True
-    project: bool = True  # also score the nearest discrete prompt of the best soft prompt
+    n_tokens: Annotated[int, Field(ge=1, description="virtual tokens (used when template is not given)")] = 8
+    template: Annotated[str | None, Field(description="template with {soft:N} slots; default '{soft:N}' + the "
+                                                      "first seed prompt's template")] = None
+    verbalizer: Annotated[dict[str, list[str] | str] | None, Field(
+        description="label -> answer words; default: the first seed prompt's, else the label names")] = None
+    init: Annotated[Lit["vocab", "text", "random"], Field(
+        description="starting point p0: sampled vocabulary embeddings, init_text's embeddings, or random")] = "vocab"
+    init_text: Annotated[str, Field(description="text whose embeddings start the soft prompt (init: text)")] = (
+        "Read the text and choose the best answer.")
+    intrinsic_dim: Annotated[int, Field(ge=1, description="size d of the space CMA-ES searches")] = 200
+    sigma: Annotated[float, Field(gt=0, allow_inf_nan=False, description="CMA-ES initial step size in z space")] = 1.0
+    popsize: Annotated[int | None, Field(ge=2, description="CMA-ES population (default: 4 + 3 ln d)")] = None
+    bound: Annotated[float | None, Field(gt=0, allow_inf_nan=False,
+                                         description="box constraint on |z_i| (default: unbounded)")] = None
+    generations: Annotated[int, Field(ge=1, description="CMA-ES generations, at most")] = 50
+    max_fit_examples: Annotated[int | None, Field(ge=1, description="fitness on a seeded subset of train of this "
+                                                                     "size (default: all of train)")] = None
+    eval_every: Annotated[int, Field(ge=1, description="generations between evaluations of the best candidate")] = 2
+    mixed_precision: Annotated[bool, Field(description="bfloat16/float16 autocast for fitness passes on a GPU")] = True
+    project: Annotated[bool, Field(description="also score the nearest discrete prompt of the best soft prompt")] = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_template(self.template)
-        for name in ("n_tokens", "intrinsic_dim", "generations", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"blackbox.{name} must be at least 1, got {getattr(self, name)}")
-        if self.popsize is not None and self.popsize < 2:
-            raise ConfigError(f"blackbox.popsize must be at least 2, got {self.popsize}")
-        if not self.sigma > 0:
-            raise ConfigError(f"blackbox.sigma must be positive, got {self.sigma}")
 
     def validate(self, context: SearchContext) -> None:
         build_layout(context, self.template, self.n_tokens, self.verbalizer)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from miner.errors import PromptError
 from miner.prompts import Prompt
@@ -20,8 +22,11 @@ class ManualSearcher(Searcher):
     summary = "evaluate the config's hand-written prompts as they are"
     capabilities = Capabilities(needs_seed_prompts=True)
 
-    prompts: list[dict[str, Any]] = field(default_factory=list)  # extra prompts (template, verbalizer, ...)
-    with_calibration: bool = False  # also score every prompt with content-free calibration
+    prompts: Annotated[list[dict[str, Any]], Field(
+        description="extra prompts beside the config's, as exported: {template, verbalizer, calibrate, triggers}")] = (
+        field(default_factory=list))
+    with_calibration: Annotated[bool, Field(
+        description="also score every prompt with content-free calibration flipped")] = False
 
     def brings_prompts(self) -> bool:
         return bool(self.prompts)

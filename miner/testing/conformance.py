@@ -9,8 +9,9 @@ Usage in a test module (one fixture, as Optuna's ``pytest_samplers`` does for sa
         def searcher(self):
             return MySearcher(steps=3)
 
-Everything else the checks need (the tiny causal and masked LMs, a small task) comes with the
-class as fixtures, so nothing else has to be imported. Optionally override the ``backend``
+Everything else the checks need (the tiny causal and masked LMs, a small task) comes from the
+pytest plugin ``miner.testing.plugin``, which pytest loads by itself wherever miner is installed,
+so nothing else has to be imported. Optionally override the ``backend``
 fixture (default: a tiny causal LM, and the tiny masked LM too when the searcher supports it)
 or ``budget``.
 """
@@ -36,25 +37,9 @@ def _seed_prompts(label_names):
     ]
 
 
-def _data():
-    from miner.tasks import TaskSpec, load_task
-
-    return load_task(TaskSpec(source="builtin", name="rotten_tomatoes", max_test=16), 4, 13)
-
-
-def _backend(kind: str):
-    from miner.testing.tiny import tiny_causal, tiny_masked
-
-    return tiny_causal() if kind == "causal" else tiny_masked()
-
-
-# Module-level twins of the class's fixtures, for tests outside a SearcherConformance subclass.
-conformance_data = pytest.fixture(scope="session", name="conformance_data")(_data)
-
-
-@pytest.fixture(scope="session", params=["causal", "masked"], name="conformance_backend")
-def conformance_backend(request):
-    return _backend(request.param)
+# The fixtures live in miner.testing.plugin, which pytest loads by itself (the ``pytest11`` entry
+# point) wherever miner is installed; importing them here keeps older test modules working.
+from miner.testing.plugin import conformance_backend, conformance_data  # noqa: E402,F401
 
 
 class SearcherConformance:
@@ -62,13 +47,6 @@ class SearcherConformance:
 
     budget = BudgetSpec(max_evaluations=6, max_forward_passes=40)
 
-    @pytest.fixture(scope="session")
-    def conformance_data(self):
-        return _data()
-
-    @pytest.fixture(scope="session", params=["causal", "masked"])
-    def conformance_backend(self, request):
-        return _backend(request.param)
 
     @pytest.fixture
     def searcher(self) -> Searcher:  # pragma: no cover - must be overridden
