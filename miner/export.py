@@ -386,6 +386,10 @@ def load_exported(path: str | Path) -> ExportedPrompt:
 def validate_export(d: Mapping[str, Any], path: Path, schema: type[ExportBody]) -> tuple[ExportedPrompt, Any]:
     """Check ``d`` against ``schema`` and build its prompt: ``(ExportedPrompt, validated model)``."""
     try:
+        bad = _non_text(d)
+        if bad is not None:
+            where, text = bad
+            raise ExportFileError(f"{path}: {where or 'top level'}: {text!r} holds a lone UTF-16 surrogate, which is not text")
         body = schema.model_validate(d)
     except pydantic.ValidationError as exc:
         raise ExportFileError(f"{path}: {format_validation_error(exc)}") from None
@@ -395,6 +399,25 @@ def validate_export(d: Mapping[str, Any], path: Path, schema: type[ExportBody]) 
     ex = ExportedPrompt(prompt, body.model, dict(d["task"]), dict(d.get("scores", {})), dict(d.get("provenance", {})),
                         dict(d.get("leaderboard", {})))
     return ex, body
+
+
+def _non_text(value: Any, where: str = "") -> tuple[str, str] | None:
+    """The first string (key or value) that is not valid Unicode: JSON's ``"\\ud800"`` escapes decode to one."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where, value[:40]
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        here = (where + _loc_part(k)).lstrip(".")
+        if isinstance(k, str) and _non_text(k) is not None:
+            return here, k[:40]
+        found = _non_text(v, here)
+        if found is not None:
+            return found
+    return None
 
 
 def build_prompt(d: Mapping[str, Any], label_names: Sequence[str], text_fields: Sequence[str], path: Path) -> Prompt | PromptEnsemble:

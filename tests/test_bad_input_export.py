@@ -93,6 +93,8 @@ TAMPERED = {
     "model-list": (_set("model", ["a"]), "best.json: model: should be a string"),
     "word-number": (_set("prompt", "verbalizer", "negative", 1), "best.json: prompt.verbalizer.negative: should be a word"),
     "word-in-list-number": (_set("prompt", "verbalizer", "negative", [1]), "best.json: prompt.verbalizer.negative[0]: should be a string"),
+    "word-lone-surrogate": (_set("prompt", "verbalizer", "negative", ["\ud800"]), "best.json: prompt.verbalizer.negative[0]"),
+    "template-lone-surrogate": (_set("prompt", "template", "\udc00 {sentence} It was {answer}"), "best.json: prompt.template"),
     "calibrate-string": (_set("prompt", "calibrate", "false"), "best.json: prompt.calibrate: should be true or false"),
     "calibrate-number": (_set("prompt", "calibrate", 0), "best.json: prompt.calibrate: should be true or false"),
     "k-bool": (_set("task", "k", True), "best.json: task.k: should be an integer"),

@@ -70,6 +70,7 @@ scalars = st.one_of(
     st.integers(), st.sampled_from([0, -1, 2**31, 2**63, 10**30, -(10**30), 10**400]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=30), slot_text,
+    st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=2),  # JSON's "\\ud800"
 )
 json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                             st.dictionaries(st.text(max_size=10), inner, max_size=4)),
@@ -136,6 +137,7 @@ def test_mutated_export_loads_or_raises_a_miner_error(doc):
         else:
             assert isinstance(ex.prompt, (Prompt, PromptEnsemble))
             assert ex.label_names and ex.text_fields
+            json.dumps(ex.prompt.to_dict(), ensure_ascii=False).encode("utf-8")  # all of it is text
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
