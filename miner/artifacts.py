@@ -52,16 +52,28 @@ class ArtifactStore:
     def get_tensor(self, ref: str) -> torch.Tensor:
         from safetensors.torch import load_file
 
+        from safetensors import SafetensorError
+
         path = self.path(ref)
         if not path.is_file():
             raise MinerError(f"soft prompt {ref!r} is not in the artifact store {str(self.root)!r}")
-        return load_file(str(path))["soft_prompt"]
+        try:
+            tensor = load_file(str(path))["soft_prompt"]
+        except (SafetensorError, KeyError, OSError) as exc:
+            raise MinerError(f"soft prompt {ref!r}: {path} is not a readable soft-prompt tensor "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if tensor.dim() != 2:
+            raise MinerError(f"soft prompt {ref!r}: {path} holds a tensor of shape {tuple(tensor.shape)}, not [tokens, hidden]")
+        return tensor
 
     def get_meta(self, ref: str) -> dict[str, Any]:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(self.path(ref)), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("miner", "{}"))
+        try:
+            with safe_open(str(self.path(ref)), framework="pt") as f:
+                return json.loads((f.metadata() or {}).get("miner", "{}"))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise MinerError(f"soft prompt {ref!r}: unreadable metadata ({type(exc).__name__})") from None
 
 
 def artifacts_for_storage(url: str, override: str | None = None) -> ArtifactStore:

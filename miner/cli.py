@@ -189,6 +189,9 @@ def _cmd_leaderboard(args) -> int:
 def _cmd_export(args) -> int:
     from miner.export import export_best
 
+    from miner.export import check_output_path
+
+    check_output_path(args.output)  # before any work: a bad -o is the first thing said
     storage = args.storage or default_storage()
     _reader(storage).close()  # a missing leaderboard is an error, not a new empty one
     ex = export_best(storage, task=args.task, model=args.model, searcher=args.searcher, seed=args.seed, k=args.k, out=args.output)
@@ -214,19 +217,13 @@ def _read_inputs(path: str, max_mb: float) -> list[Any]:
 
 def _soft_export_path(path: str) -> str | None:
     """The soft-prompt export a prompt file points to (a directory, its description, or our JSON)."""
+    from miner.export import soft_export_dir
     from miner.soft_export import is_soft_export
 
     if is_soft_export(path):
         return path
-    p = Path(path)
-    if p.is_file() and p.suffix == ".json":
-        try:
-            ref = json.loads(p.read_text(encoding="utf-8")).get("soft_export")
-        except (OSError, ValueError, AttributeError):
-            return None
-        if ref and is_soft_export(p.parent / ref):
-            return str(p.parent / ref)
-    return None
+    d = soft_export_dir(path)  # never raises: a bad file is load_exported's to explain
+    return str(d) if d is not None else None
 
 
 def _cmd_predict(args) -> int:

@@ -173,8 +173,12 @@ def job_key(cfg: RunConfig, searcher_index: int, seed: int, k: int | None) -> st
         exempt = ()
     if exempt and isinstance(searcher.get("params"), dict):
         searcher["params"] = {k: v for k, v in searcher["params"].items() if k not in exempt}
+    task = cfg.task.model_dump(mode="json")
+    # where the data lives (a k-shot root, from the config or $MINER_FEWSHOT_ROOT) is not what a job is:
+    # the same config resumes on another machine or checkout
+    task["root"] = None  # (not popped: the keys of configs that never had a root stay as they were)
     ident = {
-        "task": cfg.task.model_dump(mode="json"),
+        "task": task,
         "model": cfg.model.name,
         "searcher": searcher,
         "prompts": [p.model_dump(mode="json") for p in cfg.prompts],

@@ -29,6 +29,15 @@ RUN_CASES = [
          {"template": "{sentence} {answer}", "verbalizer": {"negative": ["bad"], "positive": ["good"]}},
          {"template": "{nope} {answer}", "verbalizer": {"negative": ["bad"], "positive": ["good"]}}]}}]},
      "manual.prompts[1]"),
+    ("out-of-vocabulary trigger id in a manual searcher's prompt",
+     {"searchers": [{"name": "manual", "params": {"prompts": [
+         {"template": "{sentence} {trigger:1} {answer}", "verbalizer": {"negative": ["bad"], "positive": ["good"]},
+          "triggers": [99999999]}]}}]},
+     "manual.prompts[0]"),
+    ("two labels with the same words in a manual searcher's prompt",
+     {"searchers": [{"name": "manual", "params": {"prompts": [
+         {"template": "{sentence} {answer}", "verbalizer": {"negative": ["good"], "positive": ["good"]}}]}}]},
+     "manual.prompts[0]"),
     ("artifacts folder that cannot be written", {"artifacts": "/proc/miner-artifacts", "searchers": [SOFT]}, "artifacts"),
     ("artifacts path that is a file", {"artifacts": "FILE", "searchers": [SOFT]}, "not a folder"),
 ]

@@ -111,7 +111,6 @@ TAMPERED = {
 # miner predict reads "soft_export" itself (miner/cli.py _soft_export_path) before load_exported does,
 # and fails on these with an unexpected TypeError / RecursionError; miner.export.soft_export_dir
 # is the safe reading it can switch to.
-NEEDS_CLI = pytest.mark.xfail(strict=True, reason="miner/cli.py _soft_export_path reads soft_export unchecked")
 CLI_READS_FIRST = {"soft-export-number"}
 
 
@@ -127,7 +126,6 @@ def test_tampered_export_is_one_line_naming_the_key(case, made, tmp_path, clean_
         clean_failure(_predict(path), needle=needle, watch=tmp_path, db=made.db)
 
 
-@NEEDS_CLI
 @pytest.mark.parametrize("case", sorted(CLI_READS_FIRST))
 def test_tampered_export_through_the_cli_soft_export_lookup(case, made, tmp_path, clean_failure):
     edit, needle = TAMPERED[case]
@@ -156,7 +154,7 @@ def test_huge_slot_count_is_refused_before_parsing(made, tmp_path):
 
 
 @pytest.mark.parametrize("content, needle", [
-    pytest.param("[" * 100_000, "nested too deeply", marks=NEEDS_CLI),
+    pytest.param("[" * 100_000, "nested too deeply"),
     ('{"format": "miner-prompt/1", "k": ' + "1" * 5000 + "}", "not valid JSON"),
     ("[1, 2]", "not a miner export"),
 ])

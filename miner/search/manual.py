@@ -35,7 +35,7 @@ class ManualSearcher(Searcher):
         candidates = list(context.prompts)
         for i, d in enumerate(self.prompts):
             try:
-                candidates.append(Prompt.from_dict(d, context.label_names))
+                candidates.append(Prompt.from_dict(d, context.label_names, distinct=True))
             except (PromptError, TypeError, AttributeError) as exc:
                 raise PromptError(f"manual.prompts[{i}]: {exc}") from None
         if self.with_calibration:
