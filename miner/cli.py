@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-input-mb", type=float, default=64.0, help="largest --input file read (default: %(default)s MB)")
     p.add_argument("--json", action="store_true", help="print JSON lines with all label probabilities")
 
-    p = sub.add_parser("plot", help="plot best dev score against cost, and dev against test", description="Draw two panels from the leaderboard: best dev score so far against forward passes spent (one line per job, coloured by searcher), and dev against test score for the test-scored rows. Needs matplotlib (pip install 'miner[plot]').")
+    p = sub.add_parser("plot", help="plot best dev score against cost, and dev against test", description="Draw two panels from the leaderboard: best dev score so far against forward passes spent (one line per job, coloured by searcher), and dev against test score for the test-scored rows.")
     _add_filters(p)
     p.add_argument("--run", dest="run_id", help="only this run (its id or a unique prefix of it)")
     p.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf or .svg)")

@@ -8,7 +8,7 @@
 - **dev score against test score** for the rows that have a test score, with the diagonal:
   points far below it are prompts whose dev score was luck (32 dev examples tie and overfit).
 
-Needs matplotlib (``pip install 'miner[plot]'``); it draws on a ``Figure`` of its own and saves
+Uses matplotlib (a dependency); it draws on a ``Figure`` of its own and saves
 it to a file, without pyplot, so a notebook's plotting backend is left alone.
 """
 
@@ -27,7 +27,7 @@ def _matplotlib():
         from matplotlib import colormaps
         from matplotlib.figure import Figure
     except ImportError:
-        raise MinerError("plotting needs matplotlib: pip install 'miner[plot]' (or pip install matplotlib)") from None
+        raise MinerError("plotting needs matplotlib, a dependency of miner that is missing here: pip install matplotlib") from None
     return Figure, colormaps
 
 
