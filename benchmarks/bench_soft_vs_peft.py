@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     from miner.scoring import Scorer
     from miner.tasks import TaskSpec, load_task
 
-    data = load_task(TaskSpec(source="kshot", root="../shared/data/fewshot", name=args.task, max_test=args.max_test), 16, args.seed)
+    data = load_task(TaskSpec(source="kshot", name=args.task, max_test=args.max_test), 16, args.seed)
     backend = load_backend(args.model)
     results = {}
     # Interleaved: PEFT, ours (same LM loss), ours (default cross-entropy).

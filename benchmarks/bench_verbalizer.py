@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from miner.tasks import TaskSpec, load_task
 
     be = load_backend(args.model)
-    data = load_task(TaskSpec(source="kshot", root=str(REPO.parent / "shared" / "data" / "fewshot"), name="sst-2"), 16, args.seed)
+    data = load_task(TaskSpec(source="kshot", name="sst-2"), 16, args.seed)
     labels = data.label_names
     probe = Prompt.create(TEMPLATE, {lab: ["a"] for lab in labels}, labels)
     scorer = Scorer(be, progress=False)

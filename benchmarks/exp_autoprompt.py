@@ -73,7 +73,7 @@ def parse_args(argv=None):
 
 def task_spec(args) -> TaskSpec:
     if args.task == "sst2":
-        return TaskSpec(source="kshot", root=str(REPO.parent / "shared" / "data" / "fewshot"), name="sst-2",
+        return TaskSpec(source="kshot", name="sst-2",
                         max_test=args.max_test)
     return TaskSpec(source="builtin", name="rotten_tomatoes", max_test=args.max_test)
 
