@@ -219,6 +219,7 @@ def _board_summary(url):
     return sorted((r.seed, r.prompt_key, r.dev_score, r.train_score, r.test_score) for r in rows), {r.run_id for r in rows}
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", ["loky", "dask"])
 def test_parallel_jobs_write_what_a_sequential_run_writes(tmp_path, tiny_dir, capsys, backend, monkeypatch):
     if backend == "dask":

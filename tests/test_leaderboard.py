@@ -357,6 +357,7 @@ def _writer(url: str, barrier, label: str) -> None:
     board.close()
 
 
+@pytest.mark.process
 def test_two_processes_write_concurrently(url):
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
