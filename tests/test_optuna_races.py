@@ -26,6 +26,7 @@ from miner.cli import main
 from miner.leaderboard import Leaderboard
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+GRACE = 4  # heartbeat_grace_s of these jobs, seconds
 
 
 def _config(tmp_path, model_dir, n_trials, **params):
@@ -34,7 +35,7 @@ def _config(tmp_path, model_dir, n_trials, **params):
         "model": {"name": str(model_dir)},
         "searchers": [{"name": "optuna", "params": {
             "n_trials": n_trials, "pool_sizes": [2, 3], "max_words": 2, "n_startup_trials": 2, "pruner": "none",
-            "train_shares": [1.0], "heartbeat_grace_s": 3, **params}}],
+            "train_shares": [1.0], "heartbeat_grace_s": GRACE, **params}}],
         "seeds": [1],
         "k": 4,
         "storage": f"sqlite:///{tmp_path / 'lb.db'}",
@@ -51,7 +52,8 @@ def _study(url):
     return optuna.load_study(study_name=names[0], storage=url)
 
 
-@pytest.mark.xfail(strict=True, reason="known race: the popped trial's parameters are lost, or it is left RUNNING")
+@pytest.mark.process  # a (simulated) killed worker against a resume, which waits out the grace period
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the simulated killed worker asks directly
 def test_a_trial_asked_by_a_worker_killed_before_it_marked_the_trial_is_rerun_once_on_resume(tmp_path, tiny_model_dir):
     n_trials = 5
     path, cfg = _config(tmp_path, tiny_model_dir, n_trials)
@@ -89,16 +91,17 @@ _SLOW_WORKER = """
     import miner.search.optuna_search  # registers the searcher before the CLI looks it up
     from miner.cli import main
 
-    real = run_mod.search_verbalizers
-    def slow(*a, **k):  # a long step: a big model, or a big training set
-        time.sleep(float(os.environ["SLOW_STEP_S"]))
+    real, calls = run_mod.search_verbalizers, []
+    def slow(*a, **k):  # the first trial has a long step (a big model, or a big training set)
+        if not calls:
+            time.sleep(float(os.environ["SLOW_STEP_S"]))
+        calls.append(1)
         return real(*a, **k)
     run_mod.search_verbalizers = slow
     sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="known race: the late worker fails the live trial (per-step heartbeat) and repeats its draws")
 @pytest.mark.process
 def test_a_late_worker_leaves_a_live_workers_trial_alone_and_repeats_none_of_its_trials(tmp_path, tiny_model_dir):
     # A large space, so that two independent draws (the late worker's and the live one's) collide
@@ -107,7 +110,7 @@ def test_a_late_worker_leaves_a_live_workers_trial_alone_and_repeats_none_of_its
     url = cfg["storage"]
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(_SLOW_WORKER))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SLOW_STEP_S": "6"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SLOW_STEP_S": str(GRACE + 3)}
     live = subprocess.Popen([sys.executable, str(script), "run", str(path), "--no-progress"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -119,7 +122,7 @@ def test_a_late_worker_leaves_a_live_workers_trial_alone_and_repeats_none_of_its
                 running = _study(url).get_trials(states=(TrialState.RUNNING,))
             except (AssertionError, KeyError, sqlalchemy.exc.SQLAlchemyError):  # no study yet, or tables being created
                 running = []
-            if running and time.time() - running[0].datetime_start.timestamp() > 3.5:
+            if running and time.time() - running[0].datetime_start.timestamp() > GRACE + 0.5:
                 break
             time.sleep(0.1)
         first = running[0]
@@ -132,8 +135,9 @@ def test_a_late_worker_leaves_a_live_workers_trial_alone_and_repeats_none_of_its
     study = _study(url)  # joined, not a fresh study
     assert study.trials[first.number].state == TrialState.COMPLETE  # the live trial was neither failed nor re-run
     assert not study.get_trials(states=(TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING))
-    assert len(study.get_trials(states=FINISHED)) == 3
+    finished = study.get_trials(states=FINISHED)
+    assert 3 <= len(finished) <= 4  # the study's target (two workers asking at the same instant may add one)
     live_params = study.trials[first.number].params
     assert all(t.params != live_params for t in study.trials if t.number != first.number)
     rows = Leaderboard(url).rows()
-    assert len({r.prompt_key for r in rows}) == len(rows) == 3
+    assert len({r.prompt_key for r in rows}) == len(rows) == len(study.get_trials(states=(TrialState.COMPLETE,)))

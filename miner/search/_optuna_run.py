@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import random
 import re
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Sequence
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from miner.errors import BudgetExhausted, ConfigError, PromptError
@@ -17,9 +20,7 @@ from miner.prompts import Prompt, PromptEnsemble
 from miner.search._base import Evaluate, SearchContext, rank_key
 from miner.search._labelwords import candidate_pool, decoded_vocab, search_verbalizers, word_mask
 from miner.search._optuna_space import TemplateSpace, build_space
-from miner.search._optuna_study import (
-    ask_marked, finished_count, heartbeat, make_pruner, make_sampler, open_study, recover_stale,
-)
+from miner.search._optuna_study import FINISHED, SharedStudy, make_pruner, make_sampler, open_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -101,30 +102,70 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
     name = s.study_name or f"miner-{ctx.job_key}"
     resumed = bool(ctx.budget is not None and getattr(ctx.budget, "evaluations", 0) > 0)
     directions = ["maximize", "minimize"] if job.multi_objective else ["maximize"]
-    study = open_study(ctx.storage_url if persistent else None, name, directions,
-                       make_sampler(s.sampler, seed, s.n_startup_trials), make_pruner(s.pruner, s.n_startup_trials),
-                       s.n_trials, resumed, ctx.started_at)
+    shared = open_study(ctx.storage_url if persistent else None, name, directions,
+                        make_sampler(s.sampler, seed, s.n_startup_trials), make_pruner(s.pruner, s.n_startup_trials),
+                        s.n_trials, resumed, ctx.started_at, s.heartbeat_grace_s)
+    study = shared.study
     study.set_user_attr("miner", {"job_key": ctx.job_key, "task": ctx.task.name, "model": be.name,
                                   "objective": "dev score + tie_weight * exp(dev loglik)", "tie_weight": s.tie_weight})
     ctx.logger.info("optuna: study %r (%s), %d finished trials", study.study_name,
-                    "in the leaderboard database" if persistent else "in memory", finished_count(study))
+                    "in the leaderboard database" if persistent else "in memory", shared.finished())
+    mine: set[int] = set()  # trials this call finished
+    arrived_done = None  # the study needed nothing from this call when it started
+    waiting_logged = False
     while True:
-        recover_stale(study, s.heartbeat_grace_s)
-        if finished_count(study) >= s.n_trials:
-            break
-        trial = ask_marked(study)
+        shared.recover()
+        c = shared.counts()
+        finished = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+        running, queued = c[TrialState.RUNNING], c[TrialState.WAITING]
+        if arrived_done is None:
+            arrived_done = finished >= s.n_trials and not running and not queued
+        # Trials in flight count towards n_trials: their workers finish them, or they turn stale and
+        # come back queued. A queued trial (a retry, or one a user enqueued) is always run.
+        if finished + running >= s.n_trials and not queued:
+            if not running or shared.storage is None:
+                break
+            if not waiting_logged:
+                ctx.logger.info("optuna: waiting for %d trial(s) of other workers (re-run here if their worker died)", running)
+                waiting_logged = True
+            time.sleep(min(1.0, shared.interval))
+            continue
+        trial, beat = shared.ask()
         try:
             values = _trial(job, study, trial)
         except _Pruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            _tell(shared, trial, beat, mine, ctx.logger, state=TrialState.PRUNED)
+            continue
+        except UpdateFinishedTrialError:
+            # Another worker failed the trial: no heartbeat of it reached the database within the grace period.
+            _stop(beat)
+            ctx.logger.warning("optuna: trial %d was failed by another worker (no heartbeat within %d s); "
+                               "its parameters were queued again", trial.number, shared.grace)
             continue
         except BaseException:
             # Budget exhausted, interrupted or a real error: the trial did not finish.
-            study.tell(trial, state=TrialState.FAIL)
+            _tell(shared, trial, beat, mine, ctx.logger, state=TrialState.FAIL)
             raise
-        study.tell(trial, values)
+        _tell(shared, trial, beat, mine, ctx.logger, values=values)
     if s.ensemble_top >= 2:
-        _propose_ensemble(job, study)
+        _propose_ensemble(job, shared, mine, bool(arrived_done))
+
+
+def _stop(beat) -> None:
+    if beat is not None:
+        beat.stop()
+
+
+def _tell(shared: SharedStudy, trial: optuna.Trial, beat, mine: set[int], log, **kw) -> None:
+    _stop(beat)
+    frozen = shared.study.tell(trial, skip_if_finished=True, **kw)
+    if frozen.state in FINISHED:
+        mine.add(trial.number)
+    wanted = kw.get("state", TrialState.COMPLETE)
+    if frozen.state != wanted:
+        log.warning(
+            "optuna: trial %d had been failed by another worker (no heartbeat within %d s); its result is not in the "
+            "study", trial.number, shared.grace)
 
 
 def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
@@ -146,15 +187,30 @@ def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     return out[:k]
 
 
-def _propose_ensemble(job: _Job, study: optuna.Study) -> None:
-    """Propose the mean of the top trials' label probabilities as the job's pick (not an Optuna trial)."""
+def _propose_ensemble(job: _Job, shared: SharedStudy, mine: set[int], arrived_done: bool) -> None:
+    """Propose the mean of the top trials' label probabilities as the job's pick (not an Optuna trial).
+
+    Called once no trial of the study is running, so every worker sees the same finished trials.
+    Of the workers that finished trials, the one that finished the study's last trial proposes it;
+    a worker that found the study done (a ``--resume`` to add the ensemble) proposes it unless the
+    study already records the ensemble of these top trials.
+    """
     labels = job.ctx.label_names
-    recover_stale(study, job.s.heartbeat_grace_s)
-    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # Another worker's trial is still running: the last worker to finish proposes the ensemble.
-        job.ctx.logger.info("optuna: other workers' trials are still running; the last one to finish proposes the ensemble")
-        return
+    study = shared.study
     top = top_trials(study, job.s.ensemble_top)
+    if mine:
+        done = study.get_trials(deepcopy=False, states=FINISHED)
+        last = max(done, key=lambda t: (t.datetime_complete or datetime.min, t.number))
+        if last.number not in mine:
+            job.ctx.logger.info("optuna: trial %d of another worker finished the study; that worker proposes the ensemble",
+                                last.number)
+            return
+    elif not arrived_done:
+        job.ctx.logger.info("optuna: other workers finished the study; the last one to finish proposes the ensemble")
+        return
+    elif (study.user_attrs.get("ensemble") or {}).get("trials") == [t.number for t in top]:
+        job.ctx.logger.info("optuna: the study already has the ensemble of its top trials")
+        return
     if len(top) < 2:
         job.ctx.logger.info("optuna: fewer than 2 finished trials, no ensemble")
         return
@@ -292,7 +348,6 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
         res = search_verbalizers(X, gold, pool, n_words, Wcf=Xcf, metric=ctx.task.metric, select=select,
                                  max_verbalizers=s.max_verbalizers)
         trial.set_user_attr(f"examined_step{step}", res.examined)
-        heartbeat(study, trial)
         if not multiobj and step < len(chunks) - 1:
             trial.report(res.metric + s.tie_weight * math.exp(min(0.0, res.loglik)), step)
             if trial.should_prune():

@@ -1,35 +1,47 @@
-"""The Optuna side of the ``optuna`` searcher: samplers, pruners, and a resumable study.
+"""The Optuna side of the ``optuna`` searcher: samplers, pruners, and a study shared by workers.
 
 The study lives in the leaderboard's own database (Optuna's standard RDB schema, so
 ``optuna-dashboard sqlite:///miner.db`` shows it), named after the job key, so that
 
 - ``miner run --resume`` after a crash continues the same study: trials left RUNNING by a
-  dead process are failed and their parameters re-enqueued (re-asked) by the next worker;
+  dead process are failed and their parameters re-run by a worker of the study;
 - several worker processes running the same job share one study (each asks its own trials;
   the study's trial count, not each worker's, decides when the job is done).
 
-A RUNNING trial belongs to a dead process when its recorded host is this host and its pid
-is gone (immediate, no timeout), or when its heartbeat is older than the grace period
-(any host; heartbeats are written at every step of a trial).
+Only Optuna's public API is used. A worker's trial is kept alive by Optuna's heartbeat
+(:meth:`RDBStorage.record_heartbeat`, written by a thread of the worker every
+``heartbeat_interval`` seconds, whatever the length of a step); a trial whose heartbeat is older
+than the grace period is failed by :func:`optuna.storages.fail_stale_trials` and re-enqueued
+with its parameters by :class:`optuna.storages.RetryHeartbeatStaleTrialCallback`. Optuna never
+fails a trial that has no heartbeat at all, which is what a worker killed between ``ask()`` and
+its first heartbeat leaves; so a worker records itself on its trial (user attribute
+``worker``) only after that heartbeat, and a RUNNING trial without that record is failed and
+retried the same way once the grace period has passed since it started. (Optuna writes
+heartbeats itself only inside ``optimize()``; the searcher's loop is ``ask()``/``tell()``.)
 
-A worker's new trial is created RUNNING with the worker already recorded on it, in one
-storage write (``ask_marked``), so no kill can leave a fresh trial without an owner. Only a
-re-enqueued trial (a retry, or one a user enqueued) is popped first and marked right after;
-one left unmarked by a kill in between counts as dead after ``UNMARKED_GRACE_S``.
+The loop (``_optuna_run.run_study``) counts running trials towards ``n_trials`` and, before it
+stops, waits for other workers' running trials: each is finished by its worker or turns stale
+and is re-run, so a resume after a kill re-runs the killed trial once and no trial is left
+RUNNING. No process ids or file locks are involved: a worker in another container or on
+another host is judged by its heartbeats alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 import os
 import socket
+import threading
 import time
 import warnings
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from miner.errors import ConfigError
@@ -38,10 +50,10 @@ logger = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
 PRUNERS = ("median", "successive_halving", "none")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+OWNER = "worker"  # trial user attribute: the worker running it, written after its first heartbeat
+MAX_RETRY = 2  # a trial that kills its worker every time (out of memory) is given up after this many retries
 _HOST = socket.gethostname()
-_START = f"{time.time():.6f}"  # distinguishes this process from a later one reusing its pid
-# A popped trial is marked within milliseconds; a SQLite writer may wait up to 120 s for the lock.
-UNMARKED_GRACE_S = 150.0
 
 
 def make_sampler(name: str, seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
@@ -49,7 +61,7 @@ def make_sampler(name: str, seed: int, n_startup: int) -> optuna.samplers.BaseSa
         # multivariate + group: the template parts and verbalizer settings are modelled jointly,
         # and conditional parameters (full template vs assembled parts) get their own groups.
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -73,81 +85,194 @@ def make_pruner(name: str, n_startup: int) -> optuna.pruners.BasePruner:
     raise ConfigError(f"optuna searcher: unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
 
 
-def make_storage(url: str | None) -> optuna.storages.BaseStorage:
+def heartbeat_settings(grace_s: float) -> tuple[int, int]:
+    """(heartbeat_interval, grace_period) in whole seconds, as RDBStorage takes them."""
+    grace = max(3, math.ceil(grace_s))
+    # Several beats per grace period, so that a late write (a busy SQLite lock) does not make a live
+    # trial stale; SQLite dates them in whole seconds, so a live trial may look up to interval + 1 s old.
+    return max(1, grace // 4), grace
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ExperimentalWarning)
+    _RETRY = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """The storage's stale-trial callback: log, then let Optuna re-enqueue the parameters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        given_up = len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= MAX_RETRY
+        _RETRY(study, trial)
+    if given_up:
+        logger.warning("optuna: trial %d was left running by a dead worker %d times; not retried again",
+                       trial.number, MAX_RETRY + 1)
+    else:
+        logger.info("optuna: trial %d was left running by a dead worker; failed and re-enqueued", trial.number)
+
+
+
+def make_storage(url: str | None, grace_s: float | None = None) -> optuna.storages.BaseStorage:
+    """Optuna's storage for ``url`` (in memory for None); with ``grace_s``, heartbeats are on."""
     if url is None:
         return optuna.storages.InMemoryStorage()
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any]
     if url.startswith("sqlite"):
         # Several workers and the leaderboard write to one file: wait for the lock, don't fail.
         kwargs = {"connect_args": {"timeout": 120}}
     else:
         kwargs = {"pool_pre_ping": True}
+    beats: dict[str, Any] = {}
+    if grace_s is not None:
+        interval, grace = heartbeat_settings(grace_s)
+        beats = {"heartbeat_interval": interval, "grace_period": grace, "heartbeat_stale_trial_callback": _retry_stale}
     # Two workers opening a new database at once race to create Optuna's tables and version rows
-    # ("table studies already exists" from the loser). On a SQLite file (one host) a file lock
-    # serialises them; elsewhere the loser retries, since the winner's tables are fine.
-    with _creation_lock(url):
-        for attempt in range(8):
-            try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-            except Exception as exc:  # sqlalchemy / optuna errors, wrapped differently across versions
-                text = str(exc).lower()
-                if attempt == 7 or not any(k in text for k in ("already exists", "locked", "unique", "integrity")):
-                    raise
-                logger.debug("optuna storage creation raced another worker (%s); retrying", exc)
-                time.sleep(0.2 * (attempt + 1))
+    # ("table studies already exists", a duplicate version row); the loser retries: the winner's
+    # tables are complete once its transaction commits.
+    for attempt in range(8):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beats)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            text = str(exc).lower()
+            if attempt == 7 or not any(k in text for k in ("already exists", "locked", "unique", "integrity")):
+                raise
+            logger.debug("optuna storage creation raced another worker (%s); retrying", exc)
+            time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-@contextlib.contextmanager
-def _creation_lock(url: str):
-    import sqlalchemy as sa
+class _Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds until stopped (as ``optimize()`` does)."""
 
-    try:
-        parsed = sa.make_url(url)
-    except Exception:
-        parsed = None
-    db = parsed.database if parsed is not None and parsed.get_backend_name() == "sqlite" else None
-    if not db or db == ":memory:" or db.startswith("file:"):
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: rely on the retries
-        yield
-        return
-    with open(f"{db}.optuna-lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: int) -> None:
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"optuna-heartbeat-{trial_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except sqlalchemy.exc.SQLAlchemyError as exc:  # a busy database: the next beat may get through
+                logger.debug("optuna: heartbeat of trial id %d not written: %s", self._trial_id, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
-def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+def _owned(t: optuna.trial.FrozenTrial) -> bool:
+    """Has the trial's worker recorded its first heartbeat? (A retry inherits its original's attributes.)"""
+    owner = t.user_attrs.get(OWNER)
+    return isinstance(owner, dict) and owner.get("trial") == t.number
+
+
+@dataclass
+class SharedStudy:
+    """The job's study and how this worker takes part in it."""
+
+    study: optuna.Study
+    storage: optuna.storages.RDBStorage | None  # None: in memory, private to this call (nothing to recover)
+    study_id: int | None = None
+    created: bool = True  # this worker created the study (else it joined one that others, or a killed run, started)
+    interval: int = 1
+    grace: int = 2
+
+    @property
+    def study_name(self) -> str:
+        return self.study.study_name
+
+    def counts(self) -> dict[TrialState, int]:
+        out = dict.fromkeys(TrialState, 0)
+        for t in self.study.get_trials(deepcopy=False):
+            out[t.state] += 1
+        return out
+
+    def finished(self) -> int:
+        c = self.counts()
+        return c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+
+    def recover(self) -> None:
+        """Fail the trials of dead workers; their parameters are re-enqueued (see the module docstring)."""
+        if self.storage is None:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)  # heartbeat older than the grace period
+        now = time.time()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            # datetime_start is stored in UTC and read back in local time: .timestamp() is exact
+            if _owned(t) or t.datetime_start is None or now - t.datetime_start.timestamp() <= self.grace:
+                continue
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, t.number)
+            try:
+                changed = self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:  # its worker (alive after all) or another one finished it first
+                continue
+            if changed:  # the state change is atomic: only the worker that made it re-enqueues
+                _retry_stale(self.study, self.storage.get_trial(trial_id))
+
+    def ask(self) -> tuple[optuna.Trial, _Heartbeat | None]:
+        """``study.ask()`` (an enqueued trial first), then the heartbeat, then the owner record."""
+        with warnings.catch_warnings():
+            # Optuna warns that its own heartbeat thread runs only in optimize(); ours runs here.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = self.study.ask()
+        if self.storage is None:
+            return trial, None
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        self.storage.record_heartbeat(trial_id)  # from here on a kill is found by fail_stale_trials
+        trial.set_user_attr(OWNER, {"host": _HOST, "pid": os.getpid(), "trial": trial.number})
+        return trial, _Heartbeat(self.storage, trial_id, self.interval)
+
+
+def _done(study: optuna.Study, n_trials: int) -> bool:
+    """The study has its trials and none is running or queued."""
+    trials = study.get_trials(deepcopy=False)
+    busy = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    return not busy and sum(t.state in FINISHED for t in trials) >= n_trials
 
 
 def open_study(url: str | None, base_name: str, directions: list[str], sampler, pruner, n_trials: int,
-               resumed: bool, started_at: float | None = None) -> optuna.Study:
+               resumed: bool, started_at: float | None = None, grace_s: float = 120.0) -> SharedStudy:
     """Load or create the job's study.
 
-    A study that already has ``n_trials`` finished trials is reused only when the runner is
-    resuming (``resumed``: the job's rows were preloaded, so the finished trials count as done).
-    A plain re-run of the same config gets a fresh study ``<name>-2``, ``-3``, ... as the runner
-    gives it fresh leaderboard rows. A finished study is joined, not restarted, when trials of it
-    were finished after ``started_at`` (when the run calling this started, before it loaded
-    anything): this worker was launched beside the others and came late (it finds nothing to do).
+    A study that is done (``n_trials`` finished trials, none running or queued) is reused only
+    when the runner is resuming (``resumed``: the job's rows were preloaded, so the finished
+    trials count as done). A plain re-run of the same config gets a fresh study ``<name>-2``,
+    ``-3``, ... as the runner gives it fresh leaderboard rows. A done study is joined, not
+    restarted, when trials of it were finished after ``started_at`` (when the run calling this
+    started, before it loaded anything): this worker was launched beside the others and came late.
+
+    Only the worker that creates a study keeps the sampler's seed (a single run repeats its
+    trials exactly); one that joins an existing study reseeds it, so that it does not draw the
+    parameters the study's first worker drew from the same seed.
     """
-    storage = make_storage(url)
-    name = base_name
-    for attempt in range(2, 1000):
-        study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
-                                    pruner=pruner, load_if_exists=True)
-        if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
+    storage = make_storage(url, grace_s)
+    if url is None:
+        study = optuna.create_study(storage=storage, study_name=base_name, directions=directions, sampler=sampler,
+                                    pruner=pruner)
+        return SharedStudy(study, None)
+    interval, grace = heartbeat_settings(grace_s)
+    wanted = [optuna.study.StudyDirection[d.upper()] for d in directions]
+    for attempt in range(1, 1000):
+        name = base_name if attempt == 1 else f"{base_name}-{attempt}"
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                        pruner=pruner)
+            created = True
+        except DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+            created = False
+        if list(study.directions) != wanted:
             raise ConfigError(f"optuna study {name!r} exists with other objectives; set 'study_name' to start another")
-        if resumed or _finished(study) < n_trials or _finished_since(study, started_at):
-            return study
-        name = f"{base_name}-{attempt}"
+        if created or resumed or not _done(study, n_trials) or _finished_since(study, started_at):
+            if not created:
+                sampler.reseed_rng()
+            return SharedStudy(study, storage, storage.get_study_id_from_name(name), created, interval, grace)
     raise ConfigError(f"optuna study {base_name!r}: too many finished re-runs in this database")
 
 
@@ -155,92 +280,12 @@ def _finished_since(study: optuna.Study, started_at: float | None) -> bool:
     """Did some worker finish a trial of ``study`` after ``started_at`` (when our run started)?"""
     if started_at is None:
         return False
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        # optuna (>= 5) returns datetime_complete as naive local time: .timestamp() reads it as such
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
+        # datetime_complete is stored in UTC and read back in local time: .timestamp() is exact
         if t.datetime_complete is not None and t.datetime_complete.timestamp() >= started_at:
             return True
     return False
 
 
-def _worker_id() -> str:
-    return f"{_HOST}:{os.getpid()}:{_START}"
-
-
-def ask_marked(study: optuna.Study) -> optuna.Trial:
-    """``study.ask()``, but a new trial carries its worker and heartbeat from its creation.
-
-    Enqueued (WAITING) trials are taken first, as ``ask()`` does, and marked right after.
-    """
-    if hasattr(study, "_thread_local"):
-        study._thread_local.cached_all_trials = None  # see other workers' trials, as ask() does
-    trial_id = study._pop_waiting_trial_id()
-    if trial_id is not None:
-        trial = optuna.Trial(study, trial_id)
-        mark_worker(study, trial)
-        return trial
-    now = datetime.now()
-    template = optuna.trial.FrozenTrial(
-        number=-1, state=TrialState.RUNNING, value=None, datetime_start=now, datetime_complete=None, params={},
-        distributions={}, user_attrs={}, system_attrs={"miner_worker": _worker_id(), "miner_heartbeat": time.time()},
-        intermediate_values={}, trial_id=-1,
-    )
-    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-    return optuna.Trial(study, trial_id)
-
-
-def mark_worker(study: optuna.Study, trial: optuna.Trial) -> None:
-    study._storage.set_trial_system_attr(trial._trial_id, "miner_worker", _worker_id())
-    heartbeat(study, trial)
-
-
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
-    study._storage.set_trial_system_attr(trial._trial_id, "miner_heartbeat", time.time())
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _is_stale(t: optuna.trial.FrozenTrial, grace_s: float) -> bool:
-    started = t.datetime_start.timestamp() if t.datetime_start else time.time()
-    worker = t.system_attrs.get("miner_worker")
-    if worker is None:  # popped from the queue, owner not recorded yet (or killed in between)
-        return time.time() - started > min(grace_s, UNMARKED_GRACE_S)
-    host, _, rest = worker.partition(":")
-    pid_s, _, start = rest.partition(":")
-    if host == _HOST and pid_s.isdigit():
-        pid = int(pid_s)
-        if pid == os.getpid():
-            return start != _START  # our pid, but an earlier process that had it
-        if not _pid_alive(pid):
-            return True
-    beat = t.system_attrs.get("miner_heartbeat", started)
-    return time.time() - float(beat) > grace_s
-
-
-def recover_stale(study: optuna.Study, grace_s: float) -> int:
-    """Fail trials left RUNNING by dead workers and re-enqueue their parameters (re-ask)."""
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _is_stale(t, grace_s):
-            continue
-        try:
-            ok = study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except RuntimeError:  # another worker finished or failed it first
-            continue
-        if ok:  # the state change is atomic: only the worker that made it re-enqueues
-            n += 1
-            if t.params:
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-            logger.info("optuna: trial %d was left running by a dead worker; failed and re-enqueued", t.number)
-    return n
-
-
 def finished_count(study: optuna.Study) -> int:
-    return _finished(study)
+    return len(study.get_trials(deepcopy=False, states=FINISHED))

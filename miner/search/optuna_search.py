@@ -81,7 +81,10 @@ class OptunaSearcher(Searcher):
     # (distinct prompts, ranked by dev, dev log-likelihood, train) is proposed as the job's pick.
     ensemble_top: int = 0  # 0 or 1: no ensemble, the job's pick is its best trial by dev
     study_name: str | None = None  # default: "miner-" + job key (so --resume and workers find it)
-    heartbeat_grace_s: float = 600.0  # a RUNNING trial of another host is dead after this long without a heartbeat
+    # A RUNNING trial is dead after this long without a heartbeat (written every grace/4 s by its
+    # worker, whatever the length of a step); its parameters are then re-run. At least 3: SQLite
+    # dates heartbeats in whole seconds.
+    heartbeat_grace_s: float = 60.0
 
     def search(self, context: SearchContext, evaluate: Evaluate) -> None:
         from miner.search._optuna_run import run_study
@@ -108,6 +111,8 @@ class OptunaSearcher(Searcher):
                               f"got {self.demonstrations} and {self.demo_sets}")
         if self.ensemble_top < 0:
             raise ConfigError(f"optuna searcher: ensemble_top must be at least 0 (0 or 1: no ensemble), got {self.ensemble_top}")
+        if not self.heartbeat_grace_s >= 3:
+            raise ConfigError(f"optuna searcher: heartbeat_grace_s must be at least 3 (seconds), got {self.heartbeat_grace_s}")
         bad = [s for s in self.select if s not in ("metric", "loglik")]
         if bad or not self.select:
             raise ConfigError(f"optuna searcher: select must be a non-empty list of 'metric'/'loglik', got {self.select}")
