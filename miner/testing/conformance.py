@@ -18,8 +18,10 @@ or ``budget``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -47,7 +49,6 @@ class SearcherConformance:
 
     budget = BudgetSpec(max_evaluations=6, max_forward_passes=40)
 
-
     @pytest.fixture
     def searcher(self) -> Searcher:  # pragma: no cover - must be overridden
         raise NotImplementedError("define a 'searcher' fixture returning the searcher under test")
@@ -61,6 +62,17 @@ class SearcherConformance:
     def _run(self, searcher, backend, data, budget=None):
         return run_searcher(searcher, backend, data, prompts=_seed_prompts(data.label_names), budget=budget or self.budget)
 
+    def _observed(self, searcher, backend, data) -> _Observed:
+        """One run at ``self.budget`` with its model calls counted, shared by the checks that only read it
+        (each searcher x model kind is run once for them, not once per check)."""
+        key = (type(searcher).__qualname__, repr(searcher), id(backend), id(data), repr(self.budget))
+        if key not in _RUNS:
+            before = _state(searcher)
+            with _counting_model_calls(backend) as seen:
+                res = self._run(searcher, backend, data)
+            _RUNS[key] = _Observed(res, dict(seen), before, _state(searcher))
+        return _RUNS[key]
+
     def test_is_registered_with_capabilities(self, searcher):
         from miner.search import searchers
 
@@ -69,7 +81,7 @@ class SearcherConformance:
         assert searcher.capabilities.model_kinds <= {"causal", "masked"}
 
     def test_budget_respected(self, searcher, backend, conformance_data):
-        res = self._run(searcher, backend, conformance_data)
+        res = self._observed(searcher, backend, conformance_data).result
         assert len(res.evaluations) >= 1, "a searcher must evaluate at least one prompt within a modest budget"
         assert len(res.evaluations) <= self.budget.max_evaluations
         assert res.cost.forward_passes <= self.budget.max_forward_passes
@@ -80,7 +92,7 @@ class SearcherConformance:
         assert res.cost.forward_passes <= 3
 
     def test_same_seed_same_result(self, searcher, backend, conformance_data):
-        a = self._run(copy.deepcopy(searcher), backend, conformance_data)
+        a = self._observed(copy.deepcopy(searcher), backend, conformance_data).result
         b = self._run(copy.deepcopy(searcher), backend, conformance_data)
         assert [e.prompt.key for e in a.evaluations] == [e.prompt.key for e in b.evaluations]
         # rank keys are tuples: compare them flat (pytest.approx refuses nested data since pytest 9)
@@ -89,7 +101,7 @@ class SearcherConformance:
         assert flat_a == pytest.approx(flat_b, abs=1e-5)
 
     def test_only_valid_prompts(self, searcher, backend, conformance_data):
-        res = self._run(searcher, backend, conformance_data)
+        res = self._observed(searcher, backend, conformance_data).result
         scorer = Scorer(backend, progress=False)
         for ev in res.evaluations:
             p = ev.prompt
@@ -99,29 +111,10 @@ class SearcherConformance:
                 scorer.compile(m)  # raises on words that tokenize to nothing, bad triggers, ...
             assert Prompt.from_dict(p.to_dict(), conformance_data.label_names).key == p.key
 
-    def test_cost_is_what_the_model_saw(self, searcher, backend, conformance_data, monkeypatch):
+    def test_cost_is_what_the_model_saw(self, searcher, backend, conformance_data):
         """The counter charged every model call and every backward pass, however a searcher made it."""
-        import torch
-
-        seen = {"forward": 0, "backward": 0}
-        model_cls = type(backend.model)  # patched on the class: a screening copy in another dtype counts too
-        forward = model_cls.forward
-
-        def counted_forward(module, *args, **kwargs):
-            seen["forward"] += 1
-            return forward(module, *args, **kwargs)
-
-        def counting(fn):
-            def wrapped(*args, **kwargs):
-                seen["backward"] += 1
-                return fn(*args, **kwargs)
-
-            return wrapped
-
-        monkeypatch.setattr(model_cls, "forward", counted_forward)
-        monkeypatch.setattr(torch.autograd, "grad", counting(torch.autograd.grad))
-        monkeypatch.setattr(torch.Tensor, "backward", counting(torch.Tensor.backward))
-        res = self._run(searcher, backend, conformance_data)
+        obs = self._observed(searcher, backend, conformance_data)
+        res, seen = obs.result, obs.model_calls
         assert res.cost.forward_passes == seen["forward"], "forward passes charged vs run"
         assert res.cost.backward_passes == seen["backward"], "backward passes charged vs run"
         recorded = sum(e.cost.forward_passes for e in res.evaluations if not e.duplicate)
@@ -130,7 +123,50 @@ class SearcherConformance:
             assert seen["backward"] > 0, "a gradient searcher that ran no backward pass"
 
     def test_no_run_state_on_self(self, searcher, backend, conformance_data):
-        before = dataclasses.asdict(searcher) if dataclasses.is_dataclass(searcher) else vars(searcher).copy()
-        self._run(searcher, backend, conformance_data)
-        after = dataclasses.asdict(searcher) if dataclasses.is_dataclass(searcher) else vars(searcher).copy()
-        assert before == after, "search() must keep its state in local variables, not on self"
+        obs = self._observed(searcher, backend, conformance_data)
+        assert obs.before == obs.after, "search() must keep its state in local variables, not on self"
+
+
+@dataclasses.dataclass
+class _Observed:
+    result: Any
+    model_calls: dict[str, int]
+    before: Any
+    after: Any
+
+
+_RUNS: dict[tuple, _Observed] = {}
+
+
+def _state(searcher) -> Any:
+    return copy.deepcopy(dataclasses.asdict(searcher) if dataclasses.is_dataclass(searcher) else vars(searcher))
+
+
+@contextlib.contextmanager
+def _counting_model_calls(backend):
+    """Count the model's forward calls (patched on its class: a copy in another dtype counts too) and
+    the backward passes (``torch.autograd.grad`` and ``Tensor.backward``) while the block runs."""
+    import torch
+
+    seen = {"forward": 0, "backward": 0}
+    model_cls = type(backend.model)
+    forward, grad, backward = model_cls.forward, torch.autograd.grad, torch.Tensor.backward
+
+    def counted_forward(module, *args, **kwargs):
+        seen["forward"] += 1
+        return forward(module, *args, **kwargs)
+
+    def counting(fn):
+        def wrapped(*args, **kwargs):
+            seen["backward"] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    model_cls.forward = counted_forward
+    torch.autograd.grad = counting(grad)
+    torch.Tensor.backward = counting(backward)
+    try:
+        yield seen
+    finally:
+        model_cls.forward, torch.autograd.grad, torch.Tensor.backward = forward, grad, backward
