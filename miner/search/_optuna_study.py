@@ -147,21 +147,21 @@ class _Heartbeat:
     """Records a trial's heartbeat every ``interval`` seconds until stopped (as ``optimize()`` does)."""
 
     def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: int) -> None:
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"optuna-heartbeat-{trial_id}", daemon=True)
-        self._thread.start()
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, name=f"optuna-heartbeat-{trial_id}", daemon=True)
+        self.thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
             try:
-                self._storage.record_heartbeat(self._trial_id)
+                self.storage.record_heartbeat(self.trial_id)
             except sqlalchemy.exc.SQLAlchemyError as exc:  # a busy database: the next beat may get through
-                logger.debug("optuna: heartbeat of trial id %d not written: %s", self._trial_id, exc)
+                logger.debug("optuna: heartbeat of trial id %d not written: %s", self.trial_id, exc)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stopped.set()
+        self.thread.join()
 
 
 def _owned(t: optuna.trial.FrozenTrial) -> bool:
