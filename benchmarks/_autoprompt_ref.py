@@ -7,9 +7,10 @@ ONE random trigger position per step and its top-k HotFlip tokens; the current t
 every candidate scored on a fresh batch with one forward pass per candidate, by accuracy;
 strict acceptance. The dev pass after every accepted swap is done by the caller.
 
-``miner/search/_hotflip.py`` is loaded by file path so that this module needs only torch,
-transformers and ``miner.models`` / ``miner.prompts`` / ``miner.scoring`` (the GPU machine
-has no pydantic, which ``miner.search`` imports).
+``autoprompt``'s side calls the public scoring API (``miner.scoring.TriggerScorer``) and the
+search helpers of ``miner/search/_hotflip.py``, which is loaded by file path so that this module
+needs only torch, transformers and ``miner.models`` / ``miner.prompts`` / ``miner.scoring`` (the
+GPU machine has no pydantic, which ``miner.search`` imports).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from miner.scoring import Scorer  # noqa: E402
+from miner.scoring import Scorer, TriggerScorer, gradient_prompt  # noqa: E402
 
 
 def load_hotflip():
@@ -65,7 +65,7 @@ class Reference:
         self.be, self.prompt, self.allowed, self.n = be, prompt, allowed, n_candidates
         self.scorer = Scorer(be, progress=False)
         self.rng = random.Random(seed)
-        self.gprompt = hf.gradient_prompt(prompt)
+        self.gprompt = gradient_prompt(prompt)
 
     def dev(self, triggers, dev):
         """Dev accuracy and log-likelihood of a trigger (the reference's dev pass)."""
@@ -89,9 +89,8 @@ class Reference:
             raw = self.scorer.label_logprobs(self.gprompt, grad_batch, soft_embeds=soft)
             gold = torch.as_tensor([e.label for e in grad_batch], device=raw.device)
             loss = -hf.objective_from_raw(raw, gold, "vocab").mean()
-            start = time.perf_counter()
-            loss.backward()  # fills soft.grad and every parameter's .grad
-            self.scorer.counter.charge_backward(time.perf_counter() - start)
+            with self.scorer.counter.backward():
+                loss.backward()  # fills soft.grad and every parameter's .grad
             grad = soft.grad.detach().float()
         finally:
             model.requires_grad_(False)
@@ -119,15 +118,15 @@ class OursStep:
         self.be, self.allowed = be, allowed
         self.objective, self.top_k, self.n_candidates = objective, top_k, n_candidates
         self.scorer = Scorer(screen or be, progress=False)  # screen: the searcher's screen_backend(be)
-        self.cs = hf.CandidateScorer(self.scorer, prompt, objective=objective)
+        self.cs = TriggerScorer(self.scorer, prompt)
         self.prompt = prompt
         self.rng = np.random.default_rng(seed)
 
     def step(self, triggers, grad_batch, cand_batch):
         p = self.prompt.with_(triggers=tuple(triggers))
-        grad, _ = self.cs.gradient(p.triggers, grad_batch)
+        grad, _ = hf.objective_gradient(self.cs, p.triggers, grad_batch, self.objective)
         topk = hf.hotflip_topk(grad, self.be.input_embeddings(), self.allowed, self.top_k)
         cands = hf.sample_candidates(triggers, topk, self.n_candidates, self.rng, self.be)
-        scores = self.cs.score([tuple(triggers)] + cands, cand_batch)
+        scores = hf.candidate_objectives(self.cs, [tuple(triggers)] + cands, cand_batch, self.objective)
         j = int(np.argmax(scores[1:]))
         return (cands[j], True) if scores[1 + j] > scores[0] else (tuple(triggers), False)

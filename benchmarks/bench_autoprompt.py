@@ -59,7 +59,6 @@ from miner.prompts import Prompt  # noqa: E402
 from miner.runner import Budget, Job, JobEvaluator  # noqa: E402
 from miner.scoring import Scorer  # noqa: E402
 from miner.search import SearchContext  # noqa: E402
-from miner.search._hotflip import allowed_tokens  # noqa: E402
 from miner.search.autoprompt import AutoPromptSearcher  # noqa: E402
 from miner.tasks import TaskSpec, load_task  # noqa: E402
 
@@ -235,7 +234,7 @@ def main(argv=None) -> int:
     manual = Prompt.create("{sentence} It was {answer}", VERBALIZER, data.label_names)
     prompt = searcher.initial_prompt(SearchContext(task=data.without_test(), backend=be, scorer=None, seed=args.seed,
                                                    prompts=(manual,)))
-    allowed = allowed_tokens(be, prompt, words_only=searcher.words_only, allow_capitalized=searcher.allow_capitalized)
+    allowed = searcher.allowed_tokens(be, prompt)
     load = [os.getloadavg()]
 
     # 1. time per iteration, interleaved, from the same trigger and batches

@@ -152,13 +152,11 @@ class UserLoop:
 
 
 def scorer_batches(backend, prompt, examples, batch_size):
-    """Exactly the padded batches ``Scorer.score`` would run, via its own internals."""
+    """Exactly the padded batches ``Scorer.score`` would run, from its public planner."""
     scorer = Scorer(backend, batch_size=batch_size, progress=False)
-    cp = scorer.compile(prompt)
-    rows = scorer._all_fields(cp, examples)
-    reqs, _ = scorer._requests(cp, rows)
+    reqs, _ = scorer.requests(prompt, examples)
     unique = list(dict.fromkeys(reqs))
-    batches = scorer._batches(unique)
+    batches = scorer.batches_for([prompt], examples)
     kinds = {r.kind for r in unique}
     assert kinds == {"next"}, f"expected only next-token requests, got {kinds}"
     padded = [backend.pad([r.ids for r in b]) for b in batches]

@@ -9,11 +9,12 @@ from miner.config import BudgetSpec
 from miner.errors import ConfigError
 from miner.prompts import Prompt, parse_template
 from miner.runner import Budget, run_searcher
-from miner.scoring import Cost, Scorer
+from miner.scoring import Cost, Scorer, TriggerScorer, gradient_prompt, soft_template, trigger_gradient
 from miner.search import Evaluation, SearchContext
 from miner.search._base import SplitScore
 from miner.search._hotflip import (
-    CandidateScorer, allowed_tokens, hotflip_topk, round_trips, sample_candidates, soft_template, trigger_gradient,
+    allowed_tokens, candidate_objectives, hotflip_topk, objective_from_raw, objective_gradient, objective_loss,
+    round_trips, sample_candidates,
 )
 from miner.search.autoprompt import AutoPromptSearcher
 from miner.testing.conformance import SearcherConformance, conformance_backend, conformance_data  # noqa: F401
@@ -76,25 +77,25 @@ def test_kv_cache_path_equals_pooled_scoring(causal, data, tpl, verb):
     """Candidates scored with the shared text KV cache give the scorer's own numbers, in fewer passes."""
     n = parse_template(tpl).n_triggers
     p = _prompt(tpl, n, verb)
-    kv = CandidateScorer(Scorer(causal, progress=False), p, objective="vocab")
-    pooled = CandidateScorer(Scorer(causal, progress=False), p, objective="vocab", kv_cache=False)
-    assert kv.use_kv and not pooled.use_kv
+    kv = TriggerScorer(Scorer(causal, progress=False), p)
+    pooled = TriggerScorer(Scorer(causal, progress=False), p, kv_cache=False)
+    assert kv.kv_path and not pooled.kv_path
     rng = np.random.default_rng(0)
     cands = [tuple(int(x) for x in rng.integers(300, 5000, n)) for _ in range(5)]
     # single swaps of the first candidate at every position: rows that start at a later trigger
     cands += [cands[0][:j] + (int(t),) + cands[0][j + 1:] for j in range(n) for t in rng.integers(300, 5000, 2)]
     ex = list(data.train)
-    planned, bound = kv.passes(len(cands) - 1, ex, cands), kv.passes(len(cands) - 1, ex)
-    a, b = kv.score(cands, ex), pooled.score(cands, ex)
+    planned, bound = kv.plan(cands, ex), kv.plan(len(cands), ex)
+    a, b = candidate_objectives(kv, cands, ex, "vocab"), candidate_objectives(pooled, cands, ex, "vocab")
     np.testing.assert_allclose(a, b, atol=1e-4)
     # the planner is exact for the KV path given the candidates, else an upper bound; an upper
     # bound for the pooled one
     assert kv.scorer.counter.total.forward_passes == planned <= bound
-    assert pooled.scorer.counter.total.forward_passes <= pooled.passes(len(cands) - 1, ex)
+    assert pooled.scorer.counter.total.forward_passes <= pooled.plan(len(cands), ex)
     # a second call finds the texts in the scorer's stem cache: the same scores, fewer tokens
     c = kv.scorer.counter
-    before, replanned = c.snapshot(), kv.passes(len(cands) - 1, ex, cands)
-    np.testing.assert_allclose(kv.score(cands, ex), a, atol=1e-5)
+    before, replanned = c.snapshot(), kv.plan(cands, ex)
+    np.testing.assert_allclose(candidate_objectives(kv, cands, ex, "vocab"), a, atol=1e-5)
     again = c.snapshot() - before
     assert again.forward_passes == replanned and again.tokens < c.total.tokens - again.tokens
     assert kv.scorer.stems.hits > 0
@@ -110,20 +111,20 @@ def test_kv_gradient_equals_the_full_sequence_gradient(causal, data, tpl, verb):
     n = parse_template(tpl).n_triggers
     p = _prompt(tpl, n, verb)
     ex = list(data.train)
-    full_scorer, kv = Scorer(causal, progress=False), CandidateScorer(Scorer(causal, progress=False), p, objective="vocab")
+    full_scorer, kv = Scorer(causal, progress=False), TriggerScorer(Scorer(causal, progress=False), p)
     trig = (300, 777, 1234)[:n]
-    g_full, l_full = trigger_gradient(full_scorer, p.with_(triggers=trig), ex, "vocab")
-    planned = kv.gradient_passes(ex)
-    g_kv, l_kv = kv.gradient(trig, ex)
+    g_full, l_full = trigger_gradient(full_scorer, p.with_(triggers=trig), ex, objective_loss(ex, "vocab"))
+    planned = kv.plan_gradient(ex)
+    g_kv, l_kv = objective_gradient(kv, trig, ex, "vocab")
     assert l_kv == pytest.approx(l_full, abs=1e-5)
     torch.testing.assert_close(g_kv, g_full, atol=1e-5, rtol=1e-4)
     c = kv.scorer.counter.total
     assert c.forward_passes == planned and c.backward_passes == 1
     assert all(q.grad is None and not q.requires_grad for q in causal.model.parameters())
     # the texts are now in the stem cache: a second gradient runs only the trigger rows
-    replanned = kv.gradient_passes(ex)
+    replanned = kv.plan_gradient(ex)
     assert replanned < planned
-    g2, l2 = kv.gradient(trig, ex)
+    g2, l2 = objective_gradient(kv, trig, ex, "vocab")
     torch.testing.assert_close(g2, g_kv, atol=1e-6, rtol=1e-5)
     assert c.forward_passes == planned + replanned and c.backward_passes == 2
 
@@ -131,15 +132,13 @@ def test_kv_gradient_equals_the_full_sequence_gradient(causal, data, tpl, verb):
 def test_gradient_touches_triggers_only(causal, data):
     p = _prompt("{sentence} {trigger:3} {answer}", 3)
     scorer = Scorer(causal, progress=False)
-    grad, loss = trigger_gradient(scorer, p, list(data.train), "vocab")
+    grad, loss = trigger_gradient(scorer, p, list(data.train), objective_loss(list(data.train), "vocab"))
     assert grad.shape == (3, causal.input_embeddings().shape[1]) and grad.abs().sum() > 0 and loss > 0
     assert all(q.grad is None and not q.requires_grad for q in causal.model.parameters())
     assert scorer.counter.total.backward_passes == 1 and scorer.counter.total.forward_passes == 1
     # first-order check: a small step against the gradient lowers the loss
     E = causal.input_embeddings()
     soft = E[list(p.triggers)].detach().clone()
-    from miner.search._hotflip import gradient_prompt, objective_from_raw
-
     gold = torch.as_tensor([e.label for e in data.train])
 
     def loss_at(x):
@@ -259,16 +258,16 @@ def _fake_eval(prompt, i):
 
 
 def test_screen_dtype_picks_the_backend_for_gradient_and_candidates(causal, monkeypatch):
-    from miner.models import _backend
+    import miner.models
 
     assert AutoPromptSearcher(screen_dtype="model").screen_backend(causal) is causal
     assert AutoPromptSearcher(screen_dtype="float32").screen_backend(causal) is causal  # already float32
     bf16 = AutoPromptSearcher(screen_dtype="bfloat16").screen_backend(causal)
     assert bf16.dtype == torch.bfloat16 and causal.dtype == torch.float32
     assert AutoPromptSearcher(screen_dtype="bfloat16").screen_backend(causal) is bf16  # one copy, kept
-    monkeypatch.setattr(_backend, "_NATIVE_BF16", False)
+    monkeypatch.setattr(miner.models, "cpu_has_native_bf16", lambda: False)
     assert AutoPromptSearcher().screen_backend(causal) is causal
-    monkeypatch.setattr(_backend, "_NATIVE_BF16", True)
+    monkeypatch.setattr(miner.models, "cpu_has_native_bf16", lambda: True)
     assert AutoPromptSearcher().screen_backend(causal) is bf16
     with pytest.raises(ConfigError, match="float16"):
         AutoPromptSearcher(screen_dtype="float16").screen_backend(causal)

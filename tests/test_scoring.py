@@ -239,14 +239,19 @@ def test_stem_cache_is_bounded_and_causal_only(causal, masked):
 
 def test_stems_stored_while_scoring_serve_a_gradient(causal):
     """Stems stored under inference mode are plain tensors: the trigger gradient can run on them."""
-    from miner.search._hotflip import CandidateScorer, trigger_gradient
+    from miner.scoring import TriggerScorer, trigger_gradient
 
     p = Prompt.create("{sentence} {trigger:3} {answer}", VERBALIZERS[0], LABELS, triggers=(300, 400, 500))
     scorer = Scorer(causal, progress=False)
     scorer.score(p, EXAMPLES)
-    cs = CandidateScorer(scorer, p, objective="label")
-    assert cs.gradient_passes(EXAMPLES) == 1  # the trigger rows only
-    g, loss = cs.gradient(p.triggers, EXAMPLES)
-    g_ref, loss_ref = trigger_gradient(Scorer(causal, progress=False), p, EXAMPLES, "label")
+    ts = TriggerScorer(scorer, p)
+    assert ts.plan_gradient(EXAMPLES) == 1  # the trigger rows only
+    gold = torch.as_tensor([e.label for e in EXAMPLES])
+
+    def loss_fn(raw):
+        return -torch.log_softmax(raw, -1)[torch.arange(len(gold)), gold].mean()
+
+    g, loss = ts.gradient(p.triggers, EXAMPLES, loss_fn)
+    g_ref, loss_ref = trigger_gradient(Scorer(causal, progress=False), p, EXAMPLES, loss_fn)
     assert loss == pytest.approx(loss_ref, abs=1e-5)
     torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)

@@ -1,5 +1,6 @@
 """Scoring prompts on a frozen model: batching, caching, calibration, metrics, cost."""
 
+from miner.scoring._candidates import TriggerScorer, gradient_prompt, soft_template, trigger_gradient
 from miner.scoring._cost import Cost, CostCounter
 from miner.scoring._encode import CompiledPrompt, compile_prompt, encode
 from miner.scoring._metrics import METRICS, compute_metrics
@@ -7,5 +8,6 @@ from miner.scoring._scorer import CONTENT_FREE, Request, Scorer, ScoreResult, ca
 
 __all__ = [
     "CONTENT_FREE", "CompiledPrompt", "Cost", "CostCounter", "METRICS", "Request", "ScoreResult", "Scorer",
-    "calibrate", "compile_prompt", "compute_metrics", "encode",
+    "TriggerScorer", "calibrate", "compile_prompt", "compute_metrics", "encode", "gradient_prompt", "soft_template",
+    "trigger_gradient",
 ]

@@ -21,6 +21,7 @@ A label's score is the log of the summed probability of its words.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -46,6 +47,10 @@ CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021
 
 @dataclass(frozen=True)
 class Request:
+    """One question to the model. Its *answer* (what :meth:`Scorer.label_scores` reads): ``next``, the
+    log-probabilities ``[V]`` of the token after ``ids``; ``cont``, the summed log-probability of the
+    last ``n`` tokens of ``ids``; ``mask``, the log-probabilities ``[len(mask_pos), V]`` at the masks."""
+
     kind: str  # "next" | "cont" | "mask"
     ids: tuple[int, ...]
     n: int = 0  # cont: number of scored tokens at the end
@@ -124,12 +129,45 @@ class Scorer:
 
     def plan(self, prompt: Prompt, examples: Sequence[Any]) -> int:
         """Forward passes that scoring ``prompt`` on ``examples`` would spend now."""
-        reqs = []
-        for member in _members(prompt):
+        return self.plan_many([prompt], examples)
+
+    def plan_many(self, prompts: Sequence[Prompt], examples: Sequence[Any], *, distinct: bool = False) -> int:
+        """Forward passes that ``score_many(prompts, examples)`` would spend now.
+
+        ``distinct``: plan as if no two prompts shared a request and none were cached, the bound for
+        prompts that stand in for candidates not drawn yet (copies of one prompt, say).
+        """
+        return len(self.batches_for(prompts, examples, distinct=distinct))
+
+    def batches_for(self, prompts: Sequence[Prompt], examples: Sequence[Any], *,
+                    distinct: bool = False) -> list[list[Request]]:
+        """The batches of requests that scoring ``prompts`` on ``examples`` together would run now
+        (uncached requests, deduplicated and packed as :meth:`score_many` packs them)."""
+        reqs: list[Request] = []
+        for i, member in enumerate(m for p in prompts for m in _members(p)):
             cp = self.compile(member)
-            reqs += self._requests(cp, self._all_fields(cp, examples))[0]
-        todo = [r for r in dict.fromkeys(reqs) if r not in self._cache]
-        return len(self._batches(todo))
+            rs = self._requests(cp, self._all_fields(cp, examples))[0]
+            if distinct:  # a marker no real request has keeps each prompt's requests its own
+                rs = [dataclasses.replace(r, soft=r.soft + ((-1, i),)) for r in rs]
+            reqs += rs
+        return self._batches([r for r in dict.fromkeys(reqs) if distinct or r not in self._cache])
+
+    def requests(self, prompt: Prompt, examples: Sequence[Any]) -> tuple[list[Request], list]:
+        """The requests that score ``prompt`` on ``examples`` (one per example and word, repeats kept;
+        no content-free rows), and the *plan*: per example, per label, per word, ``(request, word ids)``,
+        which :meth:`label_scores` turns into label scores given the requests' answers."""
+        cp = self.compile(prompt)
+        return self._requests(cp, self._rows(cp, examples))
+
+    def label_scores(self, plan: list, answers: Mapping[Request, Any]) -> torch.Tensor:
+        """Raw label scores ``[N, L]`` (log of the summed word probabilities) of a :meth:`requests` plan,
+        from the answers to its requests (see :class:`Request`); differentiable if the answers are."""
+        return self._assemble(plan, answers)
+
+    def plan_label_logprobs(self, prompt: Prompt, examples: Sequence[Any]) -> int:
+        """Forward passes :meth:`label_logprobs` spends on ``examples`` (it never reads the cache)."""
+        cp = self.compile(prompt)
+        return len(self._batches(dict.fromkeys(self._requests(cp, self._rows(cp, examples))[0])))
 
     def score(
         self,
@@ -239,13 +277,18 @@ class Scorer:
         return self._label_scores(cp, [dict(_fields_of(e)) for e in examples], soft_embeds, grad=True)
 
     # ------------------------------------------------------------------ internals
-    def _all_fields(self, cp: CompiledPrompt, examples: Sequence[Any]) -> list[Mapping[str, str]]:
+    def _rows(self, cp: CompiledPrompt, examples: Sequence[Any]) -> list[Mapping[str, str]]:
         rows = [_fields_of(e) for e in examples]
         missing = [f for f in cp.template.fields if f not in rows[0]] if rows else []
         if missing:
             raise PromptError(
                 f"template {cp.prompt.template!r} uses field {{{missing[0]}}} but the examples have fields {sorted(rows[0])}"
             )
+        return rows
+
+    def _all_fields(self, cp: CompiledPrompt, examples: Sequence[Any]) -> list[Mapping[str, str]]:
+        """The examples' fields, and the content-free rows after them if the prompt is calibrated."""
+        rows = self._rows(cp, examples)
         if cp.prompt.calibrate:
             rows = rows + [{f: text for f in cp.template.fields} for text in self.content_free]
         return rows
@@ -311,7 +354,7 @@ class Scorer:
                     self._remember(r, value)
         return results
 
-    def _assemble(self, plan, results: dict[Request, Any]) -> torch.Tensor:
+    def _assemble(self, plan, results: Mapping[Request, Any]) -> torch.Tensor:
         out = []
         for per_label in plan:
             label_scores = []

@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 
 from miner.errors import ConfigError
 from miner.prompts import Prompt, Verbalizer
-from miner.scoring import Scorer
+from miner.scoring import Scorer, TriggerScorer
 from miner.search._base import Capabilities, Evaluate, Evaluation, SearchContext, Searcher
 from miner.search._hotflip import (
-    CandidateScorer, allowed_tokens, hotflip_topk, round_trips, sample_candidates,
+    allowed_tokens, candidate_objectives, hotflip_topk, objective_gradient, round_trips, sample_candidates,
 )
 from miner.search._registry import register_searcher
 
@@ -99,7 +99,7 @@ class AutoPromptSearcher(Searcher):
             raise ConfigError(f"autoprompt.template {template!r} has no {{trigger}} slot")
         be = context.backend
         if self.init == "random":
-            allowed = np.flatnonzero(self._allowed(be, probe).numpy())
+            allowed = np.flatnonzero(self.allowed_tokens(be, probe).numpy())
             rng = rng or np.random.default_rng(context.seed)
             ids = tuple(int(i) for i in rng.choice(allowed, size=n))
         else:
@@ -118,7 +118,7 @@ class AutoPromptSearcher(Searcher):
         """The backend the gradient and the candidate re-scoring run on (see ``screen_dtype``)."""
         import torch
 
-        from miner.models._backend import cpu_has_native_bf16
+        from miner.models import cpu_has_native_bf16
 
         name = self.screen_dtype
         if name == "model":
@@ -131,7 +131,8 @@ class AutoPromptSearcher(Searcher):
             raise ConfigError("autoprompt.screen_dtype float16 is for GPUs (slow or unsupported on a CPU); use bfloat16")
         return backend.as_dtype(getattr(torch, name))
 
-    def _allowed(self, backend, prompt: Prompt):
+    def allowed_tokens(self, backend, prompt: Prompt):
+        """Boolean mask ``[V]`` of the tokens this searcher's triggers may use (its vocabulary filter)."""
         exclude = [t for w in self.exclude_tokens for v in (w, " " + w) for t in backend.tokenize(v)]
         return allowed_tokens(backend, prompt, words_only=self.words_only, allow_capitalized=self.allow_capitalized,
                               exclude=exclude)
@@ -149,7 +150,7 @@ class AutoPromptSearcher(Searcher):
         be, scorer, log, budget = context.backend, context.scorer, context.logger, context.budget
         rng = np.random.default_rng(context.seed)
         current = self.initial_prompt(context, rng)
-        allowed = self._allowed(be, current)
+        allowed = self.allowed_tokens(be, current)
         embeddings = be.input_embeddings()
         screen = self.screen_backend(be)
         if screen is not be:
@@ -158,7 +159,7 @@ class AutoPromptSearcher(Searcher):
                             stem_cache_mb=scorer.stem_cache_mb, progress=False,
                             counter=scorer.counter)  # charged to the job like every pass
         screen_name = str(screen.dtype).replace("torch.", "")  # recorded with every dev evaluation
-        cand_scorer = CandidateScorer(scorer, current, objective=self.objective, kv_cache=self.kv_cache)
+        cand_scorer = TriggerScorer(scorer, current, kv_cache=self.kv_cache)
         batches = _BatchStream(list(context.task.train), self.batch_size, rng)
 
         state: dict[str, Any] = {"best": None, "stale": 0, "evaluated": None}
@@ -184,17 +185,19 @@ class AutoPromptSearcher(Searcher):
         done = 0  # steps completed (the last dev evaluation is labelled with it)
         for step in bar:
             grad_batch, cand_batch = batches.next(), batches.next()
-            need = cand_scorer.gradient_passes(grad_batch) + cand_scorer.passes(self.n_candidates, cand_batch)
-            if budget is not None and (need > budget.forward_passes_left or budget.seconds_left <= 0):
+            # planned before the step (the candidates are not drawn yet: an upper bound), so that the
+            # search stops before a step it could not finish rather than inside it
+            need = cand_scorer.plan_gradient(grad_batch) + cand_scorer.plan(self.n_candidates + 1, cand_batch)
+            if budget is not None and not budget.can_afford(forward_passes=need, backward_passes=1):
                 log.info("autoprompt: budget left cannot pay for step %d; stopping", step)
                 break
-            grad, loss = cand_scorer.gradient(current.triggers, grad_batch)
+            grad, loss = objective_gradient(cand_scorer, current.triggers, grad_batch, self.objective)
             topk = hotflip_topk(grad, embeddings, allowed, self.top_k)
             cands = sample_candidates(current.triggers, topk, self.n_candidates, rng, be)
             if not cands:
                 log.info("autoprompt: no valid candidate at step %d; stopping", step)
                 break
-            scores = cand_scorer.score([current.triggers] + cands, cand_batch)
+            scores = candidate_objectives(cand_scorer, [current.triggers] + cands, cand_batch, self.objective)
             done = step
             objective = float(scores[0])
             j = int(np.argmax(scores[1:]))
