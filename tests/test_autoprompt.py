@@ -253,6 +253,29 @@ def test_last_evaluation_is_labelled_with_the_steps_actually_run(causal, data):
     assert len(seen) == 2 and seen[0] == 0 and 1 <= seen[1] < 12
 
 
+def test_each_step_is_planned_with_the_budget_view(causal, data):
+    """A step asks ``can_afford`` for its planned forward passes and its backward pass, and is not
+    started when the answer is no."""
+    calls = []
+
+    class OneStep:  # a BudgetView that can pay for one step
+        forward_passes_left = backward_passes_left = seconds_left = evaluations_left = float("inf")
+        evaluations = 0
+
+        def can_afford(self, forward_passes=0, backward_passes=0, evaluations=0):
+            calls.append((forward_passes, backward_passes))
+            return len(calls) == 1
+
+    scorer = Scorer(causal, progress=False)
+    ctx = SearchContext(task=data.without_test(), backend=causal, scorer=scorer, seed=3, budget=OneStep())
+    searcher = AutoPromptSearcher(steps=5, batch_size=4, n_candidates=4, top_k=8, eval_every=100, patience=0,
+                                  screen_dtype="model")
+    searcher.search(ctx, lambda prompts, *, extra=None: [_fake_eval(p, 1) for p in prompts])
+    assert len(calls) == 2 and calls[0][1] == 1
+    spent = scorer.counter.total  # the fake evaluate runs no model: this is the one step's work
+    assert spent.backward_passes == 1 and 0 < spent.forward_passes <= calls[0][0]
+
+
 def _fake_eval(prompt, i):
     return Evaluation(prompt=prompt, train=None, dev=SplitScore(0.5, {"accuracy": 0.5}, -float(i), 8), cost=Cost())
 
