@@ -291,8 +291,8 @@ class TriggerScorer:
                     rows = [(r, e, r.ids[len(chunk[e].stem) + start:])
                             for c in cands for e, blk in enumerate(plans[c]) for r in _block(blk)]
                     answers = self._run(rows, chunk, cache, lens - cut, start)
-                    vals = torch.stack([self.scorer.label_scores(plans[c], answers) for c in cands])
-                    out[torch.as_tensor(cands)[:, None], cols] = vals.float().cpu()
+                    vals = self.scorer.label_scores([e for c in cands for e in plans[c]], answers)  # one call per pass
+                    out[torch.as_tensor(cands)[:, None], cols] = vals.view(len(cands), len(idx), n_labels).float().cpu()
         return out
 
     def _run(self, rows: list[tuple[Request, int, TokenIds]], chunk: list[_Layout], cache, lens: torch.Tensor,

@@ -355,14 +355,38 @@ class Scorer:
         return results
 
     def _assemble(self, plan, results: Mapping[Request, Any]) -> torch.Tensor:
-        out = []
-        for per_label in plan:
-            label_scores = []
-            for per_word in per_label:
-                word_scores = [self._word_score(results[r], r, w) for r, w in per_word]
-                label_scores.append(torch.logsumexp(torch.stack(word_scores), 0))
-            out.append(torch.stack(label_scores))
-        return torch.stack(out)
+        """Label scores ``[N, L]``: each word's score read off its request's answer, log-sum-exp per label.
+
+        A few tensor operations per call, not several per word: a next-token answer serves all its
+        words in one gather, and the words go into an ``[N, L, most words]`` grid padded with -inf
+        (a GPU pays a kernel launch per operation, more than a candidate pass's tokens cost).
+        """
+        if not plan:
+            return torch.zeros(0, 0)
+        n_labels = len(plan[0])
+        width = max(len(per_word) for per_label in plan for per_word in per_label)
+        parts: list[torch.Tensor] = []
+        slots: list[int] = []  # place of each score of ``parts`` in the flat grid
+        picks: dict[Request, tuple[list[int], list[int]]] = {}  # next-token request -> (tokens, slots)
+        for i, per_label in enumerate(plan):
+            for li, per_word in enumerate(per_label):
+                for k, (r, w) in enumerate(per_word):
+                    slot = (i * n_labels + li) * width + k
+                    if r.kind == "next":
+                        toks, at = picks.setdefault(r, ([], []))
+                        toks.append(w[0])
+                        at.append(slot)
+                    else:
+                        parts.append(self._word_score(results[r], r, w).reshape(1))
+                        slots.append(slot)
+        for r, (toks, at) in picks.items():
+            value = results[r]
+            parts.append(value[torch.as_tensor(toks, device=value.device)])
+            slots += at
+        scores = torch.cat(parts)
+        grid = scores.new_full((len(plan) * n_labels * width,), -float("inf"))
+        grid = grid.index_put((torch.as_tensor(slots, device=scores.device),), scores)
+        return grid.view(len(plan), n_labels, width).logsumexp(-1)
 
     @staticmethod
     def _word_score(value: Any, req: Request, w: tuple[int, ...]) -> torch.Tensor:
