@@ -6,8 +6,9 @@ the keys and values of a stem depend on the stem alone, so once they are compute
 later prompt that differs only from the first trigger on (every candidate and every dev
 evaluation of a trigger search, on the same examples) runs just its few remaining tokens
 on top of them. The scorer keeps them per job in a byte-bounded LRU
-(``Scorer(stem_cache_mb=...)``); the trigger searcher's gradient and candidate passes read
-the same store, so a training example's text is run once per search, not once per step.
+(``Scorer(stem_cache_mb=...)``); the gradient and candidate passes of a trigger search
+(:class:`~miner.scoring.TriggerScorer`, ``_candidates.py``) read the same store, so a training
+example's text is run once per search, not once per step.
 
 Stems are stored from a pass that ran anyway: the first time a row is seen it runs whole
 (one pass, as without this cache) and its stem's slice of the pass's key/value cache is
