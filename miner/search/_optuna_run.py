@@ -115,9 +115,9 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
     waiting_logged = False
     while True:
         shared.recover()
-        c = shared.counts()
-        finished = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
-        running, queued = c[TrialState.RUNNING], c[TrialState.WAITING]
+        counts = shared.counts()
+        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        running, queued = counts[TrialState.RUNNING], counts[TrialState.WAITING]
         if arrived_done is None:
             arrived_done = finished >= s.n_trials and not running and not queued
         # Trials in flight count towards n_trials: their workers finish them, or they turn stale and

@@ -114,8 +114,10 @@ def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 def make_storage(url: str | None, grace_s: float | None = None) -> optuna.storages.BaseStorage:
     """Optuna's storage for ``url`` (in memory for None); with ``grace_s``, heartbeats are on."""
-    if url is None:
-        return optuna.storages.InMemoryStorage()
+    return optuna.storages.InMemoryStorage() if url is None else _rdb_storage(url, grace_s)
+
+
+def _rdb_storage(url: str, grace_s: float | None) -> optuna.storages.RDBStorage:
     kwargs: dict[str, Any]
     if url.startswith("sqlite"):
         # Several workers and the leaderboard write to one file: wait for the lock, don't fail.
@@ -176,7 +178,7 @@ class SharedStudy:
 
     study: optuna.Study
     storage: optuna.storages.RDBStorage | None  # None: in memory, private to this call (nothing to recover)
-    study_id: int | None = None
+    study_id: int = -1  # in ``storage``
     created: bool = True  # this worker created the study (else it joined one that others, or a killed run, started)
     interval: int = 1
     grace: int = 2
@@ -251,17 +253,17 @@ def open_study(url: str | None, base_name: str, directions: list[str], sampler, 
     trials exactly); one that joins an existing study reseeds it, so that it does not draw the
     parameters the study's first worker drew from the same seed.
     """
-    storage = make_storage(url, grace_s)
-    if url is None:
-        study = optuna.create_study(storage=storage, study_name=base_name, directions=directions, sampler=sampler,
-                                    pruner=pruner)
-        return SharedStudy(study, None)
-    interval, grace = heartbeat_settings(grace_s)
     wanted = [optuna.study.StudyDirection[d.upper()] for d in directions]
+    if url is None:
+        study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), study_name=base_name, directions=wanted,
+                                    sampler=sampler, pruner=pruner)
+        return SharedStudy(study, None)
+    storage = _rdb_storage(url, grace_s)
+    interval, grace = heartbeat_settings(grace_s)
     for attempt in range(1, 1000):
         name = base_name if attempt == 1 else f"{base_name}-{attempt}"
         try:
-            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+            study = optuna.create_study(storage=storage, study_name=name, directions=wanted, sampler=sampler,
                                         pruner=pruner)
             created = True
         except DuplicatedStudyError:
