@@ -111,7 +111,6 @@ def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         logger.info("optuna: trial %d was left running by a dead worker; failed and re-enqueued", trial.number)
 
 
-
 def make_storage(url: str | None, grace_s: float | None = None) -> optuna.storages.BaseStorage:
     """Optuna's storage for ``url`` (in memory for None); with ``grace_s``, heartbeats are on."""
     return optuna.storages.InMemoryStorage() if url is None else _rdb_storage(url, grace_s)
@@ -180,8 +179,8 @@ class SharedStudy:
     storage: optuna.storages.RDBStorage | None  # None: in memory, private to this call (nothing to recover)
     study_id: int = -1  # in ``storage``
     created: bool = True  # this worker created the study (else it joined one that others, or a killed run, started)
-    interval: int = 1
-    grace: int = 2
+    interval: int = 15  # seconds between heartbeats
+    grace: int = 60  # seconds without one after which a trial is dead
 
     @property
     def study_name(self) -> str:
@@ -239,7 +238,7 @@ def _done(study: optuna.Study, n_trials: int) -> bool:
 
 
 def open_study(url: str | None, base_name: str, directions: list[str], sampler, pruner, n_trials: int,
-               resumed: bool, started_at: float | None = None, grace_s: float = 120.0) -> SharedStudy:
+               resumed: bool, started_at: float | None = None, grace_s: float = 60.0) -> SharedStudy:
     """Load or create the job's study.
 
     A study that is done (``n_trials`` finished trials, none running or queued) is reused only
