@@ -307,7 +307,8 @@ def _open(tmp_path, name="s", n_trials=5, started_at=None, resumed=False, seed=0
     from miner.search._optuna_study import open_study
 
     return open_study(f"sqlite:///{tmp_path / 's.db'}", name, ["maximize"], optuna.samplers.RandomSampler(seed=seed),
-                      optuna.pruners.NopPruner(), n_trials, resumed, started_at, 60)
+                      optuna.pruners.NopPruner(), n_trials, resumed, started_at, 60,
+                      sampler_for=lambda offset: optuna.samplers.RandomSampler(seed=seed + offset))
 
 
 def test_the_searcher_uses_only_optunas_public_api():

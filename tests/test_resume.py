@@ -113,11 +113,18 @@ def test_two_concurrent_resumes_write_each_evaluation_once(tmp_path, make_config
     assert count_rows(tmp_path / "lb.db")["test_scores"] == 3 * 2  # test_top 2, each once
 
 
+OPTUNA = {"name": "optuna", "params": {"n_trials": 6, "pool_sizes": [2, 3], "max_words": 2, "n_startup_trials": 2,
+                                       "train_shares": [0.5, 1.0], "heartbeat_grace_s": 3}}
+
+
 @pytest.mark.process
-def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, make_config):
-    ref_path, ref = make_config("ref.yaml", storage=f"sqlite:///{tmp_path / 'ref.db'}", seeds=[1, 2, 3])
+@pytest.mark.parametrize("searcher", ["manual", "optuna"])
+def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, make_config, searcher):
+    """Same prompts, same scores: an optuna trial's parameters depend only on the study's history."""
+    over = {"seeds": [1, 2, 3]} if searcher == "manual" else {"seeds": [1, 2], "searchers": [OPTUNA]}
+    ref_path, ref = make_config("ref.yaml", storage=f"sqlite:///{tmp_path / 'ref.db'}", **over)
     assert main(["run", str(ref_path), "--no-progress"]) == 0
-    path, cfg = make_config(seeds=[1, 2, 3])
+    path, cfg = make_config(**over)
     proc = _cli("run", str(path), "--no-progress")
     deadline = time.time() + 300
     while time.time() < deadline and count_rows(tmp_path / "lb.db").get("evaluations", 0) < 3:
@@ -131,6 +138,6 @@ def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, make_config):
         return sorted((r.seed, r.prompt_key, r.dev_score, r.train_score, r.test_score) for r in Leaderboard(url).rows())
 
     assert summary(cfg["storage"]) == summary(ref["storage"])
-    counts = count_rows(tmp_path / "lb.db")
-    assert counts["evaluations"] == 12 and counts["test_scores"] == 6
+    counts, ref_counts = count_rows(tmp_path / "lb.db"), count_rows(tmp_path / "ref.db")
+    assert counts["evaluations"] == ref_counts["evaluations"] and counts["test_scores"] == ref_counts["test_scores"]
     assert sorted(r.status for r in Leaderboard(cfg["storage"]).runs()) == ["finished", "interrupted"]

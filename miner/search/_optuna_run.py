@@ -20,7 +20,7 @@ from miner.prompts import Prompt, PromptEnsemble
 from miner.search._base import Evaluate, SearchContext, rank_key
 from miner.search._labelwords import candidate_pool, decoded_vocab, search_verbalizers, word_mask
 from miner.search._optuna_space import TemplateSpace, build_space
-from miner.search._optuna_study import FINISHED, SharedStudy, make_pruner, make_sampler, open_study
+from miner.search._optuna_study import FINISHED, SharedStudy, known_dead, make_pruner, make_sampler, open_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -104,7 +104,9 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
     directions = ["maximize", "minimize"] if job.multi_objective else ["maximize"]
     shared = open_study(ctx.storage_url if persistent else None, name, directions,
                         make_sampler(s.sampler, seed, s.n_startup_trials), make_pruner(s.pruner, s.n_startup_trials),
-                        s.n_trials, resumed, ctx.started_at, s.heartbeat_grace_s)
+                        s.n_trials, resumed, ctx.started_at, s.heartbeat_grace_s,
+                        sampler_for=lambda offset: make_sampler(s.sampler, (seed + 7919 * offset) % 2**32,
+                                                                s.n_startup_trials))
     study = shared.study
     study.set_user_attr("miner", {"job_key": ctx.job_key, "task": ctx.task.name, "model": be.name,
                                   "objective": "dev score + tie_weight * exp(dev loglik)", "tie_weight": s.tie_weight})
@@ -113,11 +115,25 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
     mine: set[int] = set()  # trials this call finished
     arrived_done = None  # the study needed nothing from this call when it started
     waiting_logged = False
+    settled = shared.created  # a joined study's trials in flight are settled before this worker draws
     while True:
         shared.recover()
         counts = shared.counts()
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         running, queued = counts[TrialState.RUNNING], counts[TrialState.WAITING]
+        dead = [t for t in shared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if known_dead(t)]
+        if not settled and dead and shared.storage is not None:
+            # A killed run's trial stays RUNNING until its heartbeat goes stale: wait for it to be failed
+            # and queued again, so that every new trial is drawn from the same history as in an
+            # uninterrupted run (see SharedStudy.sampler_for). Live workers' trials are not waited for.
+            if not waiting_logged:
+                ctx.logger.info("optuna: %d trial(s) of a killed worker in flight; waiting up to %d s for them "
+                                "to turn stale and be queued again", len(dead), shared.grace)
+                waiting_logged = True
+            time.sleep(min(1.0, shared.interval))
+            continue
+        if not settled:
+            settled, waiting_logged = True, False
         if arrived_done is None:
             arrived_done = finished >= s.n_trials and not running and not queued
         # Trials in flight count towards n_trials: their workers finish them, or they turn stale and

@@ -35,6 +35,7 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +172,24 @@ def _owned(t: optuna.trial.FrozenTrial) -> bool:
     return isinstance(owner, dict) and owner.get("trial") == t.number
 
 
+def known_dead(t: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial whose worker is certainly gone: it never recorded itself, or it ran on this host
+    under a pid that no longer exists. (Only used to decide whether to wait for its retry; the trial
+    itself is failed by the heartbeat rule in ``recover``, whatever this says.)"""
+    owner = t.user_attrs.get(OWNER)
+    if not _owned(t):
+        return True
+    if owner.get("host") != _HOST or not isinstance(owner.get("pid"), int):
+        return False
+    try:
+        os.kill(owner["pid"], 0)  # signal 0 only asks whether the pid exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, not ours to signal
+        return False
+    return False
+
+
 @dataclass
 class SharedStudy:
     """The job's study and how this worker takes part in it."""
@@ -181,6 +200,10 @@ class SharedStudy:
     created: bool = True  # this worker created the study (else it joined one that others, or a killed run, started)
     interval: int = 15  # seconds between heartbeats
     grace: int = 60  # seconds without one after which a trial is dead
+    # A fresh sampler for each new trial, seeded by the number of trials finished or in flight when it
+    # is asked: a trial's parameters then depend only on the study's history, so a run resumed after a
+    # kill draws exactly what the uninterrupted run drew, and two workers asking side by side differ.
+    sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None
 
     @property
     def study_name(self) -> str:
@@ -221,6 +244,9 @@ class SharedStudy:
         with warnings.catch_warnings():
             # Optuna warns that its own heartbeat thread runs only in optimize(); ours runs here.
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            if self.sampler_for is not None:
+                c = self.counts()
+                self.study.sampler = self.sampler_for(c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING])
             trial = self.study.ask()
         if self.storage is None:
             return trial, None
@@ -238,7 +264,8 @@ def _done(study: optuna.Study, n_trials: int) -> bool:
 
 
 def open_study(url: str | None, base_name: str, directions: list[str], sampler, pruner, n_trials: int,
-               resumed: bool, started_at: float | None = None, grace_s: float = 60.0) -> SharedStudy:
+               resumed: bool, started_at: float | None = None, grace_s: float = 60.0,
+               sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> SharedStudy:
     """Load or create the job's study.
 
     A study that is done (``n_trials`` finished trials, none running or queued) is reused only
@@ -248,15 +275,14 @@ def open_study(url: str | None, base_name: str, directions: list[str], sampler, 
     restarted, when trials of it were finished after ``started_at`` (when the run calling this
     started, before it loaded anything): this worker was launched beside the others and came late.
 
-    Only the worker that creates a study keeps the sampler's seed (a single run repeats its
-    trials exactly); one that joins an existing study reseeds it, so that it does not draw the
-    parameters the study's first worker drew from the same seed.
+    Workers do not share a sampler's random state: ``SharedStudy.sampler_for`` seeds each new trial
+    from the study's history instead (see there).
     """
     wanted = [optuna.study.StudyDirection[d.upper()] for d in directions]
     if url is None:
         study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), study_name=base_name, directions=wanted,
                                     sampler=sampler, pruner=pruner)
-        return SharedStudy(study, None)
+        return SharedStudy(study, None, sampler_for=sampler_for)
     storage = _rdb_storage(url, grace_s)
     interval, grace = heartbeat_settings(grace_s)
     for attempt in range(1, 1000):
@@ -271,9 +297,8 @@ def open_study(url: str | None, base_name: str, directions: list[str], sampler, 
         if list(study.directions) != wanted:
             raise ConfigError(f"optuna study {name!r} exists with other objectives; set 'study_name' to start another")
         if created or resumed or not _done(study, n_trials) or _finished_since(study, started_at):
-            if not created:
-                sampler.reseed_rng()
-            return SharedStudy(study, storage, storage.get_study_id_from_name(name), created, interval, grace)
+            return SharedStudy(study, storage, storage.get_study_id_from_name(name), created, interval, grace,
+                               sampler_for)
     raise ConfigError(f"optuna study {base_name!r}: too many finished re-runs in this database")
 
 
