@@ -87,7 +87,7 @@ class MiniEvaluate:
 
     def __call__(self, prompts, *, extra=None):
         from miner.scoring import Cost
-        from miner.search._base import Evaluation, SplitScore
+        from miner.search import Evaluation, SplitScore
 
         out = []
         for p in prompts:
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     from miner.models import Backend
     from miner.prompts import Prompt
     from miner.scoring import Scorer
-    from miner.search._base import SearchContext
+    from miner.search import SearchContext
     from miner.search.soft import SoftSearcher, batch_indices
 
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"

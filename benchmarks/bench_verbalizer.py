@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from miner.models import load_backend
     from miner.prompts import Prompt
     from miner.scoring import Scorer
-    from miner.search._labelwords import candidate_pool, decoded_vocab, search_verbalizers, word_mask
+    from miner.search import candidate_pool, decoded_vocab, search_verbalizers, word_mask
     from miner.tasks import TaskSpec, load_task
 
     be = load_backend(args.model)

@@ -80,7 +80,7 @@ def collect(cfg, storage: str) -> list[dict]:
     """Each job's pick (its ensemble when the searcher declared one, else its best prompt by dev score, then dev
     log-likelihood, then train) and its test score, from the database."""
     from miner.leaderboard import Leaderboard
-    from miner.search._base import rank_key
+    from miner.search import rank_key
 
     board = Leaderboard(storage)
     jobs = []
@@ -172,8 +172,8 @@ def ensemble_test(cfg, seeds: list[int], k: int, out: Path) -> None:
     from miner.models import load_backend
     from miner.prompts import Prompt, PromptEnsemble
     from miner.scoring import Scorer
-    from miner.search._optuna_run import top_trials
-    from miner.search._optuna_study import make_storage
+    from miner.search import optuna_storage as make_storage
+    from miner.search import top_trials
     from miner.tasks import load_task
 
     storage = cfg.storage

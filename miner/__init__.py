@@ -1,7 +1,6 @@
 """miner: automatic prompt mining and search for frozen language models."""
 
-__version__ = "0.1.0"
-
+from miner._version import __version__  # noqa: E402
 from miner.errors import BudgetExhausted, ConfigError, DataError, MinerError, ModelLoadError, PromptError  # noqa: E402
 from miner.prompts import Prompt, PromptEnsemble, Verbalizer, parse_template  # noqa: E402
 

@@ -205,7 +205,7 @@ def _cmd_export(args) -> int:
 
 def _read_inputs(path: str, max_mb: float) -> list[Any]:
     """The texts of an input file: a regular file of at most ``max_mb`` (no FIFO, device or endless file)."""
-    from miner.tasks._files import decode_utf8, read_bytes_bounded, read_table
+    from miner.tasks import decode_utf8, read_bytes_bounded, read_table
 
     p = Path(path)
     limit = int(max_mb * 2**20)

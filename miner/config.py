@@ -35,8 +35,7 @@ from pydantic import (
 
 from miner.errors import ConfigError, DataError, MinerError
 from miner.tasks import TaskSpec
-from miner.tasks._files import read_bytes_bounded
-from miner.tasks._spec import PositiveStrictInt, Seed, StrictInt
+from miner.tasks import PositiveStrictInt, Seed, StrictInt, read_bytes_bounded
 
 MAX_CONFIG_BYTES = 2**20
 MAX_CONFIG_DEPTH = 64

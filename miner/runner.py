@@ -16,7 +16,6 @@ import contextlib
 import logging
 import platform
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -28,12 +27,20 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from miner._version import code_version
 from miner.artifacts import artifacts_for_storage
 from miner.config import BudgetSpec, RunConfig, parse_config
 from miner.errors import BudgetExhausted, ConfigError, MinerError
-from miner.leaderboard import EvaluationRecord, Leaderboard, library_versions
-from miner.leaderboard._engine import mask_secrets, safe_url
-from miner.leaderboard._store import HEARTBEAT_S
+from miner.leaderboard import (
+    HEARTBEAT_S,
+    EvaluationRecord,
+    Leaderboard,
+    is_sqlite_file,
+    library_versions,
+    mask_secrets,
+    normalize_url,
+    safe_url,
+)
 from miner.models import Backend, load_backend
 from miner.prompts import Prompt
 from miner.scoring import Cost, CostCounter, Scorer, ScoreResult
@@ -44,20 +51,6 @@ logger = logging.getLogger(__name__)
 # One line per phase of a run (loading, each job's search, its test scoring), for people watching:
 # the CLI prints this logger's INFO records; library users see them with logging configured.
 phase = logging.getLogger("miner.status")
-
-
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
-    from miner import __version__
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
 
 
 def provenance() -> dict[str, Any]:
@@ -602,13 +595,11 @@ def _claim(board: Leaderboard, key: str, run_id: str, wait: bool, label: str) ->
 
 
 def _check_parallel(cfg: RunConfig, backend_given: bool) -> None:
-    from miner.leaderboard._engine import _is_sqlite_file, normalize_url
-
     if backend_given:
         raise ConfigError("parallel.n_jobs > 1 loads the model in each worker: leave out run(backend=...) "
                           "or set parallel.n_jobs to 1")
     url = normalize_url(cfg.storage)
-    if url.get_backend_name() == "sqlite" and not _is_sqlite_file(url):
+    if url.get_backend_name() == "sqlite" and not is_sqlite_file(url):
         raise ConfigError("parallel.n_jobs > 1 needs a shared storage (a SQLite file or a database server), "
                           f"not {cfg.storage!r}")
     if cfg.parallel.backend == "dask":
@@ -626,8 +617,6 @@ def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str
     import os
 
     from joblib import Parallel, delayed, parallel_config
-
-    from miner.leaderboard._engine import normalize_url
 
     par = cfg.parallel
     n = min(par.n_jobs, len(specs))

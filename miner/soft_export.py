@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
 from miner._io import atomic_write_text
 from miner.errors import MinerError
-from miner.export import MAX_SLOTS, ExportBody, PlainName
+from miner._exportfile import MAX_SLOTS, ExportBody, PlainName
 from miner.prompts import Answer, Field, Literal, Prompt, Soft, parse_template
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def export_soft(
     backend (loaded from the row's model when not given) decides the PEFT layout and fills
     the adapter config (layers, heads).
     """
-    from miner.export import ExportFileError, check_output_path, replace_dir
+    from miner._exportfile import ExportFileError, check_output_path, replace_dir
 
     exported = source if hasattr(source, "prompt") and isinstance(getattr(source, "prompt"), Prompt) else exported_from_row(source)
     prompt = exported.prompt
@@ -216,7 +216,7 @@ def _write_soft_export(exported: Any, tensor: torch.Tensor, out: Path, backend: 
         )
     nearest = None
     if backend is not None:
-        from miner.search._soft_common import nearest_report
+        from miner.search import nearest_report
 
         nearest = nearest_report(backend, tensor)
     desc = {
@@ -268,7 +268,7 @@ def _first_line(exc: BaseException) -> str:
 
 def exported_from_row(row: Any) -> Any:
     """An ``ExportedPrompt`` for a leaderboard row (what ``export_best`` builds, minus the run config)."""
-    from miner.export import ExportedPrompt
+    from miner._exportfile import ExportedPrompt
 
     labels = list(row.prompt["verbalizer"].keys())
     return ExportedPrompt(
@@ -287,7 +287,7 @@ def exported_from_row(row: Any) -> Any:
 # --------------------------------------------------------------------------- load / predict
 def is_soft_export(path: str | Path) -> bool:
     """True for an export directory or its description file (for ``miner predict`` to dispatch on)."""
-    from miner.export import MAX_FILE_BYTES
+    from miner._exportfile import MAX_FILE_BYTES
 
     try:
         p = Path(path)
@@ -338,7 +338,7 @@ class SoftDescriptionFile(ExportBody):
 
 def load_soft_export(path: str | Path) -> SoftExport:
     """Load an export directory (or its ``soft_prompt.json``); every problem is one :class:`ExportFileError` line."""
-    from miner.export import ExportFileError, read_export_json, validate_export
+    from miner._exportfile import ExportFileError, read_export_json, validate_export
 
     p = Path(path)
     try:
@@ -367,7 +367,7 @@ def _read_tensor(tfile: Path, key: str, shape: tuple[int, ...]) -> torch.Tensor:
     """The float32 tensor ``key`` of ``tfile``, its name, dtype and shape checked from the header before it is read."""
     from safetensors import SafetensorError, safe_open
 
-    from miner.export import ExportFileError
+    from miner._exportfile import ExportFileError
 
     if not tfile.is_file():
         raise ExportFileError(f"soft prompt tensor {str(tfile)!r} is missing")
@@ -396,7 +396,7 @@ def predict_soft(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Apply a soft-prompt export to new text; same output as :func:`miner.export.predict`."""
-    from miner.export import check_fits_model, predict
+    from miner._exportfile import check_fits_model, predict
     from miner.models import load_backend
 
     se = export if isinstance(export, SoftExport) else load_soft_export(export)

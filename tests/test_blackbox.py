@@ -8,7 +8,7 @@ from miner.config import BudgetSpec
 from miner.errors import ConfigError
 from miner.runner import run_searcher
 from miner.search.blackbox import BlackboxSearcher, projection_matrix
-from miner.testing.conformance import SearcherConformance, _seed_prompts, conformance_backend, conformance_data  # noqa: F401
+from miner.testing.conformance import SearcherConformance, seed_prompts
 
 
 class TestBlackbox(SearcherConformance):
@@ -26,7 +26,7 @@ def causal():
 
 def test_forward_passes_only_and_rows(causal, conformance_data):
     s = BlackboxSearcher(n_tokens=2, intrinsic_dim=8, popsize=4, generations=4, eval_every=2)
-    res = run_searcher(s, causal, conformance_data, prompts=_seed_prompts(conformance_data.label_names),
+    res = run_searcher(s, causal, conformance_data, prompts=seed_prompts(conformance_data.label_names),
                        budget=BudgetSpec(max_forward_passes=200))
     assert res.cost.backward_passes == 0
     assert all(p.grad is None for p in causal.model.parameters())
@@ -40,7 +40,7 @@ def test_forward_passes_only_and_rows(causal, conformance_data):
 
 def test_budget_in_forward_passes_stops_between_generations(causal, conformance_data):
     s = BlackboxSearcher(n_tokens=2, intrinsic_dim=8, popsize=4, generations=100, eval_every=1)
-    res = run_searcher(s, causal, conformance_data, prompts=_seed_prompts(conformance_data.label_names),
+    res = run_searcher(s, causal, conformance_data, prompts=seed_prompts(conformance_data.label_names),
                        budget=BudgetSpec(max_forward_passes=25))
     assert res.cost.forward_passes <= 25
     assert any(e.prompt.triggers for e in res.evaluations), "the budget keeps room for the projection"

@@ -3,7 +3,7 @@
 import pytest
 
 from miner.search.manual import ManualSearcher
-from miner.testing.conformance import SearcherConformance, conformance_backend, conformance_data  # noqa: F401
+from miner.testing.conformance import SearcherConformance
 
 
 class TestManual(SearcherConformance):

@@ -25,7 +25,7 @@ from miner.runner import run_searcher
 from miner.scoring import Scorer
 from miner.search._labelwords import Pool, candidate_pool, decoded_vocab, search_verbalizers, word_mask
 from miner.search.optuna_search import OptunaSearcher
-from miner.testing.conformance import SearcherConformance, conformance_backend, conformance_data  # noqa: F401
+from miner.testing.conformance import SearcherConformance
 from miner.testing.tiny import tiny_causal
 
 

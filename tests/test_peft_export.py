@@ -14,7 +14,6 @@ from miner.runner import run_searcher
 from miner.scoring import Scorer
 from miner.search.soft import SoftSearcher
 from miner.soft_export import export_soft, is_soft_export, load_soft_export, peft_incompatibility, predict_soft
-from miner.testing.conformance import conformance_data  # noqa: F401
 
 VERB = {"negative": ["terrible", "not good"], "positive": ["great"]}  # "not good": a multi-token word
 

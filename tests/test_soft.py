@@ -6,7 +6,7 @@ import torch
 from miner.config import BudgetSpec
 from miner.runner import run_searcher
 from miner.search.soft import SoftSearcher
-from miner.testing.conformance import SearcherConformance, _seed_prompts, conformance_backend, conformance_data  # noqa: F401
+from miner.testing.conformance import SearcherConformance, seed_prompts
 
 
 class TestSoft(SearcherConformance):
@@ -23,7 +23,7 @@ def causal():
 
 
 def _run(searcher, backend, data, **kw):
-    return run_searcher(searcher, backend, data, prompts=_seed_prompts(data.label_names), **kw)
+    return run_searcher(searcher, backend, data, prompts=seed_prompts(data.label_names), **kw)
 
 
 def test_trains_soft_tokens_only_and_charges_backward(causal, conformance_data):

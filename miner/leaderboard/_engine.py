@@ -89,7 +89,7 @@ def normalize_url(url: str) -> URL:
         raise LeaderboardError(f"cannot open leaderboard {safe_url(url)!r}: {one_line(exc)}") from None
 
 
-def _is_sqlite_file(url: URL) -> bool:
+def is_sqlite_file(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not (
         url.database.startswith("file:")
     )
@@ -128,11 +128,11 @@ def open_engine(url: URL, shown: str, *, create: bool = True) -> Engine:
     kwargs: dict = {}
     if url.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S, "check_same_thread": False}
-        if _is_sqlite_file(url) and not create:
+        if is_sqlite_file(url) and not create:
             if not Path(url.database).expanduser().is_file():
                 raise LeaderboardError(f"no leaderboard at {shown!r}: the file does not exist "
                                        "(run 'miner run CONFIG' first, or name another with --storage)")
-        elif _is_sqlite_file(url):
+        elif is_sqlite_file(url):
             parent = Path(url.database).expanduser().parent
             try:
                 parent.mkdir(parents=True, exist_ok=True)

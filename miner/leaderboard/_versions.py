@@ -22,9 +22,9 @@ def _miner_version() -> str:
     if found:
         return found
     # Running from a source checkout that was never pip-installed.
-    import miner
+    from miner._version import __version__
 
-    return str(getattr(miner, "__version__", "unknown"))
+    return __version__
 
 
 @functools.cache

@@ -11,7 +11,25 @@ _BUILTIN = ("manual", "optuna_search", "autoprompt", "soft", "blackbox")
 for _name in _BUILTIN:
     importlib.import_module(f"miner.search.{_name}")
 
+# Helpers of particular searchers that benchmarks and exports use, loaded on first use (they import
+# optuna or torch-heavy code that ``import miner.search`` should not pay for).
+_LAZY = {
+    "candidate_pool": "miner.search._labelwords", "decoded_vocab": "miner.search._labelwords",
+    "search_verbalizers": "miner.search._labelwords", "word_mask": "miner.search._labelwords",
+    "top_trials": "miner.search._optuna_run", "optuna_storage": "miner.search._optuna_study",
+    "nearest_report": "miner.search._soft_common",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        return getattr(module, "make_storage" if name == "optuna_storage" else name)
+    raise AttributeError(f"module 'miner.search' has no attribute {name!r}")
+
+
 __all__ = [
     "BudgetView", "Capabilities", "Evaluate", "Evaluation", "Parameter", "Registry", "SearchContext", "Searcher",
-    "SplitScore", "parameters", "rank_key", "register_searcher", "searchers",
+    "SplitScore", "candidate_pool", "decoded_vocab", "nearest_report", "optuna_storage", "parameters", "rank_key",
+    "register_searcher", "search_verbalizers", "searchers", "top_trials", "word_mask",
 ]

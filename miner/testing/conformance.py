@@ -32,7 +32,7 @@ from miner.scoring import Scorer
 from miner.search import Searcher
 
 
-def _seed_prompts(label_names):
+def seed_prompts(label_names):
     return [
         Prompt.create("{sentence} It was {answer}", {label_names[0]: ["terrible"], label_names[1]: ["great"]}, label_names),
         Prompt.create("Review: {sentence}\nSentiment: {answer}", {label_names[0]: ["negative"], label_names[1]: ["positive"]}, label_names),
@@ -60,7 +60,7 @@ class SearcherConformance:
         return conformance_backend
 
     def _run(self, searcher, backend, data, budget=None):
-        return run_searcher(searcher, backend, data, prompts=_seed_prompts(data.label_names), budget=budget or self.budget)
+        return run_searcher(searcher, backend, data, prompts=seed_prompts(data.label_names), budget=budget or self.budget)
 
     def _observed(self, searcher, backend, data) -> _Observed:
         """One run at ``self.budget`` with its model calls counted, shared by the checks that only read it
