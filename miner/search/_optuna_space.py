@@ -14,7 +14,7 @@ from typing import Sequence
 
 from miner.errors import ConfigError, PromptError
 from miner.prompts import Prompt
-from miner.prompts._template import parse_template
+from miner.prompts import parse_template
 
 PARTS = "<parts>"  # the value of the "template" parameter that means "assemble from parts"
 
