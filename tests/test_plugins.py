@@ -96,7 +96,7 @@ class TestEchoPlugin(SearcherConformance):
         return searchers.build("echo", {"rounds": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="autoprompt, soft and optuna get their descriptions next")
+@pytest.mark.xfail(strict=True, reason="autoprompt gets its descriptions next")
 def test_every_builtin_parameter_is_described():
     from miner.search import parameters
 

@@ -75,32 +75,48 @@ def _placeholder(be, space: bool, vocab) -> str:
     raise PromptError("no single-token word found in the vocabulary")  # pragma: no cover
 
 
-def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
+@dataclass(frozen=True)
+class JobSetup:
+    """What a job's parameters resolve to against its task (see :func:`check_job`)."""
+
+    space: TemplateSpace
+    user_words: list[list[str]]  # per label: label_words, then the seed prompts' words
+    vocabulary: frozenset[str] | None
+
+
+def check_job(s, ctx: SearchContext) -> JobSetup:
+    """Resolve the parameters against one job before its first trial; a bad one is a ``ConfigError``.
+
+    ``OptunaSearcher.validate`` calls it for every job before any row is written, ``run_study`` before
+    its first trial, so a parameter that only fails against the task fails the same way in both.
+    """
     labels = ctx.label_names
-    be = ctx.backend
-    space = build_space(s, be.kind, ctx.text_fields, ctx.prompts, ctx.logger)
+    space = build_space(s, ctx.backend.kind, ctx.text_fields, ctx.prompts, ctx.logger)
     unknown = [k for k in s.label_words if k not in labels]
     if unknown:
         raise ConfigError(f"optuna searcher: label_words names unknown label {unknown[0]!r}; the labels are {list(labels)}")
-    try:
-        re.compile(s.word_pattern)
-    except re.error as exc:
-        raise ConfigError(f"optuna searcher: word_pattern is not a valid regular expression: {exc}") from None
+    vocabulary = _vocabulary(s.vocabulary)
+    if not ctx.task.train:
+        raise ConfigError("optuna searcher: the task has no training examples to find label words with")
     user_words = [list(dict.fromkeys(s.label_words.get(lab, []))) for lab in labels]
     for p in ctx.prompts:
         if p.verbalizer.labels == tuple(labels):
             for c, ws in enumerate(p.verbalizer.words):
                 user_words[c] = list(dict.fromkeys(user_words[c] + list(ws)))
+    return JobSetup(space, user_words, vocabulary)
+
+
+def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
+    labels = ctx.label_names
+    be = ctx.backend
+    setup = check_job(s, ctx)
     seed = s.seed if s.seed is not None else ctx.seed
-    job = _Job(s, ctx, evaluate, space, _stratified(ctx.task.train, len(labels), seed), user_words,
-               multi_objective=s.sampler == "nsga2", seed=seed)
-    job.vocabulary = _vocabulary(s.vocabulary)
-    if not job.order:
-        raise ConfigError("optuna searcher: the task has no training examples to find label words with")
+    job = _Job(s, ctx, evaluate, setup.space, _stratified(ctx.task.train, len(labels), seed), setup.user_words,
+               vocabulary=setup.vocabulary, multi_objective=s.sampler == "nsga2", seed=seed)
 
     persistent = ctx.storage_url is not None and bool(ctx.job_key or s.study_name)
     name = s.study_name or f"miner-{ctx.job_key}"
-    resumed = bool(ctx.budget is not None and getattr(ctx.budget, "evaluations", 0) > 0)
+    resumed = ctx.budget is not None and ctx.budget.evaluations > 0
     directions = ["maximize", "minimize"] if job.multi_objective else ["maximize"]
     shared = open_study(ctx.storage_url if persistent else None, name, directions,
                         make_sampler(s.sampler, seed, s.n_startup_trials), make_pruner(s.pruner, s.n_startup_trials),
@@ -331,11 +347,10 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
         mp = _multi_prompt(template, labels, c, w, ph)
         planned += scorer.plan(mp, order) + (scorer.plan(mp, cf_rows) if calibrate else 0)
     budget = ctx.budget
-    if budget is not None:
-        if planned > budget.forward_passes_left:
-            raise BudgetExhausted(f"the next optuna trial needs {planned} forward passes; {budget.forward_passes_left:g} left")
-        if budget.seconds_left <= 0:
-            raise BudgetExhausted("max_seconds reached")
+    if budget is not None and not budget.can_afford(forward_passes=planned, evaluations=1):
+        raise BudgetExhausted(f"the next optuna trial needs {planned} forward passes and an evaluation; left: "
+                              f"{budget.forward_passes_left:g} passes, {budget.evaluations_left:g} evaluations, "
+                              f"{max(0.0, budget.seconds_left):g} s")
 
     if space not in job.masks:
         job.masks[space] = word_mask(be, s.word_pattern, space, job.vocabulary)

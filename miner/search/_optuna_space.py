@@ -80,9 +80,6 @@ def build_space(searcher, kind: str, text_fields: Sequence[str], seed_prompts: S
             full.append(p.template)
     full = list(dict.fromkeys(full))
     positions = ["end"] + (["start"] if kind == "masked" and searcher.answer_first else [])
-    for name in ("prefixes", "separators", "punctuations"):
-        if not getattr(searcher, name):
-            raise ConfigError(f"optuna searcher: '{name}' needs at least one choice (use [\"\"] for none)")
     if not searcher.infixes and not full:
         raise ConfigError("optuna searcher: give 'infixes' or 'templates' (there is no template to search)")
     return TemplateSpace(tuple(full), tuple(searcher.prefixes), tuple(searcher.separators),

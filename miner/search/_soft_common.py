@@ -3,7 +3,7 @@
 - the *layout*: the prompt the soft tokens live in (template with ``{soft:N}`` slots and a
   verbalizer), built from the searcher's parameters or the config's first seed prompt;
 - initial soft embeddings (text, sampled vocabulary, random at the embedding scale);
-- budget arithmetic: forward passes a step / a candidate / an evaluation would need;
+- budget planning: forward passes an evaluation would need, and whether the budget can pay;
 - recording a soft tensor as a leaderboard row (tensor in the artifact store, reference in
   the prompt) and its nearest discrete prompt (nearest vocabulary token per position,
   by cosine, placed in ``{trigger}`` slots so the ids are used as they are).
@@ -73,9 +73,8 @@ def initial_embeddings(backend: Any, n: int, how: str, text: str, generator: tor
     """``[n, hidden]`` float32 starting point of a soft prompt, on the backend's device."""
     emb = backend.input_embeddings().detach()
     if how == "text":
+        check_init_text(backend, how, text)
         ids = list(backend.tokenize(text))
-        if not ids:
-            raise ConfigError(f"init_text {text!r} tokenizes to nothing")
         ids = (ids * math.ceil(n / len(ids)))[:n]  # repeat a short text, cut a long one (as PEFT does)
         out = emb[torch.tensor(ids, device=emb.device)]
     elif how == "vocab":
@@ -97,20 +96,16 @@ def eval_passes(scorer: Any, prompt: Prompt, task: Any) -> int:
     return scorer.plan(prompt, task.train) + scorer.plan(prompt, task.dev)
 
 
-def passes_left(context: Any) -> float:
+def can_afford(context: Any, forward_passes: int = 0, backward_passes: int = 0, evaluations: int = 0) -> bool:
+    """Whether the job's budget can pay for this work (always, outside the runner: no budget)."""
     b = context.budget
-    return float("inf") if b is None else b.forward_passes_left
+    return b is None or b.can_afford(forward_passes=forward_passes, backward_passes=backward_passes, evaluations=evaluations)
 
 
-def evaluations_left(context: Any) -> float:
-    b = context.budget
-    m = getattr(getattr(b, "spec", None), "max_evaluations", None)
-    return float("inf") if m is None else m - b.evaluations
-
-
-def seconds_left(context: Any) -> float:
-    b = context.budget
-    return float("inf") if b is None else b.seconds_left
+def check_init_text(backend: Any, init: str, text: str, what: str = "") -> None:
+    """``init: text`` needs a text that tokenizes to at least one token (``what``: e.g. ``"soft."``)."""
+    if init == "text" and not list(backend.tokenize(text)):
+        raise ConfigError(f"{what}init_text {text!r} tokenizes to nothing")
 
 
 # --------------------------------------------------------------------------- nearest tokens

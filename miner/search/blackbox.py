@@ -28,8 +28,7 @@ from miner.errors import MinerError
 from miner.search._base import Capabilities, Evaluate, SearchContext, Searcher
 from miner.search._registry import register_searcher
 from miner.search._soft_common import (
-    Recorded, autocast, build_layout, check_template, eval_passes, evaluations_left, initial_embeddings, passes_left, record_projection,
-    record_soft, seconds_left,
+    Recorded, autocast, build_layout, can_afford, check_template, eval_passes, initial_embeddings, record_projection, record_soft,
 )
 
 
@@ -110,7 +109,8 @@ class BlackboxSearcher(Searcher):
 
         per_eval = eval_passes(scorer, layout, context.task)
         per_candidate = scorer.plan(layout, fit_data)
-        reserve = per_eval * (2 if self.project else 1)
+        reserved = 2 if self.project else 1  # evaluations kept for the final best and its projection
+        reserve = per_eval * reserved
         best: Recorded | None = None
 
         def propose(z: np.ndarray, generation: int, fitness: float | None) -> None:
@@ -126,8 +126,8 @@ class BlackboxSearcher(Searcher):
         best_z, best_fit, proposed_fit = zero, math.inf, math.inf
         stopped = None
         for g in range(self.generations):
-            if (per_candidate * cma.population_size + reserve > passes_left(context) or seconds_left(context) <= 0
-                    or evaluations_left(context) <= (2 if self.project else 1)):
+            # evaluations: room for this generation's proposal besides the reserved ones
+            if not can_afford(context, forward_passes=per_candidate * cma.population_size + reserve, evaluations=reserved + 1):
                 stopped = "budget"  # a generation is told to CMA-ES only when complete
                 break
             solutions = []
@@ -146,7 +146,7 @@ class BlackboxSearcher(Searcher):
             if (g + 1) % self.eval_every == 0 and best_fit < proposed_fit:
                 propose(best_z, g + 1, best_fit)
                 proposed_fit = best_fit
-        if best_fit < proposed_fit and per_eval <= passes_left(context) and seconds_left(context) > 0:
+        if best_fit < proposed_fit and can_afford(context, forward_passes=per_eval, evaluations=1):
             propose(best_z, -1, best_fit)  # the final best, unless already proposed
         if stopped:
             log.info("blackbox: stopped: %s", stopped)

@@ -27,11 +27,22 @@ single trial by dev (checked on validation data: ``results/optuna_ensemble.md``)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import Annotated
+from typing import Literal as Lit
+
+from annotated_types import Gt, Le
+from pydantic import Field, NonNegativeInt
 
 from miner.errors import ConfigError
 from miner.search._base import Capabilities, Evaluate, SearchContext, Searcher
 from miner.search._registry import register_searcher
+
+# The names miner.search._optuna_study knows (SAMPLERS, PRUNERS), spelled out here so that importing the
+# searcher does not import Optuna; a test checks that the two agree.
+SamplerName = Lit["tpe", "random", "cmaes", "nsga2"]
+PrunerName = Lit["median", "successive_halving", "none"]
 
 
 @register_searcher
@@ -44,75 +55,95 @@ class OptunaSearcher(Searcher):
     capabilities = Capabilities()
     post_search_params = ("ensemble_top",)  # `--resume` on a finished study adds its ensemble, no new trials
 
-    n_trials: int = 30  # trials of the study (shared by all workers of the job; a resume continues it)
-    sampler: str = "tpe"  # tpe (multivariate) | random | cmaes | nsga2 (dev score vs template length)
-    pruner: str = "median"  # median | successive_halving | none
-    seed: int | None = None  # sampler seed; default: the job seed
-    n_startup_trials: int = 8  # random trials before TPE/CMA-ES model the space (and before pruning)
-    train_shares: list[float] = field(default_factory=lambda: [0.5, 1.0])  # pruning steps (growing share of train)
+    n_trials: Annotated[int, Field(ge=1, description="trials of the study, shared by all workers of the job "
+                                                     "(a resume continues it)")] = 30
+    sampler: Annotated[SamplerName, Field(
+        description="tpe (multivariate), random, cmaes, or nsga2 (dev score against template length)")] = "tpe"
+    pruner: Annotated[PrunerName, Field(description="median, successive_halving or none")] = "median"
+    seed: Annotated[int | None, Field(ge=0, le=2**32 - 1, description="sampler seed (default: the job seed)")] = None
+    n_startup_trials: Annotated[int, Field(ge=0, description="random trials before TPE/CMA-ES model the space "
+                                                             "(and before pruning)")] = 8
+    train_shares: Annotated[list[Annotated[float, Gt(0), Le(1)]], Field(
+        min_length=1, description="pruning steps: growing shares of train, ending at 1.0")] = (
+        field(default_factory=lambda: [0.5, 1.0]))
     # Template parts: <prefix><text><punctuation><separator><infix> {answer}
-    prefixes: list[str] = field(default_factory=lambda: ["", "Review: ", "Text: "])
-    separators: list[str] = field(default_factory=lambda: [" ", "\n"])
-    punctuations: list[str] = field(default_factory=lambda: [""])
-    infixes: list[str] = field(default_factory=lambda: [
+    prefixes: Annotated[list[str], Field(min_length=1, description="template parts: text before the text fields "
+                                                                    "(use [\"\"] for none)")] = (
+        field(default_factory=lambda: ["", "Review: ", "Text: "]))
+    separators: Annotated[list[str], Field(min_length=1, description="template parts: between the text and the "
+                                                                      "infix")] = field(default_factory=lambda: [" ", "\n"])
+    punctuations: Annotated[list[str], Field(min_length=1, description="template parts: right after the text "
+                                                                        "(use [\"\"] for none)")] = (
+        field(default_factory=lambda: [""]))
+    infixes: Annotated[list[str], Field(description="template parts: just before {answer} (may be empty when "
+                                                    "templates are given)")] = field(default_factory=lambda: [
         "It was", "Sentiment:", "Overall, it was", "In summary, it was", "Answer:", "The sentiment is", "All in all, it was",
     ])
-    templates: list[str] = field(default_factory=list)  # full templates, searched next to the assembled ones
-    use_seed_templates: bool = True  # the config's hand-written prompts' templates are choices too
-    answer_first: bool = True  # masked LMs: also try the answer slot before the text
-    calibration: list[bool] = field(default_factory=lambda: [False, True])  # content-free calibration choices
+    templates: Annotated[list[str], Field(description="full templates, searched next to the assembled ones")] = (
+        field(default_factory=list))
+    use_seed_templates: Annotated[bool, Field(
+        description="the config's hand-written prompts' templates are choices too")] = True
+    answer_first: Annotated[bool, Field(description="masked LMs: also try the answer slot before the text")] = True
+    calibration: Annotated[list[bool], Field(min_length=1, description="content-free calibration choices")] = (
+        field(default_factory=lambda: [False, True]))
     # In-context demonstrations (LM-BFF style): k training examples per label, rendered with the
     # template and their label's first user word, are put before the query. They are fixed text
     # in the exported template, drawn from train only and left out of that trial's word fitting.
-    demonstrations: list[int] = field(default_factory=lambda: [0])  # demonstrations per label (choices)
-    demo_sets: int = 8  # seeded draws (examples and their order) a trial chooses among
-    demo_separator: str = "\n\n"  # between demonstrations and before the query
+    demonstrations: Annotated[list[NonNegativeInt], Field(
+        min_length=1, description="choices of training examples per label put before the query (0: none)")] = (
+        field(default_factory=lambda: [0]))
+    demo_sets: Annotated[int, Field(ge=1, description="seeded draws of demonstrations (examples and their order) "
+                                                      "a trial chooses among")] = 8
+    demo_separator: Annotated[str, Field(description="between demonstrations and before the query")] = "\n\n"
     # Verbalizers
-    label_words: dict[str, list[str]] = field(default_factory=dict)  # user words, always in the pool
-    max_words: int = 2  # words per label: 1..max_words (multi-word verbalizers)
-    pool_sizes: list[int] = field(default_factory=lambda: [0, 2, 4, 8])  # automatic candidates per label (0: user words only)
-    likely_top: int = 200  # per label, only the words this likely (rank by mean log-prob) are candidates
-    word_pattern: str = r"^[A-Za-z]{3,}$"  # vocabulary filter: what counts as a real word
-    vocabulary: list[str] | str | None = None  # optional word list (or a file, one word a line) candidates must be in
-    select: list[str] = field(default_factory=lambda: ["metric", "loglik"])  # inner ranking of verbalizers
-    max_verbalizers: int = 200_000  # exhaustive inner search up to this many; coordinate ascent beyond
-    tie_weight: float = 1e-3  # objective = dev score + tie_weight * exp(dev loglik)
+    label_words: Annotated[dict[str, list[str]], Field(
+        description="label -> user words, always in the label-word pool")] = field(default_factory=dict)
+    max_words: Annotated[int, Field(ge=1, description="words per label: 1..max_words (multi-word verbalizers)")] = 2
+    pool_sizes: Annotated[list[NonNegativeInt], Field(
+        min_length=1, description="choices of automatic candidate words per label (0: user words only)")] = (
+        field(default_factory=lambda: [0, 2, 4, 8]))
+    likely_top: Annotated[int, Field(ge=0, description="per label, only the words this likely (rank by mean "
+                                                       "log-prob) are candidates")] = 200
+    word_pattern: Annotated[str, Field(description="regular expression a real word matches (vocabulary "
+                                                   "filter)")] = r"^[A-Za-z]{3,}$"
+    vocabulary: Annotated[list[str] | str | None, Field(
+        description="word list (or a UTF-8 file, one word a line) that candidate words must be in")] = None
+    select: Annotated[list[Lit["metric", "loglik"]], Field(
+        min_length=1, description="choices of the inner ranking of verbalizers: metric then loglik, or loglik "
+                                  "alone")] = field(default_factory=lambda: ["metric", "loglik"])
+    max_verbalizers: Annotated[int, Field(description="exhaustive inner search up to this many verbalizers; "
+                                                      "coordinate ascent beyond")] = 200_000
+    tie_weight: Annotated[float, Field(allow_inf_nan=False,
+                                       description="objective = dev score + tie_weight * exp(dev loglik)")] = 1e-3
     # Ensemble: after the study, the mean of the label probabilities of its best `ensemble_top` trials
     # (distinct prompts, ranked by dev, dev log-likelihood, train) is proposed as the job's pick.
-    ensemble_top: int = 0  # 0 or 1: no ensemble, the job's pick is its best trial by dev
-    study_name: str | None = None  # default: "miner-" + job key (so --resume and workers find it)
+    ensemble_top: Annotated[int, Field(ge=0, description="average the study's best k trials into the job's pick "
+                                                         "(0 or 1: no ensemble, the best trial by dev)")] = 0
+    study_name: Annotated[str | None, Field(
+        description="Optuna study name (default: 'miner-' + the job key, so --resume and workers find it)")] = None
     # A RUNNING trial is dead after this long without a heartbeat (written every grace/4 s by its
     # worker, whatever the length of a step); its parameters are then re-run. At least 3: SQLite
     # dates heartbeats in whole seconds.
-    heartbeat_grace_s: float = 60.0
+    heartbeat_grace_s: Annotated[float, Field(ge=3, allow_inf_nan=False, description=(
+        "seconds without a heartbeat after which a running trial's worker is dead and its parameters "
+        "are re-run"))] = 60.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        shares = list(self.train_shares)
+        if sorted(shares) != shares or shares[-1] != 1.0:
+            raise ConfigError(f"optuna searcher: train_shares must increase and end at 1.0, got {shares}")
+        try:
+            re.compile(self.word_pattern)
+        except re.error as exc:
+            raise ConfigError(f"optuna searcher: word_pattern is not a valid regular expression: {exc}") from None
+
+    def validate(self, context: SearchContext) -> None:
+        from miner.search._optuna_run import check_job
+
+        check_job(self, context)
 
     def search(self, context: SearchContext, evaluate: Evaluate) -> None:
         from miner.search._optuna_run import run_study
 
-        self._check()
         run_study(self, context, evaluate)
-
-    def _check(self) -> None:
-        from miner.search._optuna_study import PRUNERS, SAMPLERS
-
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"optuna searcher: unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
-        if self.pruner not in PRUNERS:
-            raise ConfigError(f"optuna searcher: unknown pruner {self.pruner!r}; known: {', '.join(PRUNERS)}")
-        if self.n_trials < 1 or self.max_words < 1 or not self.pool_sizes or min(self.pool_sizes) < 0:
-            raise ConfigError("optuna searcher: n_trials and max_words must be at least 1, pool_sizes at least 0")
-        shares = list(self.train_shares)
-        if not shares or sorted(shares) != shares or shares[-1] != 1.0 or shares[0] <= 0:
-            raise ConfigError(f"optuna searcher: train_shares must increase and end at 1.0, got {shares}")
-        if not self.calibration:
-            raise ConfigError("optuna searcher: 'calibration' needs at least one choice ([false], [true] or both)")
-        if not self.demonstrations or min(self.demonstrations) < 0 or self.demo_sets < 1:
-            raise ConfigError("optuna searcher: demonstrations needs choices of at least 0 and demo_sets at least 1, "
-                              f"got {self.demonstrations} and {self.demo_sets}")
-        if self.ensemble_top < 0:
-            raise ConfigError(f"optuna searcher: ensemble_top must be at least 0 (0 or 1: no ensemble), got {self.ensemble_top}")
-        if not self.heartbeat_grace_s >= 3:
-            raise ConfigError(f"optuna searcher: heartbeat_grace_s must be at least 3 (seconds), got {self.heartbeat_grace_s}")
-        bad = [s for s in self.select if s not in ("metric", "loglik")]
-        if bad or not self.select:
-            raise ConfigError(f"optuna searcher: select must be a non-empty list of 'metric'/'loglik', got {self.select}")

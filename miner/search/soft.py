@@ -31,22 +31,23 @@ from typing import Literal as Lit
 
 import pydantic
 import torch
+from pydantic import Field
 
+from miner.errors import ConfigError
 from miner.search._base import Capabilities, Evaluate, SearchContext, Searcher
 from miner.search._registry import register_searcher
 from miner.search._soft_common import (
     Recorded,
     autocast,
     build_layout,
+    can_afford,
+    check_init_text,
     check_template,
     checkpoint_dir,
     eval_passes,
-    evaluations_left,
     initial_embeddings,
-    passes_left,
     record_projection,
     record_soft,
-    seconds_left,
 )
 
 CKPT_NAME = "state.pt"
@@ -109,37 +110,51 @@ class SoftSearcher(Searcher):
     summary = "continuous soft prompt trained by gradient on the frozen model (prompt tuning / P-tuning)"
     capabilities = Capabilities(needs_gradients=True, prompt_kind="soft")
 
-    n_tokens: int = 8  # virtual tokens (used when template is not given)
-    template: str | None = None  # with {soft:N} slots; default "{soft:N}" + the first seed prompt's template
-    verbalizer: dict[str, list[str] | str] | None = None  # default: the first seed prompt's, else the label names
-    init: Lit["vocab", "text", "random"] = "vocab"  # sampled common tokens / init_text / random at embedding scale
-    init_text: str = "Read the text and choose the best answer."
-    reparam: Lit["none", "mlp", "lstm"] = "none"  # P-tuning encoder
-    reparam_hidden: int = 256
-    steps: int = 100  # optimiser steps (at most)
-    batch_size: int = 8
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    warmup: float = 0.1  # fraction of steps with linear warm-up
-    schedule: Lit["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float | None = 1.0  # gradient clipping (None: off)
-    loss: Lit["ce", "lm"] = "ce"  # ce: cross-entropy over labels; lm: -log P(gold words)
-    eval_every: int = 10  # steps between evaluations (dev score, leaderboard row)
-    eval_init: bool = True  # also evaluate the initialisation (a baseline row) before the first step
-    patience: int = 4  # evaluations without dev improvement before stopping (0: never)
-    mixed_precision: bool = True  # bf16 autocast on CUDA
-    checkpoints: bool = True  # resumable state under the artifact directory
-    project: bool = True  # also score the nearest discrete prompt of the best soft prompt
+    n_tokens: Annotated[int, Field(ge=1, description="virtual tokens (used when template is not given)")] = 8
+    template: Annotated[str | None, Field(description="template with {soft:N} slots; default '{soft:N}' + the "
+                                                      "first seed prompt's template")] = None
+    verbalizer: Annotated[dict[str, list[str] | str] | None, Field(
+        description="label -> answer words; default: the first seed prompt's, else the label names")] = None
+    init: Annotated[Lit["vocab", "text", "random"], Field(
+        description="starting point: tokens sampled from the 5,000 most common, init_text's embeddings (repeated or "
+                    "cut to N), or random at the embedding scale")] = "vocab"
+    init_text: Annotated[str, Field(description="text whose embeddings start the soft prompt (init: text)")] = (
+        "Read the text and choose the best answer.")
+    reparam: Annotated[Lit["none", "mlp", "lstm"], Field(
+        description="P-tuning encoder: none (train the vectors themselves), mlp or lstm (vectors + a "
+                    "zero-initialised head)")] = "none"
+    reparam_hidden: Annotated[int, Field(ge=1, description="hidden size of the P-tuning encoder (even for lstm)")] = 256
+    steps: Annotated[int, Field(ge=1, description="optimiser steps, at most")] = 100
+    batch_size: Annotated[int, Field(ge=1, description="training examples per step")] = 8
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False, description="AdamW peak learning rate")] = 1e-2
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False, description="AdamW weight decay")] = 0.0
+    warmup: Annotated[float, Field(allow_inf_nan=False, description="fraction of steps with linear warm-up")] = 0.1
+    schedule: Annotated[Lit["linear", "cosine", "constant"], Field(
+        description="learning rate after the warm-up: linear or cosine decay to 0, or constant")] = "linear"
+    max_grad_norm: Annotated[float | None, Field(allow_inf_nan=False,
+                                                 description="gradient clipping norm (0 or null: off)")] = 1.0
+    loss: Annotated[Lit["ce", "lm"], Field(
+        description="ce: cross-entropy over the labels; lm: -log P(gold words)")] = "ce"
+    eval_every: Annotated[int, Field(ge=1, description="steps between evaluations (dev score, leaderboard row)")] = 10
+    eval_init: Annotated[bool, Field(
+        description="also evaluate the initialisation (a baseline row) before the first step")] = True
+    patience: Annotated[int, Field(description="evaluations without dev improvement before stopping (0: never)")] = 4
+    mixed_precision: Annotated[bool, Field(description="bfloat16 autocast for the training steps on a GPU")] = True
+    checkpoints: Annotated[bool, Field(
+        description="keep resumable state under <artifacts>/checkpoints/ (miner run --resume continues it)")] = True
+    project: Annotated[bool, Field(description="also score the nearest discrete prompt of the best soft prompt")] = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_template(self.template)
-        from miner.errors import ConfigError
+        if self.reparam == "lstm" and self.reparam_hidden % 2:
+            # a bidirectional LSTM of reparam_hidden / 2 per direction feeds a head of width reparam_hidden
+            raise ConfigError(f"soft.reparam_hidden must be even with reparam: lstm, got {self.reparam_hidden}")
 
-        for name in ("n_tokens", "steps", "batch_size", "eval_every", "reparam_hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"soft.{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"soft.lr must be positive, got {self.lr}")
+    def validate(self, context: SearchContext) -> None:
+        layout = build_layout(context, self.template, self.n_tokens, self.verbalizer)
+        context.scorer.compile(layout)
+        check_init_text(context.backend, self.init, self.init_text, "soft.")
 
     # ------------------------------------------------------------------ search
     def search(self, context: SearchContext, evaluate: Evaluate) -> None:
@@ -167,7 +182,8 @@ class SoftSearcher(Searcher):
             log.info("soft: resumed at step %d (best so far from step %d)", step, state["best_step"])
 
         per_eval = eval_passes(scorer, layout, context.task)
-        reserve = per_eval * (2 if self.project else 1)  # the final evaluation and the projection
+        reserved = 2 if self.project else 1  # evaluations kept for the final state and the projection
+        reserve = per_eval * reserved
         last_eval_step = step if best_ref is not None else -1
         loss_value = state.get("loss")
 
@@ -195,8 +211,9 @@ class SoftSearcher(Searcher):
                 break
             idx = batch_indices(step, len(train), self.batch_size, context.seed)
             batch = [train[i] for i in idx]
-            need = scorer.plan(layout, batch) + reserve
-            if need > passes_left(context) or seconds_left(context) <= 0 or evaluations_left(context) <= (2 if self.project else 1):
+            # A step is started only when it, a periodic evaluation and the reserved ones can all be paid for.
+            if not can_afford(context, forward_passes=scorer.plan(layout, batch) + reserve, backward_passes=1,
+                              evaluations=reserved + 1):
                 stopped = "budget"
                 break
             t0 = time.perf_counter()
@@ -211,22 +228,21 @@ class SoftSearcher(Searcher):
                           float(loss.detach()), step, self.lr, kept, where)
                 self._save(ckdir, None, None, step, bad, best, best_step, stopped, loss_value)
                 break
-            t1 = time.perf_counter()
-            loss.backward()
+            with scorer.counter.backward():
+                loss.backward()
             if self.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(encoder.parameters(), self.max_grad_norm)
             for group in opt.param_groups:
                 group["lr"] = self.lr * lr_factor(step, self.steps, self.warmup, self.schedule)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            scorer.counter.charge_backward(time.perf_counter() - t1)
             step += 1
             loss_value = float(loss.detach())
             log.debug("soft: step %d loss %.4f (%.2fs)", step, loss_value, time.perf_counter() - t0)
             if step % self.eval_every == 0:
                 evaluate_now()
         if step != last_eval_step and not (stopped or "").startswith("non-finite"):
-            if per_eval <= passes_left(context) and seconds_left(context) > 0:
+            if can_afford(context, forward_passes=per_eval, evaluations=1):
                 evaluate_now()  # the last state, unless just evaluated
         if stopped:
             log.info("soft: stopped at step %d: %s", step, stopped)
@@ -247,7 +263,7 @@ class SoftSearcher(Searcher):
         path = ckdir / CKPT_NAME if ckdir else None
         # Only continue when the runner resumed this job's rows too (``--resume``): a fresh run
         # with the same config must train afresh, not reuse an old state.
-        resumed_rows = context.budget is not None and getattr(context.budget, "evaluations", 0) > 0
+        resumed_rows = context.budget is not None and context.budget.evaluations > 0
         if path is None or not path.is_file() or not resumed_rows:
             return fresh
         try:
