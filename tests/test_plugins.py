@@ -96,7 +96,6 @@ class TestEchoPlugin(SearcherConformance):
         return searchers.build("echo", {"rounds": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="autoprompt gets its descriptions next")
 def test_every_builtin_parameter_is_described():
     from miner.search import parameters
 

@@ -23,9 +23,10 @@ distributions; here the verbalizer is fixed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from miner.errors import ConfigError
@@ -47,39 +48,38 @@ class AutoPromptSearcher(Searcher):
     summary = "gradient-guided trigger-token search (HotFlip + GCG-style sampling, batched, KV-cached re-scoring)"
     capabilities = Capabilities(needs_gradients=True)
 
-    template: str | None = None  # with {trigger:N}; default "<text fields> {trigger:n_triggers} {answer}"
-    n_triggers: int = 5  # used only by the default template
-    verbalizer: dict[str, list[str] | str] | None = None  # default: the config's first prompt's, else the label names
-    init: str = " the"  # "random", one token (repeated), or text of exactly N tokens
-    steps: int = 40  # search iterations
-    batch_size: int = 16  # training examples per gradient step and per candidate re-scoring
-    top_k: int = 32  # HotFlip tokens kept per position
-    n_candidates: int = 32  # single-swap candidates re-scored per step
-    # label: log p(gold words) normalised over the labels (the classifier's log-likelihood);
-    # vocab: log p(gold words) over the whole vocabulary (AutoPrompt's loss), which also rewards triggers
-    # that make every label word likely (see results/autoprompt_bench*.md)
-    objective: Literal["vocab", "label"] = "label"
-    words_only: bool = True  # trigger tokens must decode to alphabetic words
-    allow_capitalized: bool = False
-    exclude_tokens: list[str] = field(default_factory=list)  # words that may not become triggers
-    # steps between dev evaluations (only when the trigger changed); a dev evaluation reuses the dev
-    # texts' key/value cache (the scorer's stem cache), so it costs a fraction of a step
-    eval_every: int = 2
-    patience: int = 8  # dev evaluations without improvement before stopping; 0 = never
-    kv_cache: bool = True  # reuse the example text's key/value cache across candidates (causal LMs)
-    # dtype of the model copy that computes the gradient and re-scores candidates; dev evaluations
-    # (and so every leaderboard number) use the model as loaded. auto: bfloat16 on a CPU with native
-    # bfloat16 instructions (AVX512-BF16, AMX), else the model's own dtype
-    screen_dtype: Literal["auto", "model", "float32", "bfloat16", "float16"] = "auto"
+    template: Annotated[str | None, Field(description="template with {trigger:N} slots; default "
+                                                      "'<text fields> {trigger:n_triggers} {answer}'")] = None
+    n_triggers: Annotated[int, Field(ge=1, description="trigger tokens of the default template")] = 5
+    verbalizer: Annotated[dict[str, list[str] | str] | None, Field(
+        description="label -> answer words; default: the config's first prompt's, else the label names")] = None
+    init: Annotated[str, Field(description="initial triggers: 'random', one token (repeated), or a text of "
+                                           "exactly N tokens")] = " the"
+    steps: Annotated[int, Field(ge=0, description="search iterations, at most")] = 40
+    batch_size: Annotated[int, Field(ge=1, description="training examples per gradient step and per candidate "
+                                                       "re-scoring")] = 16
+    top_k: Annotated[int, Field(ge=1, description="HotFlip tokens kept per trigger position")] = 32
+    n_candidates: Annotated[int, Field(ge=1, description="single-swap candidates re-scored per step")] = 32
+    objective: Annotated[Literal["vocab", "label"], Field(
+        description="label: log p(gold words) normalised over the labels (the classifier's log-likelihood); "
+                    "vocab: over the whole vocabulary (AutoPrompt's loss), which also rewards triggers that "
+                    "make every label word likely (see results/archive/autoprompt_bench*.md)")] = "label"
+    words_only: Annotated[bool, Field(description="trigger tokens must decode to alphabetic words")] = True
+    allow_capitalized: Annotated[bool, Field(description="let capitalised words become triggers")] = False
+    exclude_tokens: Annotated[list[str], Field(description="words that may not become triggers")] = field(
+        default_factory=list)
+    eval_every: Annotated[int, Field(ge=1, description="steps between dev evaluations (only when the trigger "
+                                                       "changed; one reuses the dev texts' key/value cache)")] = 2
+    patience: Annotated[int, Field(ge=0, description="dev evaluations without improvement before stopping "
+                                                     "(0: never)")] = 8
+    kv_cache: Annotated[bool, Field(description="reuse the example text's key/value cache across candidates "
+                                                "(causal LMs)")] = True
+    screen_dtype: Annotated[Literal["auto", "model", "float32", "bfloat16", "float16"], Field(
+        description="dtype of the model copy that computes the gradient and re-scores candidates; dev scores "
+                    "(every leaderboard number) use the model as loaded. auto: bfloat16 on a CPU with native "
+                    "bfloat16 instructions (AVX512-BF16, AMX), else the model's own dtype")] = "auto"
 
     # ------------------------------------------------------------------ setup
-    def _validate(self) -> None:
-        for key in ("n_triggers", "batch_size", "top_k", "n_candidates", "eval_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"autoprompt.{key} must be at least 1, got {getattr(self, key)}")
-        if self.steps < 0 or self.patience < 0:
-            raise ConfigError("autoprompt.steps and autoprompt.patience must be >= 0")
-
     def initial_prompt(self, context: SearchContext, rng: np.random.Generator | None = None) -> Prompt:
         """The template with its verbalizer and the initial trigger tokens."""
         labels = context.label_names
@@ -139,14 +139,12 @@ class AutoPromptSearcher(Searcher):
 
     # ------------------------------------------------------------------ search
     def validate(self, context: SearchContext) -> None:
-        self._validate()
         prompt = self.initial_prompt(context)
         context.scorer.compile(prompt)
         if self.screen_dtype == "float16" and context.backend.device.type == "cpu":
             self.screen_backend(context.backend)  # raises the CPU error without building a copy
 
     def search(self, context: SearchContext, evaluate: Evaluate) -> None:
-        self._validate()
         be, scorer, log, budget = context.backend, context.scorer, context.logger, context.budget
         rng = np.random.default_rng(context.seed)
         current = self.initial_prompt(context, rng)
