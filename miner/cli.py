@@ -162,6 +162,7 @@ def _cmd_validate(args) -> int:
 
     prep = prepare(args.config, storage=os.environ.get("MINER_STORAGE") or None, keep_backend=True, dry_run=True)
     cfg = prep.cfg
+    assert prep.backend is not None  # keep_backend=True: prepare holds on to the model it loaded
     names = ", ".join(s.name for s in prep.searchers)
     print(f"{args.config}: ok: {prep.n_jobs} job(s) ({len(prep.datasets)} data draw(s) x searchers {names}), "
           f"{len(prep.prompts)} prompt(s), model {cfg.model.name} ({prep.backend.kind} LM), task {cfg.task.name}")
@@ -300,7 +301,7 @@ COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "leaderboard": _cmd_lead
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one ``error:`` line with exit 2, like every other error."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         raise _UsageError(f"{self.prog}: {message}")
 
 
@@ -308,7 +309,7 @@ class _UsageError(Exception):
     pass
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 

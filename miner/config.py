@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -52,7 +53,7 @@ class ModelSpec(_Strict):
     name: str = "smollm2"  # default-model alias, local directory or hub id
     kind: Literal["auto", "causal", "masked"] = "auto"
     device: str = Field(
-        "auto",
+        default="auto",
         description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps; checked against this machine's "
         "devices when the model loads",
     )
@@ -108,6 +109,7 @@ def _non_finite(value: Any, path: str, depth: int = 0) -> str | None:
         return None if math.isfinite(value) else path
     if depth > MAX_CONFIG_DEPTH:
         return None
+    items: Iterable[tuple[Any, Any]]
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, list):
@@ -166,7 +168,7 @@ class RunConfig(_Strict):
     searchers: list[SearcherSpec] = Field(default_factory=lambda: [SearcherSpec(name="manual")])
     seeds: list[Seed] = Field(default_factory=lambda: [42], description="job seeds, each in 0..2**32-1")
     # shots per class: an integer >= 0 (0 = zero-shot) or null for the full data
-    k: list[StrictInt | None] = Field(default_factory=lambda: [16])
+    k: list[StrictInt | None] = Field(default_factory=lambda: list[int | None]([16]))
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     storage: str = "sqlite:///miner.db"
     artifacts: str | None = None  # soft-prompt tensors; default: beside a SQLite file, else ./miner-artifacts

@@ -94,15 +94,17 @@ def plot_leaderboard(storage: str, output: str | Path, *, task: str | None = Non
     if seen:
         ax1.legend(loc="best", fontsize=8)
 
-    tested = [r for r in rows if r.test_score is not None and r.dev_score is not None]
+    # (searcher, dev, test) of the test-scored rows; the tuple keeps both scores known to be floats
+    tested = [(r.searcher, r.dev_score, r.test_score) for r in rows
+              if r.test_score is not None and r.dev_score is not None]
     if tested:
         for name in searchers:
-            pts = [r for r in tested if r.searcher == name]
+            pts = [(dev, test) for searcher, dev, test in tested if searcher == name]
             if pts:
-                ax2.scatter([100 * r.dev_score for r in pts], [100 * r.test_score for r in pts], s=22,
+                ax2.scatter([100 * dev for dev, _ in pts], [100 * test for _, test in pts], s=22,
                             color=colours[name], label=name, alpha=0.85)
-        lo = min(min(r.dev_score, r.test_score) for r in tested) * 100 - 2
-        hi = max(max(r.dev_score, r.test_score) for r in tested) * 100 + 2
+        lo = min(min(dev, test) for _, dev, test in tested) * 100 - 2
+        hi = max(max(dev, test) for _, dev, test in tested) * 100 + 2
         ax2.plot([lo, hi], [lo, hi], "--", color="grey", lw=1)
         ax2.set_xlim(lo, hi)
         ax2.set_ylim(lo, hi)

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -137,6 +137,7 @@ class Budget:
 def _split_score(res: ScoreResult, metric: str) -> SplitScore | None:
     if res.gold is None or len(res.gold) == 0:
         return None
+    assert res.loglik is not None  # the scorer sets loglik whenever the examples have gold labels
     return SplitScore(res.metrics[metric], res.metrics, float(res.loglik), len(res.gold))
 
 
@@ -209,7 +210,7 @@ class JobEvaluator:
             self.best = ev
 
     def _splits(self) -> list[tuple[str, Sequence[Any]]]:
-        splits = [("dev", self.job.task.dev)]
+        splits: list[tuple[str, Sequence[Any]]] = [("dev", self.job.task.dev)]
         if self.score_train:
             splits.insert(0, ("train", self.job.task.train))
         return splits
@@ -284,8 +285,8 @@ class JobEvaluator:
             if prompt.key in self.seen:
                 continue
             ex = r.extra or {}
-            train = SplitScore(r.train_score, ex.get("train_metrics") or {}, ex.get("train_loglik"), r.n_train) if r.train_score is not None else None
-            dev = SplitScore(r.dev_score, ex.get("dev_metrics") or {}, r.dev_loglik, r.n_dev) if r.dev_score is not None else None
+            train = SplitScore(r.train_score, ex.get("train_metrics") or {}, cast(float, ex.get("train_loglik")), r.n_train) if r.train_score is not None else None
+            dev = SplitScore(r.dev_score, ex.get("dev_metrics") or {}, cast(float, r.dev_loglik), r.n_dev) if r.dev_score is not None else None
             ev = Evaluation(prompt, train, dev, Cost(forward_passes=r.forward_passes, tokens=r.tokens, seconds=r.seconds), r.id)
             if r.test_score is not None:  # tested by the earlier attempt: not scored again
                 self.tested[r.id] = StoredTestScore(dict(r.test_metrics or {job.task.metric: r.test_score}), r.n_test or 0)
@@ -624,7 +625,8 @@ def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str
     payload = cfg.model_dump(mode="json")
     url = normalize_url(cfg.storage)
     if url.get_backend_name() == "sqlite":  # workers may have another working directory: an absolute path
-        payload["storage"] = url.set(database=str(Path(url.database).expanduser().resolve())).render_as_string(
+        # _check_parallel let only a SQLite file through, so the database is a path
+        payload["storage"] = url.set(database=str(Path(cast(str, url.database)).expanduser().resolve())).render_as_string(
             hide_password=False)
     with contextlib.ExitStack() as stack:
         backend = par.backend
@@ -718,6 +720,7 @@ def _run_claimed_job(cfg, data, searcher, backend, prompts, board, run_id, show,
             phase.info("%s: testing the best %d prompt(s) on %d held-out examples", result.job.label, len(todo),
                         len(data.test))
         for ev in top:
+            assert ev.row_id is not None  # the job writes to a leaderboard, so each evaluation has its row
             if ev.row_id in result.stored_tests:
                 result.test[ev.row_id] = result.stored_tests[ev.row_id]
                 continue

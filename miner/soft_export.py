@@ -128,7 +128,7 @@ def export_peft_adapter(
     out.mkdir(parents=True, exist_ok=True)
     t = tensor.detach().to("cpu", torch.float32).contiguous()
     n, dim = t.shape
-    cfg = {
+    cfg: dict[str, Any] = {
         "peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": n, "token_dim": dim,
         "num_transformer_submodules": 1, "num_attention_heads": num_attention_heads, "num_layers": num_layers,
         "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": tokenizer,
@@ -409,4 +409,4 @@ def predict_soft(
 def _space_before_answer(prompt: Prompt) -> bool:
     segs = prompt.parsed.segments
     i = prompt.parsed.answer_index
-    return i > 0 and isinstance(segs[i - 1], Literal) and segs[i - 1].text.endswith(" ")
+    return i > 0 and isinstance(prev := segs[i - 1], Literal) and prev.text.endswith(" ")

@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -129,11 +129,12 @@ def open_engine(url: URL, shown: str, *, create: bool = True) -> Engine:
     if url.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S, "check_same_thread": False}
         if is_sqlite_file(url) and not create:
-            if not Path(url.database).expanduser().is_file():
+            # is_sqlite_file: the database is a file path
+            if not Path(cast(str, url.database)).expanduser().is_file():
                 raise LeaderboardError(f"no leaderboard at {shown!r}: the file does not exist "
                                        "(run 'miner run CONFIG' first, or name another with --storage)")
         elif is_sqlite_file(url):
-            parent = Path(url.database).expanduser().parent
+            parent = Path(cast(str, url.database)).expanduser().parent
             try:
                 parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:

@@ -13,7 +13,7 @@ import math
 import numbers
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from miner.errors import DataError
 
@@ -135,6 +135,10 @@ def check_int(value: Any, what: str, *, minimum: int | None = None) -> int:
     return value
 
 
+@overload
+def check_float(value: Any, what: str, *, optional: Literal[False]) -> float: ...
+@overload
+def check_float(value: Any, what: str, *, optional: bool) -> float | None: ...
 def check_float(value: Any, what: str, *, optional: bool) -> float | None:
     if value is None and optional:
         return None

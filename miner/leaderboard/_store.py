@@ -8,7 +8,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
@@ -48,6 +48,10 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: None) -> None: ...
 def _utc(value: datetime | None) -> datetime | None:
     # SQLite hands back the naive UTC datetime we wrote; PostgreSQL an aware one in the
     # session's time zone. Both become aware UTC.
@@ -270,7 +274,7 @@ class Leaderboard:
                 stmt = sa.insert(evaluations).returning(evaluations.c.id, sort_by_parameter_order=True)
                 return [int(i) for i in conn.execute(stmt, rows).scalars()]
             # Older SQLite without RETURNING: one statement per row, still one transaction.
-            return [int(conn.execute(sa.insert(evaluations), row).inserted_primary_key[0]) for row in rows]
+            return [_inserted_id(conn, row) for row in rows]
 
         return run_write(self._db, work)
 
@@ -372,13 +376,21 @@ class Leaderboard:
         return None
 
 
+def _inserted_id(conn: Connection, row: dict[str, Any]) -> int:
+    key = conn.execute(sa.insert(evaluations), row).inserted_primary_key
+    assert key is not None  # a single-row INSERT reports the primary key it made
+    return int(key[0])
+
+
 def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
     """INSERT that does nothing when the primary key exists (both dialects we support have it)."""
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
 
 
 def _alive(host: str | None, pid: int | None, beat_at: datetime | None, stale_after_s: float) -> bool:

@@ -80,7 +80,9 @@ def load_task(spec: TaskSpec, k: int | None, seed: int) -> TaskData:
     if spec.source == "kshot":
         # The folder already is the seeded k-shot sample; nothing to draw.
         train, dev, test = splits["train"] or (), splits["dev"] or (), splits["test"]
+        assert test is not None  # read_kshot always reads test.tsv
     else:
+        assert splits["train"] is not None  # only a k-shot source can lack a train split
         train, dev, test = fill_missing_splits(
             splits["train"],
             splits["dev"],

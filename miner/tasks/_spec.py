@@ -55,7 +55,7 @@ class TaskSpec(BaseModel):
     # local directory of data files); files: a free name.
     name: str = "rotten_tomatoes"
     root: str | None = Field(
-        None,
+        default=None,
         description="kshot: the folder holding the task folders (sst-2/, mr/, ...). A relative path is relative to "
         "the current directory, like every path in a config; unset, it is read from $MINER_FEWSHOT_ROOT.",
     )
@@ -69,11 +69,11 @@ class TaskSpec(BaseModel):
     label_names: list[str] | None = None
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
     max_test: StrictInt | None = None
-    split_seed: Seed = Field(0, description=f"seed of the created dev/test splits and the test subsample (0..{SEED_MAX})")
+    split_seed: Seed = Field(default=0, description=f"seed of the created dev/test splits and the test subsample (0..{SEED_MAX})")
     dev_fraction: float = 0.1
     test_fraction: float = 0.2
     max_file_mb: PositiveStrictInt = Field(
-        DEFAULT_MAX_FILE_MB,
+        default=DEFAULT_MAX_FILE_MB,
         description="largest data file read, in MB (2**20 bytes); a larger file, or a path that is not a regular "
         "file, is an error before anything is read past the limit",
     )
