@@ -13,7 +13,7 @@ import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -224,7 +224,7 @@ class Backend:
         logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Logits ``[B, T', V]``; ``logits_to_keep`` > 0 keeps only the last positions (causal)."""
-        kwargs = {"attention_mask": batch.attention_mask}
+        kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
         if inputs_embeds is not None:
             kwargs["inputs_embeds"] = inputs_embeds
         else:

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from miner.errors import ModelLoadError
 
@@ -206,7 +207,7 @@ def _progress_bars(enabled: bool):
     was_enabled = hf_logging.is_progress_bar_enabled()
     # The GGUF dequantisation bar is a bare tqdm that ignores transformers' switch, so it is
     # silenced by wrapping that module's tqdm for the duration (restored afterwards).
-    gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    gguf_utils: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")  # its tqdm is reassigned
     original_tqdm = getattr(gguf_utils, "tqdm", None)
     if enabled:
         hf_logging.enable_progress_bar()

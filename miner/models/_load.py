@@ -148,6 +148,7 @@ def load_backend(
                              f"({_first_line(exc)})") from exc
     except _CONFIG_ERRORS as exc:
         raise ModelLoadError(f"cannot load model {name!r} as a {resolved_kind} LM: {_first_line(exc)}") from exc
-    model.to(dev)
+    # transformers wraps ``to`` with functools.wraps(nn.Module.to), so mypy sees an unbound signature.
+    model.to(dev)  # type: ignore[arg-type]
     logger.info("loaded %s (%s LM) on %s in %s", name, resolved_kind, dev, dt)
     return Backend(model, tokenizer, resolved_kind, name=name, max_length=max_length)

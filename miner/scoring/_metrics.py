@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, f1_score
 METRICS = ("accuracy", "macro_f1")
 
 
-def compute_metrics(gold: Sequence[int], pred: Sequence[int], n_labels: int) -> dict[str, float]:
+def compute_metrics(gold: Sequence[int] | np.ndarray, pred: Sequence[int] | np.ndarray, n_labels: int) -> dict[str, float]:
     gold_a, pred_a = np.asarray(gold), np.asarray(pred)
     if len(gold_a) == 0:
         return {}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -230,6 +230,7 @@ class Scorer:
             if be.kind == "causal":
                 reqs.append(Request("next", enc.prefix, stem=_stem(enc, enc.prefix, 1)))
             else:
+                assert be.mask_id is not None  # Backend refuses a masked LM without a mask token
                 ids = enc.prefix + (be.mask_id,) + enc.suffix
                 reqs.append(Request("mask", ids, 0, (len(enc.prefix),)))
         with torch.inference_mode():
@@ -314,6 +315,7 @@ class Scorer:
     def _request_for(self, cp: CompiledPrompt, enc: Encoded, w: tuple[int, ...]) -> Request:
         pre_soft = tuple(zip(enc.prefix_soft_pos, enc.prefix_soft))
         if self.backend.kind == "masked":
+            assert self.backend.mask_id is not None  # Backend refuses a masked LM without a mask token
             ids = enc.prefix + (self.backend.mask_id,) * len(w) + enc.suffix
             off = len(enc.prefix) + len(w)
             soft = pre_soft + tuple((p + off, i) for p, i in zip(enc.suffix_soft_pos, enc.suffix_soft))
@@ -440,6 +442,7 @@ class Scorer:
         has_soft = any(r.soft for r in batch)
         stemmed = (self.stems is not None and not grad and not has_soft and kind in ("next", "cont")
                    and any(r.stem for r in batch))
+        charge: AbstractContextManager[Any]
         if stemmed:  # run_rows pads and charges its own pass (a cached stem's tokens are not run)
             padded, charge = None, nullcontext()
         else:
@@ -451,7 +454,9 @@ class Scorer:
             if stemmed:
                 logits = run_rows(be, self.counter, [r.ids[: r.stem] for r in batch], [r.ids[r.stem :] for r in batch],
                                   self.stems, logits_to_keep=keep).logits
+                assert logits is not None  # _stem leaves every tail at least ``keep`` tokens, so the rows ran
             else:
+                assert padded is not None  # padded whenever not stemmed, above
                 logits = be.forward(padded, inputs_embeds=inputs_embeds, logits_to_keep=keep)
             logits = logits.float()
             if kind == "next":

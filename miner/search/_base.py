@@ -150,7 +150,9 @@ class Searcher:
     __pydantic_config__ = ConfigDict(extra="forbid")
 
     def __post_init__(self) -> None:
-        for name, adapter in _field_adapters(type(self)).items():
+        # Typed as plain ``type``: mypy misreads type[Searcher] as unhashable for functools.cache.
+        cls: type = type(self)
+        for name, adapter in _field_adapters(cls).items():
             try:
                 adapter.validate_python(getattr(self, name), strict=False)
             except pydantic.ValidationError as exc:

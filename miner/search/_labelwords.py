@@ -112,7 +112,9 @@ def candidate_pool(
         ws = [w for w, _ in (user[c] if c < len(user) else ())]
         cs = [col for _, col in (user[c] if c < len(user) else ())]
         sc = [math.nan] * len(ws)
-        words.append(ws), cols.append(cs), scores.append(sc)
+        words.append(ws)
+        cols.append(cs)
+        scores.append(sc)
     user_cols = {col for cs in cols for col in cs}
     ranked = []
     for c in range(n_labels):
@@ -231,7 +233,7 @@ def search_verbalizers(
         grid = torch.cartesian_prod(*[torch.arange(n) for n in sizes[:-1]]) if len(head) > 1 else (
             torch.arange(sizes[0])[:, None] if head else torch.zeros(1, 0, dtype=torch.long))
         per = max(1, chunk_elems // max(1, B * W.shape[0] * len(sets)))
-        best = (-math.inf, None, None, None)
+        best: tuple[float, tuple[int, ...] | None, float | None, float | None] = (-math.inf, None, None, None)
         for start in range(0, grid.shape[0], per):
             part = grid[start : start + per]
             a = part.shape[0]
@@ -253,6 +255,8 @@ def search_verbalizers(
                 h = tuple(int(x) for x in part[i // B])
                 best = (float(k[i]), h + (i % B,), float(value[i]), float(loglik[i]))
         _, combo, value, loglik = best
+        # The grid has at least one row, so the first chunk sets ``best`` (short of NaN keys).
+        assert combo is not None and value is not None and loglik is not None
     else:
         combo, value, loglik, examined = _coordinate_ascent(sets, sizes, gold, metric, key)
     choice = [sets[l][0][j] for l, j in enumerate(combo)]

@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import optuna
 import torch
@@ -41,7 +41,7 @@ class _Job:
     user_words: list[list[str]]  # per label
     vocabulary: frozenset[str] | None = None
     masks: dict[bool, torch.Tensor] = field(default_factory=dict)
-    multi: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # (template, word) -> [N_all] scores
+    multi: dict[tuple[str, str, bool], torch.Tensor] = field(default_factory=dict)  # (template, word, content_free) -> [N_all] scores
     multi_objective: bool = False
     seed: int = 0  # of the sampler and of the demonstration draws
 
@@ -249,10 +249,12 @@ def _propose_ensemble(job: _Job, shared: SharedStudy, mine: set[int], arrived_do
     ens = PromptEnsemble(tuple(Prompt.from_dict(t.user_attrs["prompt"], labels) for t in top))
     extra = {"pick": True, "optuna": {"study": study.study_name, "ensemble_of": [t.number for t in top],
                                       "members_dev": [t.user_attrs.get("dev_score") for t in top]}}
-    ev = job.evaluate([ens], extra=extra)[0]
+    # The runner scores an ensemble like a prompt (key, plan, score); Evaluate is typed for Prompt only.
+    ev = job.evaluate([cast(Prompt, ens)], extra=extra)[0]
     study.set_user_attr("ensemble", {"trials": [t.number for t in top], "row_id": ev.row_id, "prompt_key": ens.key,
                                      "dev_score": ev.dev.score if ev.dev else None})
     split = ev.dev or ev.train
+    assert split is not None  # the runner always scores dev
     job.ctx.logger.info("optuna: ensemble of trials %s: dev %.3f (loglik %.3f), the job's pick",
                         [t.number for t in top], split.score, split.loglik)
 
@@ -385,6 +387,7 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
                 ctx.logger.info("optuna: trial %d pruned at %d/%d train examples: %r", trial.number, seen, n, template)
                 raise _Pruned()
 
+    assert pool is not None and res is not None  # chunks is never empty, so the loop ran
     words = {lab: [pool.words[c][j] for j in res.choice[c]] for c, lab in enumerate(labels)}
     prompt = Prompt.create(template, words, labels, calibrate=calibrate)
     examined = sum(v for k, v in trial.user_attrs.items() if k.startswith("examined_step"))
@@ -396,6 +399,7 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
     }
     ev = job.evaluate([prompt], extra=extra)[0]
     split = ev.dev or ev.train
+    assert split is not None  # the runner always scores dev
     value = split.score + s.tie_weight * math.exp(min(0.0, split.loglik))
     trial.set_user_attr("prompt", prompt.to_dict())
     trial.set_user_attr("prompt_key", prompt.key)
@@ -425,7 +429,8 @@ def _with_multi(job: _Job, template: str, D: torch.Tensor, multi, space: bool, s
     if not multi:
         return D, {}
     ctx = job.ctx
-    cols, extra = {}, []
+    cols: dict[str, int] = {}
+    extra: list[torch.Tensor] = []
     labels = ctx.label_names
     vocab = decoded_vocab(ctx.backend)
     ph = _placeholder(ctx.backend, space, vocab)

@@ -176,9 +176,9 @@ def known_dead(t: optuna.trial.FrozenTrial) -> bool:
     """A RUNNING trial whose worker is certainly gone: it never recorded itself, or it ran on this host
     under a pid that no longer exists. (Only used to decide whether to wait for its retry; the trial
     itself is failed by the heartbeat rule in ``recover``, whatever this says.)"""
-    owner = t.user_attrs.get(OWNER)
     if not _owned(t):
         return True
+    owner: dict[str, Any] = t.user_attrs[OWNER]  # _owned: a dict
     if owner.get("host") != _HOST or not isinstance(owner.get("pid"), int):
         return False
     try:

@@ -71,6 +71,8 @@ class Registry(Generic[T]):
         self._plugins_loaded = True
         from importlib.metadata import entry_points
 
+        assert self.group is not None  # a registry without a group starts with _plugins_loaded set
+
         for ep in entry_points(group=self.group):
             if ep.name in self._items:
                 continue  # a built-in or an already loaded plugin keeps its name

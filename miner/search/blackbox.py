@@ -135,6 +135,7 @@ class BlackboxSearcher(Searcher):
                 z = cma.ask()
                 with torch.inference_mode(), autocast(be, self.mixed_precision):
                     res = scorer.score(layout, fit_data, soft_embeds=soft_of(z))
+                assert res.loglik is not None  # every training Example has a label
                 fit = -float(res.loglik)
                 if not math.isfinite(fit):
                     fit = 1e9  # a broken candidate ranks last; CMA-ES moves away from it

@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from typing import Literal as Lit
 
 import pydantic
@@ -72,8 +72,9 @@ class SoftEncoder(torch.nn.Module):
         if kind in ("mlp", "lstm"):
             first = hidden if kind == "lstm" else dim
             self.head = torch.nn.Sequential(torch.nn.Linear(first, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, dim))
-            torch.nn.init.zeros_(self.head[2].weight)
-            torch.nn.init.zeros_(self.head[2].bias)
+            out = cast(torch.nn.Linear, self.head[2])  # Sequential indexing is typed as a bare Module
+            torch.nn.init.zeros_(out.weight)
+            torch.nn.init.zeros_(out.bias)
 
     def forward(self) -> torch.Tensor:
         if self.kind == "none":

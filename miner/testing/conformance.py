@@ -39,9 +39,8 @@ def seed_prompts(label_names):
     ]
 
 
-# The fixtures live in miner.testing.plugin, which pytest loads by itself (the ``pytest11`` entry
-# point) wherever miner is installed; importing them here keeps older test modules working.
-from miner.testing.plugin import conformance_backend, conformance_data  # noqa: E402,F401
+# The fixtures (conformance_data, conformance_backend) live in miner.testing.plugin, which pytest
+# loads by itself (the ``pytest11`` entry point) wherever miner is installed.
 
 
 class SearcherConformance:
@@ -139,7 +138,7 @@ _RUNS: dict[tuple, _Observed] = {}
 
 
 def _state(searcher) -> Any:
-    return copy.deepcopy(dataclasses.asdict(searcher) if dataclasses.is_dataclass(searcher) else vars(searcher))
+    return copy.deepcopy(dataclasses.asdict(searcher) if dataclasses.is_dataclass(searcher) and not isinstance(searcher, type) else vars(searcher))
 
 
 @contextlib.contextmanager
