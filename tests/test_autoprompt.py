@@ -17,7 +17,7 @@ from miner.search._hotflip import (
     round_trips, sample_candidates,
 )
 from miner.search.autoprompt import AutoPromptSearcher
-from miner.testing.conformance import SearcherConformance, conformance_backend, conformance_data  # noqa: F401
+from miner.testing.conformance import SearcherConformance
 
 SMALL = dict(steps=3, batch_size=4, n_candidates=4, top_k=8, eval_every=1)
 VERB = {"negative": ["terrible"], "positive": ["great"]}
