@@ -42,7 +42,7 @@ from miner.leaderboard import (
     safe_url,
 )
 from miner.models import Backend, load_backend
-from miner.prompts import Prompt
+from miner.prompts import Prompt, PromptEnsemble
 from miner.scoring import Cost, CostCounter, Scorer, ScoreResult
 from miner.search import Evaluation, SearchContext, Searcher, SplitScore, searchers
 from miner.tasks import TaskData, load_task
@@ -215,7 +215,7 @@ class JobEvaluator:
             splits.insert(0, ("train", self.job.task.train))
         return splits
 
-    def __call__(self, prompts: Sequence[Prompt], *, extra: dict[str, Any] | None = None) -> list[Evaluation]:
+    def __call__(self, prompts: Sequence[Prompt | PromptEnsemble], *, extra: dict[str, Any] | None = None) -> list[Evaluation]:
         out = []
         pick = bool((extra or {}).get("pick"))
         for prompt in prompts:

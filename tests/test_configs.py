@@ -65,3 +65,29 @@ def test_shipped_configs_load_their_data(path, monkeypatch):
                 assert len(data.train) == len(data.dev) == k * len(data.label_names)
             if cfg.task.max_test is not None:
                 assert len(data.test) <= cfg.task.max_test
+
+
+@pytest.fixture(scope="module")
+def default_backend():
+    from miner.models import load_backend
+
+    return load_backend("smollm2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate_on_the_default_model(path, monkeypatch, default_backend, tmp_path):
+    """What ``miner run`` checks before its first row, on the real model: every job's data, every prompt
+    against the tokenizer and the model's positions, every searcher's parameters against every job."""
+    from miner.runner import prepare
+
+    cfg = load_config(path)
+    if cfg.task.source == "kshot":
+        root = _fewshot_root()
+        if root is None:
+            pytest.skip(f"few-shot data not found (set $MINER_FEWSHOT_ROOT; looked at {SHARED_FEWSHOT})")
+        monkeypatch.setenv("MINER_FEWSHOT_ROOT", str(root))
+    monkeypatch.chdir(tmp_path)  # nothing is written; if it were, it would land here
+    prep = prepare(path, backend=default_backend, dry_run=True, keep_backend=True)
+    assert prep.n_jobs == len(cfg.k) * len(cfg.seeds) * len(cfg.searchers)
+    assert not any(tmp_path.iterdir())

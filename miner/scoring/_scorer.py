@@ -127,11 +127,12 @@ class Scorer:
             self._compiled[prompt.key] = cp
         return cp
 
-    def plan(self, prompt: Prompt, examples: Sequence[Any]) -> int:
+    def plan(self, prompt: Prompt | PromptEnsemble, examples: Sequence[Any]) -> int:
         """Forward passes that scoring ``prompt`` on ``examples`` would spend now."""
         return self.plan_many([prompt], examples)
 
-    def plan_many(self, prompts: Sequence[Prompt], examples: Sequence[Any], *, distinct: bool = False) -> int:
+    def plan_many(self, prompts: Sequence[Prompt | PromptEnsemble], examples: Sequence[Any], *,
+                  distinct: bool = False) -> int:
         """Forward passes that ``score_many(prompts, examples)`` would spend now.
 
         ``distinct``: plan as if no two prompts shared a request and none were cached, the bound for
@@ -139,7 +140,7 @@ class Scorer:
         """
         return len(self.batches_for(prompts, examples, distinct=distinct))
 
-    def batches_for(self, prompts: Sequence[Prompt], examples: Sequence[Any], *,
+    def batches_for(self, prompts: Sequence[Prompt | PromptEnsemble], examples: Sequence[Any], *,
                     distinct: bool = False) -> list[list[Request]]:
         """The batches of requests that scoring ``prompts`` on ``examples`` together would run now
         (uncached requests, deduplicated and packed as :meth:`score_many` packs them)."""
@@ -171,7 +172,7 @@ class Scorer:
 
     def score(
         self,
-        prompt: Prompt,
+        prompt: Prompt | PromptEnsemble,
         examples: Sequence[Any],
         *,
         desc: str | None = None,

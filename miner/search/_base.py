@@ -23,7 +23,7 @@ from miner.errors import ConfigError
 
 from miner.artifacts import ArtifactStore
 from miner.models import Backend
-from miner.prompts import Prompt
+from miner.prompts import Prompt, PromptEnsemble
 from miner.scoring import Cost, Scorer
 from miner.tasks import TaskData
 
@@ -50,7 +50,7 @@ class SplitScore:
 class Evaluation:
     """What ``evaluate`` returns for one proposed prompt."""
 
-    prompt: Prompt
+    prompt: Prompt | PromptEnsemble
     train: SplitScore | None
     dev: SplitScore | None
     cost: Cost
@@ -71,7 +71,7 @@ def rank_key(dev: float | None, dev_loglik: float | None, train: float | None) -
 
 
 class Evaluate(Protocol):
-    def __call__(self, prompts: Sequence[Prompt], *, extra: dict[str, Any] | None = None) -> list[Evaluation]:
+    def __call__(self, prompts: Sequence[Prompt | PromptEnsemble], *, extra: dict[str, Any] | None = None) -> list[Evaluation]:
         """Score prompts (train and dev), record them, and return their evaluations.
 
         Raises :class:`miner.errors.BudgetExhausted` when the next prompt would exceed the

@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence, cast
+from typing import Any, Sequence
 
 import optuna
 import torch
@@ -250,7 +250,7 @@ def _propose_ensemble(job: _Job, shared: SharedStudy, mine: set[int], arrived_do
     extra = {"pick": True, "optuna": {"study": study.study_name, "ensemble_of": [t.number for t in top],
                                       "members_dev": [t.user_attrs.get("dev_score") for t in top]}}
     # The runner scores an ensemble like a prompt (key, plan, score); Evaluate is typed for Prompt only.
-    ev = job.evaluate([cast(Prompt, ens)], extra=extra)[0]
+    ev = job.evaluate([ens], extra=extra)[0]
     study.set_user_attr("ensemble", {"trials": [t.number for t in top], "row_id": ev.row_id, "prompt_key": ens.key,
                                      "dev_score": ev.dev.score if ev.dev else None})
     split = ev.dev or ev.train
