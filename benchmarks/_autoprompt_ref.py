@@ -96,7 +96,9 @@ class Reference:
             model.requires_grad_(False)
             model.zero_grad(set_to_none=True)
         pos = self.rng.randrange(len(triggers))
-        cands = hf.hotflip_topk(grad[pos : pos + 1], be.input_embeddings().detach(), self.allowed, self.n)[0].tolist()
+        cands = hf.hotflip_topk(grad[pos : pos + 1], be.input_embeddings().detach(), self.allowed, self.n)[
+            0
+        ].tolist()
         current = self._correct(triggers, cand_batch)  # one forward for the current trigger
         scores = []
         for c in cands:  # ... and one forward per candidate
@@ -114,7 +116,9 @@ class Reference:
 class OursStep:
     """One iteration of ``AutoPromptSearcher.search``'s loop body (same functions, same order)."""
 
-    def __init__(self, be, prompt, allowed, *, objective: str, top_k: int, n_candidates: int, seed: int, screen=None):
+    def __init__(
+        self, be, prompt, allowed, *, objective: str, top_k: int, n_candidates: int, seed: int, screen=None
+    ):
         self.be, self.allowed = be, allowed
         self.objective, self.top_k, self.n_candidates = objective, top_k, n_candidates
         self.scorer = Scorer(screen or be, progress=False)  # screen: the searcher's screen_backend(be)

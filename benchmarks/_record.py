@@ -33,8 +33,12 @@ def command_line() -> str:
 
 def machine() -> dict[str, Any]:
     """CPU, core count, host, Python and the versions of torch/transformers when they are installed."""
-    out: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "host": platform.node(),
-                           "python": platform.python_version()}
+    out: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+    }
     for package in ("torch", "transformers"):
         try:
             out[package] = importlib.metadata.version(package)
@@ -56,8 +60,9 @@ def _load_now() -> list[float] | None:
         return None
 
 
-def write_result(path: str | Path, *, command: str, config: dict[str, Any], figures: dict[str, Any],
-                 load: Any = None) -> dict[str, Any]:
+def write_result(
+    path: str | Path, *, command: str, config: dict[str, Any], figures: dict[str, Any], load: Any = None
+) -> dict[str, Any]:
     """Write one result file in the shared layout and return what was written.
 
     ``load``: what the script measured of the machine's load during the run (e.g. the 1-minute

@@ -39,9 +39,11 @@ from miner.prompts import Prompt  # noqa: E402
 TOKENIZER_DIR = REPO / "miner" / "testing" / "assets" / "smollm2_tokenizer"
 TEMPLATE = "{sentence} {trigger:3} {answer}"
 VERBALIZER = {"negative": ["terrible"], "positive": ["great"]}
-WORDS = ("the movie film story actor plot scene was is a an and but not very quite really good bad great dull funny "
-         "boring moving slow fast long short best worst script music characters director ending beginning it "
-         "this that of to in on with for as by at one two many few some every time year work").split()
+WORDS = (
+    "the movie film story actor plot scene was is a an and but not very quite really good bad great dull funny "
+    "boring moving slow fast long short best worst script music characters director ending beginning it "
+    "this that of to in on with for as by at one two many few some every time year work"
+).split()
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,13 @@ def tokenizer():
     try:
         return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     except Exception:  # older transformers: build the fast tokenizer from the JSON directly
-        return PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_DIR / "tokenizer.json"), bos_token="<|im_start|>",
-                                       eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>")
+        return PreTrainedTokenizerFast(
+            tokenizer_file=str(TOKENIZER_DIR / "tokenizer.json"),
+            bos_token="<|im_start|>",
+            eos_token="<|im_end|>",
+            pad_token="<|im_end|>",
+            unk_token="<|endoftext|>",
+        )
 
 
 def build_backend(smoke: bool) -> Backend:
@@ -68,11 +75,32 @@ def build_backend(smoke: bool) -> Backend:
 
     tok = tokenizer()
     dev = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
-    shape = (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-             if smoke else
-             dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4))
-    cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=2048, tie_word_embeddings=False,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **shape)
+    shape = (
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        if smoke
+        else dict(
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=22,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+        )
+    )
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **shape,
+    )
     torch.manual_seed(0)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     with torch.device(dev):
@@ -82,13 +110,18 @@ def build_backend(smoke: bool) -> Backend:
 
 def examples(n: int, seed: int, words: int = 22) -> list[Ex]:
     rng = np.random.default_rng(seed)
-    return [Ex({"sentence": " ".join(rng.choice(WORDS, size=words)).capitalize() + "."}, int(i % 2)) for i in range(n)]
+    return [
+        Ex({"sentence": " ".join(rng.choice(WORDS, size=words)).capitalize() + "."}, int(i % 2))
+        for i in range(n)
+    ]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU (checks the script, not timings)")
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny model on the CPU (checks the script, not timings)"
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--settings", default="8x32,24x100", help="batch x candidates pairs to time")
     args = ap.parse_args(argv)
@@ -123,20 +156,40 @@ def main(argv=None) -> int:
             if r:
                 ref_t.append(t_ref)
                 ours_t.append(t_ours)
-        row = {"batch_size": bsz, "candidates": n_cand, "reference_s": ref_t, "ours_s": ours_t,
-               "reference_median_s": statistics.median(ref_t), "ours_median_s": statistics.median(ours_t),
-               "speedup": statistics.median(ref_t) / statistics.median(ours_t),
-               "reference_forward_passes_per_iter": ref.scorer.counter.total.forward_passes / (args.repeats + 1),
-               "ours_forward_passes_per_iter": ours.scorer.counter.total.forward_passes / (args.repeats + 1)}
+        row = {
+            "batch_size": bsz,
+            "candidates": n_cand,
+            "reference_s": ref_t,
+            "ours_s": ours_t,
+            "reference_median_s": statistics.median(ref_t),
+            "ours_median_s": statistics.median(ours_t),
+            "speedup": statistics.median(ref_t) / statistics.median(ours_t),
+            "reference_forward_passes_per_iter": ref.scorer.counter.total.forward_passes / (args.repeats + 1),
+            "ours_forward_passes_per_iter": ours.scorer.counter.total.forward_passes / (args.repeats + 1),
+        }
         results.append(row)
-        print(f"batch {bsz} x {n_cand} candidates: reference {row['reference_median_s']:.3f} s/iter, "
-              f"ours {row['ours_median_s']:.3f} s/iter, {row['speedup']:.1f}x", flush=True)
+        print(
+            f"batch {bsz} x {n_cand} candidates: reference {row['reference_median_s']:.3f} s/iter, "
+            f"ours {row['ours_median_s']:.3f} s/iter, {row['speedup']:.1f}x",
+            flush=True,
+        )
     out = {
-        "device": torch.cuda.get_device_name(0) if be.device.type == "cuda" else platform.processor() or "cpu",
-        "model": be.name, "parameters": n_params, "dtype": str(be.dtype), "template": TEMPLATE, "trigger_length": 3,
-        "sentence_words": 22, "results": results, "smoke": args.smoke, "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "seconds": time.perf_counter() - t_start,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+        "device": torch.cuda.get_device_name(0)
+        if be.device.type == "cuda"
+        else platform.processor() or "cpu",
+        "model": be.name,
+        "parameters": n_params,
+        "dtype": str(be.dtype),
+        "template": TEMPLATE,
+        "trigger_length": 3,
+        "sentence_words": 22,
+        "results": results,
+        "smoke": args.smoke,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "seconds": time.perf_counter() - t_start,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "autoprompt_gpu.json").write_text(json.dumps(out, indent=2))

@@ -6,11 +6,11 @@ duplicates, and with every killed run marked interrupted?
 
 For each of three searchers (manual with calibration, optuna, soft) on the tiny causal LM built from a
 config (random weights, SmolLM2's tokenizer), the script first runs the config once without interruption
-(the reference), then starts it again in a fresh database and kills the process at a uniformly random
-moment of a reference run's wall time, resumes with ``--resume`` and kills again, ``--kills`` times, and
-finally resumes to the end. It compares (seed, prompt key, train, dev and test score) of every row with
-the reference, counts duplicate evaluations (same job and prompt) and duplicate test scores, and reads
-every run's status. A kill that came after the process had already finished is not counted as a kill.
+(the reference), then ``--kills`` times: starts it in a fresh database, kills the process at a uniformly
+random moment of its work (after its startup wrote the run's row), resumes with ``--resume`` to the end,
+and compares (seed, prompt key, train, dev and test score) of every row with the reference, counts
+duplicate evaluations (same job and prompt) and duplicate test scores, and reads both runs' statuses
+(the killed one must be "interrupted"). A draw that came after the run had finished is not a kill.
 
     python benchmarks/bench_kill_resume.py                       # 7 kills per searcher, 21 in all
     python benchmarks/bench_kill_resume.py --kills 2 --out /tmp/k  # a quick look
@@ -43,13 +43,29 @@ from _record import command_line, write_result  # noqa: E402
 
 SEARCHERS = {
     "manual": {"name": "manual", "params": {"with_calibration": True}},
-    "optuna": {"name": "optuna", "params": {"n_trials": 10, "pool_sizes": [2, 3], "max_words": 2,
-                                            "n_startup_trials": 3, "train_shares": [0.5, 1.0]}},
+    # a 3 s heartbeat grace (the least): a killed worker's trial is found dead 3 s after its last heartbeat
+    "optuna": {
+        "name": "optuna",
+        "params": {
+            "n_trials": 10,
+            "pool_sizes": [2, 3],
+            "max_words": 2,
+            "n_startup_trials": 3,
+            "train_shares": [0.5, 1.0],
+            "heartbeat_grace_s": 3,
+        },
+    },
     "soft": {"name": "soft", "params": {"n_tokens": 2, "steps": 12, "eval_every": 2, "batch_size": 4}},
 }
 PROMPTS = [
-    {"template": "{sentence} It was {answer}", "verbalizer": {"negative": ["terrible"], "positive": ["great"]}},
-    {"template": "Review: {sentence}\nSentiment: {answer}", "verbalizer": {"negative": "negative", "positive": "positive"}},
+    {
+        "template": "{sentence} It was {answer}",
+        "verbalizer": {"negative": ["terrible"], "positive": ["great"]},
+    },
+    {
+        "template": "Review: {sentence}\nSentiment: {answer}",
+        "verbalizer": {"negative": "negative", "positive": "positive"},
+    },
 ]
 
 
@@ -70,8 +86,9 @@ def config(model_dir: Path, db: Path, searcher: str) -> dict:
 def cli(args: list[str]) -> subprocess.Popen:
     code = "import sys; from miner.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def run_to_end(args: list[str]) -> float:
@@ -98,52 +115,87 @@ def audit(db: Path) -> dict:
         tests = Counter(i for (i,) in con.execute("select evaluation_id from test_scores"))
         statuses = [s for (s,) in con.execute("select status from runs order by created_at")]
     evals = Counter((r[5], r[1]) for r in rows(db))
-    return {"duplicate_evaluations": sum(n - 1 for n in evals.values()),
-            "duplicate_test_scores": sum(n - 1 for n in tests.values()), "statuses": statuses}
+    return {
+        "duplicate_evaluations": sum(n - 1 for n in evals.values()),
+        "duplicate_test_scores": sum(n - 1 for n in tests.values()),
+        "statuses": statuses,
+    }
 
 
 def summary(db: Path) -> list[tuple]:
     return sorted((r[0], r[1], r[2], r[3], r[4]) for r in rows(db))
 
 
+def _run_row_appears(proc: subprocess.Popen, db: Path, runs_before: int, timeout: float = 300) -> bool:
+    """Wait until the process has written its run's row (its startup is over) or has exited."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    if con.execute("select count(*) from runs").fetchone()[0] > runs_before:
+                        return True
+            except sqlite3.Error:  # tables being created right now
+                pass
+        time.sleep(0.02)
+    return proc.poll() is None
+
+
 def one_searcher(name: str, model_dir: Path, work: Path, kills: int, rng: random.Random) -> dict:
-    ref_db, db = work / f"{name}-ref.db", work / f"{name}.db"
-    ref_cfg, cfg = work / f"{name}-ref.yaml", work / f"{name}.yaml"
+    """``kills`` experiments, each on a fresh database: start the run, kill it at a uniformly random moment
+    of its work (after its startup, within the reference run's working time), resume to the end, compare."""
+    ref_db, ref_cfg = work / f"{name}-ref.db", work / f"{name}-ref.yaml"
     ref_cfg.write_text(yaml.safe_dump(config(model_dir, ref_db, name)))
-    cfg.write_text(yaml.safe_dump(config(model_dir, db, name)))
-    wall = run_to_end(["run", str(ref_cfg)])
-    done_kills, attempts, moments = 0, 0, []
-    while done_kills < kills:
-        args = ["run", str(cfg)] + (["--resume"] if attempts else [])
-        delay = rng.uniform(0.0, wall)
-        proc = cli(args)
+    t0 = time.perf_counter()
+    proc = cli(["run", str(ref_cfg)])
+    _run_row_appears(proc, ref_db, 0)
+    startup = time.perf_counter() - t0
+    if proc.wait() != 0:
+        raise SystemExit(f"reference run failed: {proc.stderr.read().decode()[-2000:]}")
+    busy = time.perf_counter() - t0 - startup  # from the run's row to the end: where kills land
+    reference = summary(ref_db)
+    out = {
+        "searcher": name,
+        "reference_startup_s": round(startup, 1),
+        "reference_work_s": round(busy, 1),
+        "kills": 0,
+        "finished_before_the_kill": 0,
+        "kill_moments_fraction_of_work": [],
+        "identical_rows": True,
+        "rows": len(reference),
+        "duplicate_evaluations": 0,
+        "duplicate_test_scores": 0,
+        "killed_runs_marked_interrupted": 0,
+        "other_statuses": [],
+    }
+    attempt = 0
+    while out["kills"] < kills:
+        attempt += 1  # a fresh database each time (a discarded one may leave -wal/-shm files behind)
+        db, cfg = work / f"{name}-{attempt}.db", work / f"{name}-{attempt}.yaml"
+        cfg.write_text(yaml.safe_dump(config(model_dir, db, name)))
+        proc = cli(["run", str(cfg)])
+        if not _run_row_appears(proc, db, 0):
+            raise SystemExit(f"run exited during startup: {proc.stderr.read().decode()[-2000:]}")
+        fraction = rng.random()
         try:
-            proc.wait(timeout=delay)
-            finished = True  # it finished before the kill: the next attempt resumes a finished run
+            proc.wait(timeout=fraction * busy)
+            out["finished_before_the_kill"] += 1  # not a kill: draw again on a fresh database
+            continue
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            finished = False
-        attempts += 1
-        if finished:
-            if proc.returncode != 0:
-                raise SystemExit(f"attempt {attempts} failed: {proc.stderr.read().decode()[-2000:]}")
-            continue
-        done_kills += 1
-        moments.append(round(delay / wall, 3))
-    run_to_end(["run", str(cfg), "--resume"])
-    same = summary(db) == summary(ref_db)
-    a = audit(db)
-    interrupted = a["statuses"][:-1]
-    return {
-        "searcher": name, "reference_wall_s": round(wall, 1), "kills": done_kills, "attempts": attempts + 1,
-        "kill_moments_fraction_of_wall": moments, "rows": len(rows(db)), "reference_rows": len(rows(ref_db)),
-        "identical_rows": same, "duplicate_evaluations": a["duplicate_evaluations"],
-        "duplicate_test_scores": a["duplicate_test_scores"],
-        "killed_runs_marked_interrupted": sum(s == "interrupted" for s in interrupted),
-        "killed_runs": done_kills, "other_statuses": sorted(set(interrupted) - {"interrupted"}),
-        "last_status": a["statuses"][-1],
-    }
+        out["kills"] += 1
+        out["kill_moments_fraction_of_work"].append(round(fraction, 3))
+        run_to_end(["run", str(cfg), "--resume"])
+        got = summary(db)
+        a = audit(db)
+        out["identical_rows"] &= got == reference
+        out["duplicate_evaluations"] += a["duplicate_evaluations"]
+        out["duplicate_test_scores"] += a["duplicate_test_scores"]
+        out["killed_runs_marked_interrupted"] += a["statuses"] == ["interrupted", "finished"]
+        out["other_statuses"] += [a["statuses"]] if a["statuses"] != ["interrupted", "finished"] else []
+    out["killed_runs"] = out["kills"]
+    return out
 
 
 def main() -> None:
@@ -165,27 +217,61 @@ def main() -> None:
         started = time.perf_counter()
         results = [one_searcher(s, work / "model", work, args.kills, rng) for s in args.searchers.split(",")]
         total = time.perf_counter() - started
-    ok = all(r["identical_rows"] and not r["duplicate_evaluations"] and not r["duplicate_test_scores"]
-             and r["killed_runs_marked_interrupted"] == r["killed_runs"] and r["last_status"] == "finished"
-             for r in results)
-    figures = {"kills": sum(r["kills"] for r in results), "all_identical_and_clean": ok,
-               "seconds": round(total, 1), "per_searcher": results}
+    ok = all(
+        r["identical_rows"]
+        and not r["duplicate_evaluations"]
+        and not r["duplicate_test_scores"]
+        and r["killed_runs_marked_interrupted"] == r["killed_runs"]
+        for r in results
+    )
+    figures = {
+        "kills": sum(r["kills"] for r in results),
+        "all_identical_and_clean": ok,
+        "seconds": round(total, 1),
+        "per_searcher": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_result(args.out.with_suffix(".json"), command=command_line(),
-                 config={"kills_per_searcher": args.kills, "seed": args.seed, "searchers": SEARCHERS,
-                         "model": "tiny causal LM (miner.testing.tiny, 2 layers, random weights)"},
-                 figures=figures)
-    lines = [f"# Kill -9 and resume ({figures['kills']} kills)", "",
-             f"Command: `{command_line()}`; {total:.0f} s in all. Result: "
-             + ("every searcher ended with the reference's rows, no duplicates, every killed run marked interrupted."
-                if ok else "NOT all clean: see the table."), "",
-             "| searcher | kills | identical rows | rows | duplicate evaluations | duplicate test scores | killed runs marked interrupted |",
-             "|---|---|---|---|---|---|---|"]
+    write_result(
+        args.out.with_suffix(".json"),
+        command=command_line(),
+        config={
+            "kills_per_searcher": args.kills,
+            "seed": args.seed,
+            "searchers": SEARCHERS,
+            "model": "tiny causal LM (miner.testing.tiny, 2 layers, random weights)",
+        },
+        figures=figures,
+    )
+    lines = [
+        f"# Kill -9 and resume ({figures['kills']} kills)",
+        "",
+        f"Command: `{command_line()}`; {total:.0f} s in all. Result: "
+        + (
+            "every searcher ended with the reference's rows, no duplicates, every killed run marked interrupted."
+            if ok
+            else "NOT all clean: see the table."
+        ),
+        "",
+        "| searcher | kills | identical rows (all kills) | rows per run | duplicate evaluations | duplicate test scores | killed runs marked interrupted |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['searcher']} | {r['kills']} | {'yes' if r['identical_rows'] else 'no'} | {r['rows']} / {r['reference_rows']} "
-                     f"| {r['duplicate_evaluations']} | {r['duplicate_test_scores']} | {r['killed_runs_marked_interrupted']} / {r['killed_runs']} |")
-    lines += ["", "Kill moments (fraction of the reference run's wall time, process start included): "
-              + "; ".join(f"{r['searcher']}: {r['kill_moments_fraction_of_wall']}" for r in results), ""]
+        lines.append(
+            f"| {r['searcher']} | {r['kills']} | {'yes' if r['identical_rows'] else 'no'} | {r['rows']} "
+            f"| {r['duplicate_evaluations']} | {r['duplicate_test_scores']} | {r['killed_runs_marked_interrupted']} / {r['killed_runs']} |"
+        )
+    lines += [
+        "",
+        "Each kill is its own experiment on a fresh database: the run is killed at a uniformly random "
+        "moment of its work (after its startup wrote the run's row, within the reference run's working time), "
+        "then `--resume` runs to the end and its rows are compared with the reference's. Kill moments "
+        "(fraction of the working time): "
+        + "; ".join(f"{r['searcher']}: {r['kill_moments_fraction_of_work']}" for r in results)
+        + ". Draws that came after the run had finished are not kills and were drawn again: "
+        + ", ".join(f"{r['searcher']} {r['finished_before_the_kill']}" for r in results)
+        + ".",
+        "",
+    ]
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
     print(json.dumps({"ok": ok}))

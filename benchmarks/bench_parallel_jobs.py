@@ -36,11 +36,21 @@ def config(seeds: list[int], storage: str, n_jobs: int, max_test: int) -> dict:
         "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": max_test},
         "model": "smollm2",
         "prompts": [
-            {"template": "{sentence} It was {answer}", "verbalizer": {"negative": "terrible", "positive": "great"}},
-            {"template": "Review: {sentence}\nSentiment: {answer}", "verbalizer": {"negative": "negative", "positive": "positive"}},
+            {
+                "template": "{sentence} It was {answer}",
+                "verbalizer": {"negative": "terrible", "positive": "great"},
+            },
+            {
+                "template": "Review: {sentence}\nSentiment: {answer}",
+                "verbalizer": {"negative": "negative", "positive": "positive"},
+            },
         ],
         "searchers": [{"name": "manual", "params": {"with_calibration": True}}],
-        "seeds": seeds, "k": 16, "test_top": 1, "storage": storage, "progress": False,
+        "seeds": seeds,
+        "k": 16,
+        "test_top": 1,
+        "storage": storage,
+        "progress": False,
         "parallel": {"n_jobs": n_jobs},
     }
 
@@ -48,7 +58,9 @@ def config(seeds: list[int], storage: str, n_jobs: int, max_test: int) -> dict:
 def rows(url: str) -> list[tuple]:
     from miner.leaderboard import Leaderboard
 
-    return sorted((r.seed, r.prompt_key, r.train_score, r.dev_score, r.test_score) for r in Leaderboard(url).rows())
+    return sorted(
+        (r.seed, r.prompt_key, r.train_score, r.dev_score, r.test_score) for r in Leaderboard(url).rows()
+    )
 
 
 def main(argv=None) -> int:
@@ -71,11 +83,21 @@ def main(argv=None) -> int:
             print(f"{label}: {out[label]['seconds']:.1f} s", flush=True)
     same = out["sequential"]["rows"] == out["parallel"]["rows"]
     res = {
-        "seeds": args.seeds, "jobs": len(args.seeds), "n_jobs": args.jobs, "max_test": args.max_test,
-        "sequential_s": out["sequential"]["seconds"], "parallel_s": out["parallel"]["seconds"],
-        "speedup": out["sequential"]["seconds"] / out["parallel"]["seconds"], "same_rows": same,
+        "seeds": args.seeds,
+        "jobs": len(args.seeds),
+        "n_jobs": args.jobs,
+        "max_test": args.max_test,
+        "sequential_s": out["sequential"]["seconds"],
+        "parallel_s": out["parallel"]["seconds"],
+        "speedup": out["sequential"]["seconds"] / out["parallel"]["seconds"],
+        "same_rows": same,
         "n_rows": len(out["parallel"]["rows"]),
-        "machine": {"cpu": cpu_model(), "cores": cores, "loadavg": os.getloadavg(), "torch": torch.__version__},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": cores,
+            "loadavg": os.getloadavg(),
+            "torch": torch.__version__,
+        },
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -83,16 +105,16 @@ def main(argv=None) -> int:
     m = res["machine"]
     md = f"""# Jobs sequentially vs on joblib workers
 
-Command: `{res['command']}`; {res['date']}; {m['cpu']}, {m['cores']} cores (load average at the end {m['loadavg'][0]:.1f}), torch {m['torch']}.
+Command: `{res["command"]}`; {res["date"]}; {m["cpu"]}, {m["cores"]} cores (load average at the end {m["loadavg"][0]:.1f}), torch {m["torch"]}.
 
-{res['jobs']} jobs (manual searcher, 2 prompts x with/without calibration, Rotten Tomatoes 16-shot, seeds {res['seeds']}, test sample {res['max_test']}, default model), each side from a fresh SQLite file, in one process run one after the other.
+{res["jobs"]} jobs (manual searcher, 2 prompts x with/without calibration, Rotten Tomatoes 16-shot, seeds {res["seeds"]}, test sample {res["max_test"]}, default model), each side from a fresh SQLite file, in one process run one after the other.
 
 | | wall time | |
 |---|---|---|
-| one process, jobs one after another, {m['cores']} torch threads | {res['sequential_s']:.1f} s | |
-| {res['n_jobs']} loky workers, {max(1, m['cores'] // res['n_jobs'])} torch thread(s) each (each loads the model) | {res['parallel_s']:.1f} s | {res['speedup']:.2f}x |
+| one process, jobs one after another, {m["cores"]} torch threads | {res["sequential_s"]:.1f} s | |
+| {res["n_jobs"]} loky workers, {max(1, m["cores"] // res["n_jobs"])} torch thread(s) each (each loads the model) | {res["parallel_s"]:.1f} s | {res["speedup"]:.2f}x |
 
-Leaderboard rows identical (same prompts, train/dev/test scores): **{'yes' if same else 'NO'}** ({res['n_rows']} rows each).
+Leaderboard rows identical (same prompts, train/dev/test scores): **{"yes" if same else "NO"}** ({res["n_rows"]} rows each).
 """
     (REPO / "results/scaling/parallel_jobs.md").write_text(md)
     print(md)

@@ -176,8 +176,10 @@ def load_note(r: dict) -> str:
     busy = max(r["loadavg_1min_per_repeat"] + m["loadavg_end"][:1])
     if busy <= max(m["torch_threads"], 1) + 0.75:
         return "about this benchmark's own threads: the machine was otherwise idle"
-    return (f"up to {busy:.1f} on {m['cpu_count']} cores: other processes shared the machine, so the "
-            "numbers are noisy; trust the CPU-time columns and per-repeat ratios more, or rerun when idle")
+    return (
+        f"up to {busy:.1f} on {m['cpu_count']} cores: other processes shared the machine, so the "
+        "numbers are noisy; trust the CPU-time columns and per-repeat ratios more, or rerun when idle"
+    )
 
 
 def write_markdown(path: Path, r: dict) -> None:
@@ -199,9 +201,15 @@ def write_markdown(path: Path, r: dict) -> None:
     ]
     for name, key in rows:
         pad = r["padding"].get(key)
-        pad_s = f"{pad['real_tokens']} / {pad['padded_tokens']} ({pad['real_fraction']:.0%} real)" if pad else "same as S"
+        pad_s = (
+            f"{pad['real_tokens']} / {pad['padded_tokens']} ({pad['real_fraction']:.0%} real)"
+            if pad
+            else "same as S"
+        )
         secs = ", ".join(f"{t:.2f}" for t in r["seconds"][key])
-        lines.append(f"| {name} | {s['examples_per_s'][key]:.2f} | {secs} | {s['cpu_examples_per_s'][key]:.2f} | {pad_s} |")
+        lines.append(
+            f"| {name} | {s['examples_per_s'][key]:.2f} | {secs} | {s['cpu_examples_per_s'][key]:.2f} | {pad_s} |"
+        )
     lines += [
         "",
         f"- **S/a = {s['S_over_a']:.2f}** (target >= {TARGET_S_OVER_A}: {'met' if s['S_over_a_met'] else 'NOT met'})",
@@ -275,8 +283,16 @@ def main(argv=None) -> int:
         secs["a"].append(w), cpu["a"].append(c)
         w, c, _ = timed(lambda: run_bare(backend, padded))
         secs["b"].append(w), cpu["b"].append(c)
-        logger.info("repeat %d (load %.2f): wall S %.2fs (forward %.2fs) a %.2fs b %.2fs | cpu S %.2fs a %.2fs b %.2fs",
-                    rep + 1, loads[-1], secs["S"][-1], s_forward[-1], secs["a"][-1], secs["b"][-1], *(cpu[k][-1] for k in "Sab"))
+        logger.info(
+            "repeat %d (load %.2f): wall S %.2fs (forward %.2fs) a %.2fs b %.2fs | cpu S %.2fs a %.2fs b %.2fs",
+            rep + 1,
+            loads[-1],
+            secs["S"][-1],
+            s_forward[-1],
+            secs["a"][-1],
+            secs["b"][-1],
+            *(cpu[k][-1] for k in "Sab"),
+        )
 
     n = len(examples)
     eps = {k: n / statistics.median(v) for k, v in secs.items()}
@@ -284,8 +300,15 @@ def main(argv=None) -> int:
     agree = float((preds_s == preds_a).mean())
     s_over_a, s_over_b = eps["S"] / eps["a"], eps["S"] / eps["b"]
     result = {
-        "config": {"n": n, "repeats": args.repeats, "batch_size": args.batch_size, "model": args.model,
-                   "template": TEMPLATE, "words": WORDS, "dataset": "sst-2 test (kshot), first n in order"},
+        "config": {
+            "n": n,
+            "repeats": args.repeats,
+            "batch_size": args.batch_size,
+            "model": args.model,
+            "template": TEMPLATE,
+            "words": WORDS,
+            "dataset": "sst-2 test (kshot), first n in order",
+        },
         "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "seconds": {k: [round(t, 4) for t in v] for k, v in secs.items()},
         "S_forward_seconds": [round(t, 4) for t in s_forward],
@@ -294,30 +317,49 @@ def main(argv=None) -> int:
         "loadavg_1min_per_repeat": loads,
         "summary": {
             "examples_per_s": {k: round(v, 3) for k, v in eps.items()},
-            "S_over_a": round(s_over_a, 4), "S_over_a_target": TARGET_S_OVER_A, "S_over_a_met": s_over_a >= TARGET_S_OVER_A,
-            "S_over_b": round(s_over_b, 4), "S_over_b_target": TARGET_S_OVER_B, "S_over_b_met": s_over_b >= TARGET_S_OVER_B,
+            "S_over_a": round(s_over_a, 4),
+            "S_over_a_target": TARGET_S_OVER_A,
+            "S_over_a_met": s_over_a >= TARGET_S_OVER_A,
+            "S_over_b": round(s_over_b, 4),
+            "S_over_b_target": TARGET_S_OVER_B,
+            "S_over_b_met": s_over_b >= TARGET_S_OVER_B,
             "cpu_examples_per_s": {k: round(v, 3) for k, v in eps_cpu.items()},
             "cpu_S_over_a": round(eps_cpu["S"] / eps_cpu["a"], 4),
             "cpu_S_over_b": round(eps_cpu["S"] / eps_cpu["b"], 4),
             "S_forward_fraction": round(statistics.median(f / w for f, w in zip(s_forward, secs["S"])), 4),
             "per_repeat_S_over_a": [round(a / s, 4) for s, a in zip(secs["S"], secs["a"])],
             "per_repeat_S_over_b": [round(b / s, 4) for s, b in zip(secs["S"], secs["b"])],
-            "agreement_S_a": agree, "disagreements": int((preds_s != preds_a).sum()),
+            "agreement_S_a": agree,
+            "disagreements": int((preds_s != preds_a).sum()),
             "accuracy": {"S": float((preds_s == gold).mean()), "a": float((preds_a == gold).mean())},
         },
         "padding": {
             "S": {"real_tokens": s_real, "padded_tokens": s_pad, "real_fraction": s_real / s_pad},
             "a": {"real_tokens": a_real, "padded_tokens": a_pad, "real_fraction": a_real / a_pad},
         },
-        "scorer": {"requests": n_reqs, "unique_requests": n_unique, "batches": len(padded),
-                   "batch_widths": [int(b.input_ids.shape[1]) for b in padded]},
-        "user_loop": {"batches": -(-n // args.batch_size), "padding_side": user.padding_side,
-                      "logits_positions": a_pad, "scorer_logits_positions": n_unique},
+        "scorer": {
+            "requests": n_reqs,
+            "unique_requests": n_unique,
+            "batches": len(padded),
+            "batch_widths": [int(b.input_ids.shape[1]) for b in padded],
+        },
+        "user_loop": {
+            "batches": -(-n // args.batch_size),
+            "padding_side": user.padding_side,
+            "logits_positions": a_pad,
+            "scorer_logits_positions": n_unique,
+        },
         "machine": {
-            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "device": str(backend.device), "dtype": str(backend.dtype).replace("torch.", ""),
-            "loadavg_start": load_start, "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "device": str(backend.device),
+            "dtype": str(backend.dtype).replace("torch.", ""),
+            "loadavg_start": load_start,
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }

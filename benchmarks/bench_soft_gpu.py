@@ -108,7 +108,9 @@ class MiniEvaluate:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU (checks the script, not the GPU)")
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny model on the CPU (checks the script, not the GPU)"
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--n-tokens", type=int, default=20)
@@ -128,10 +130,32 @@ def main(argv=None) -> int:
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     tok = AutoTokenizer.from_pretrained(str(ROOT / "miner" / "testing" / "assets" / "smollm2_tokenizer"))
-    size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2) if args.smoke \
-        else dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8)
-    cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **size)
+    size = (
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        if args.smoke
+        else dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+        )
+    )
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **size,
+    )
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.device(device):  # initialise on the GPU: a 1B random init on the CPU takes a minute
@@ -140,16 +164,33 @@ def main(argv=None) -> int:
     be = Backend(model, tok, "causal", name="random-llama")
     n_params = sum(p.numel() for p in model.parameters())
     n_ex = 8 if args.smoke else 64
-    task = types.SimpleNamespace(train=synthetic(n_ex, 1), dev=synthetic(n_ex, 2), test=(), label_names=("negative", "positive"),
-                                 text_fields=("sentence",))
-    seed_prompt = Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "good"}, task.label_names)
+    task = types.SimpleNamespace(
+        train=synthetic(n_ex, 1),
+        dev=synthetic(n_ex, 2),
+        test=(),
+        label_names=("negative", "positive"),
+        text_fields=("sentence",),
+    )
+    seed_prompt = Prompt.create(
+        "{sentence} It was {answer}", {"negative": "bad", "positive": "good"}, task.label_names
+    )
     store = ArtifactStore(tempfile.mkdtemp(prefix="gpu-soft-"))
-    result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "dtype": str(dtype), "params": n_params,
-              "model_build_seconds": round(build_s, 1), "shims": shims, "torch": torch.__version__, "steps": args.steps,
-              "batch_size": args.batch_size, "n_tokens": args.n_tokens}
+    result = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "dtype": str(dtype),
+        "params": n_params,
+        "model_build_seconds": round(build_s, 1),
+        "shims": shims,
+        "torch": torch.__version__,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "n_tokens": args.n_tokens,
+    }
 
     def context(scorer):
-        return SearchContext(task=task, backend=be, scorer=scorer, seed=0, prompts=(seed_prompt,), artifacts=store, job_key="")
+        return SearchContext(
+            task=task, backend=be, scorer=scorer, seed=0, prompts=(seed_prompt,), artifacts=store, job_key=""
+        )
 
     # soft, bf16 autocast on CUDA
     import logging
@@ -174,14 +215,25 @@ def main(argv=None) -> int:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    SoftSearcher(n_tokens=args.n_tokens, steps=args.steps, batch_size=args.batch_size, eval_every=args.steps, patience=0,
-                 lr=0.01, init="text", init_text="Decide whether the review is positive or negative.").search(ctx, ev)
+    SoftSearcher(
+        n_tokens=args.n_tokens,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        eval_every=args.steps,
+        patience=0,
+        lr=0.01,
+        init="text",
+        init_text="Decide whether the review is positive or negative.",
+    ).search(ctx, ev)
     soft_wall = time.perf_counter() - t0
     result["soft"] = {
-        "wall_seconds": round(soft_wall, 2), "median_step_seconds": statistics.median(times) if times else None,
-        "losses": losses, "all_finite": all(map(lambda x: x == x and abs(x) != float("inf"), losses)),
+        "wall_seconds": round(soft_wall, 2),
+        "median_step_seconds": statistics.median(times) if times else None,
+        "losses": losses,
+        "all_finite": all(map(lambda x: x == x and abs(x) != float("inf"), losses)),
         "model_param_grads": sum(p.grad is not None for p in model.parameters()),
-        "cost": scorer.counter.snapshot().to_dict(), "evaluations": len(ev.evaluations),
+        "cost": scorer.counter.snapshot().to_dict(),
+        "evaluations": len(ev.evaluations),
         "dev_scores": [e.dev.score for e in ev.evaluations],
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
     }
@@ -191,19 +243,33 @@ def main(argv=None) -> int:
     try:
         from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-        pm = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.n_tokens,
-                                                      prompt_tuning_init=PromptTuningInit.RANDOM))
+        pm = get_peft_model(
+            model,
+            PromptTuningConfig(
+                task_type="CAUSAL_LM",
+                num_virtual_tokens=args.n_tokens,
+                prompt_tuning_init=PromptTuningInit.RANDOM,
+            ),
+        )
         opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=0.01)
-        ans = {0: tok(" bad", add_special_tokens=False)["input_ids"], 1: tok(" good", add_special_tokens=False)["input_ids"]}
+        ans = {
+            0: tok(" bad", add_special_tokens=False)["input_ids"],
+            1: tok(" good", add_special_tokens=False)["input_ids"],
+        }
         ptimes = []
         for step in range(args.steps):
             t1 = time.perf_counter()
             batch = [task.train[i] for i in batch_indices(step, len(task.train), args.batch_size, 0)]
-            seqs = [tok(e.fields["sentence"] + " It was", add_special_tokens=False)["input_ids"] + ans[e.label] for e in batch]
+            seqs = [
+                tok(e.fields["sentence"] + " It was", add_special_tokens=False)["input_ids"] + ans[e.label]
+                for e in batch
+            ]
             width = max(map(len, seqs))
             ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs], device=device)
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-            labels = torch.tensor([[-100] * (len(s) - 1) + s[-1:] + [-100] * (width - len(s)) for s in seqs], device=device)
+            labels = torch.tensor(
+                [[-100] * (len(s) - 1) + s[-1:] + [-100] * (width - len(s)) for s in seqs], device=device
+            )
             with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
                 loss = pm(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
@@ -212,7 +278,10 @@ def main(argv=None) -> int:
             if device == "cuda":
                 torch.cuda.synchronize()
             ptimes.append(time.perf_counter() - t1)
-        result["peft"] = {"median_step_seconds": statistics.median(ptimes), "wall_seconds": round(sum(ptimes), 2)}
+        result["peft"] = {
+            "median_step_seconds": statistics.median(ptimes),
+            "wall_seconds": round(sum(ptimes), 2),
+        }
         model = pm.get_base_model()
     except ImportError as exc:
         result["peft"] = {"skipped": str(exc)}
@@ -226,11 +295,17 @@ def main(argv=None) -> int:
         ev = MiniEvaluate(scorer, task)
         t0 = time.perf_counter()
         pop, gens = (3, 1) if args.smoke else (8, 3)
-        BlackboxSearcher(n_tokens=args.n_tokens, intrinsic_dim=200, popsize=pop, generations=gens, eval_every=gens).search(context(scorer), ev)
+        BlackboxSearcher(
+            n_tokens=args.n_tokens, intrinsic_dim=200, popsize=pop, generations=gens, eval_every=gens
+        ).search(context(scorer), ev)
         wall = time.perf_counter() - t0
         c = scorer.counter.snapshot()
-        result["blackbox"] = {"wall_seconds": round(wall, 2), "candidates": pop * gens, "cost": c.to_dict(),
-                              "seconds_per_forward": round(c.seconds / max(1, c.forward_passes), 4)}
+        result["blackbox"] = {
+            "wall_seconds": round(wall, 2),
+            "candidates": pop * gens,
+            "cost": c.to_dict(),
+            "seconds_per_forward": round(c.seconds / max(1, c.forward_passes), 4),
+        }
     else:
         result["blackbox"] = {"skipped": "cmaes is not installed"}
     print(json.dumps(result["blackbox"], default=str), flush=True)

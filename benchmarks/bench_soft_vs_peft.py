@@ -48,8 +48,13 @@ def train_peft(model_name: str, data, args, init_text: str) -> tuple[torch.Tenso
     be = load_backend(model_name)  # its own copy: PEFT wraps the model
     tok = be.tokenizer
     torch.manual_seed(args.seed)
-    cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.n_tokens, prompt_tuning_init=PromptTuningInit.TEXT,
-                             prompt_tuning_init_text=init_text, tokenizer_name_or_path=tok.name_or_path)
+    cfg = PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=args.n_tokens,
+        prompt_tuning_init=PromptTuningInit.TEXT,
+        prompt_tuning_init_text=init_text,
+        tokenizer_name_or_path=tok.name_or_path,
+    )
     pm = get_peft_model(be.model, cfg)
     train = list(data.train)
     prefix, _ = TEMPLATE_TAIL.split(" {answer}")
@@ -65,7 +70,9 @@ def train_peft(model_name: str, data, args, init_text: str) -> tuple[torch.Tenso
         batch = [train[i] for i in batch_indices(step, len(train), args.batch_size, args.seed)]
         seqs, labs = [], []
         for ex in batch:
-            ids = tok(prefix.replace("{sentence}", ex.fields["sentence"].strip()), add_special_tokens=False)["input_ids"]
+            ids = tok(prefix.replace("{sentence}", ex.fields["sentence"].strip()), add_special_tokens=False)[
+                "input_ids"
+            ]
             ans = label_ids[ex.label]
             seqs.append(ids + ans)
             labs.append([-100] * len(ids) + ans)
@@ -93,14 +100,26 @@ def train_ours(backend, data, args, init_text: str, loss: str):
     handler = _StepTimer(times)
     logging.getLogger("miner.search.soft").addHandler(handler)
     logging.getLogger("miner.search.soft").setLevel(logging.DEBUG)
-    s = SoftSearcher(n_tokens=args.n_tokens, init="text", init_text=init_text, steps=args.steps, batch_size=args.batch_size,
-                     lr=args.lr, warmup=0.1, schedule="linear", max_grad_norm=1.0, loss=loss, eval_every=args.steps,
-                     eval_init=False, patience=0, project=False)
-    from miner.prompts import Prompt
-
+    s = SoftSearcher(
+        n_tokens=args.n_tokens,
+        init="text",
+        init_text=init_text,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=0.1,
+        schedule="linear",
+        max_grad_norm=1.0,
+        loss=loss,
+        eval_every=args.steps,
+        eval_init=False,
+        patience=0,
+        project=False,
+    )
     import tempfile
 
     from miner.artifacts import ArtifactStore
+    from miner.prompts import Prompt
 
     seed_prompt = Prompt.create(TEMPLATE_TAIL, VERB, data.label_names)
     store = ArtifactStore(tempfile.mkdtemp(prefix="bench-soft-"))
@@ -134,7 +153,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--max-test", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--init-text", default="Classify the sentiment of the movie review as positive or negative.")
+    ap.add_argument(
+        "--init-text", default="Classify the sentiment of the movie review as positive or negative."
+    )
     ap.add_argument("--out", default=str(ROOT / "results" / "soft" / "soft_vs_peft.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -154,9 +175,16 @@ def main(argv=None) -> int:
     results["peft_prompt_tuning"] = {"tensor": emb, "wall_seconds": wall, "step_times": times}
     for loss in ("lm", "ce"):
         tensor, ev, wall, times, res = train_ours(backend, data, args, args.init_text, loss)
-        results[f"soft_{loss}"] = {"tensor": tensor, "wall_seconds": wall, "step_times": times, "cost": res.cost.to_dict()}
+        results[f"soft_{loss}"] = {
+            "tensor": tensor,
+            "wall_seconds": wall,
+            "step_times": times,
+            "cost": res.cost.to_dict(),
+        }
     # Test accuracy, same scorer for all, from the learned embeddings.
-    layout = Prompt.create(f"{{soft:{args.n_tokens}}}{TEMPLATE_TAIL}", VERB, data.label_names, soft="soft:eval")
+    layout = Prompt.create(
+        f"{{soft:{args.n_tokens}}}{TEMPLATE_TAIL}", VERB, data.label_names, soft="soft:eval"
+    )
     out = {}
     for name, r in results.items():
         tensor = r["tensor"]
@@ -164,7 +192,8 @@ def main(argv=None) -> int:
         test = scorer.score(layout, data.test, soft_embeds=tensor)
         dev = scorer.score(layout, data.dev, soft_embeds=tensor)
         out[name] = {
-            "test_accuracy": test.metrics["accuracy"], "dev_accuracy": dev.metrics["accuracy"],
+            "test_accuracy": test.metrics["accuracy"],
+            "dev_accuracy": dev.metrics["accuracy"],
             "wall_seconds": round(r["wall_seconds"], 1),
             "median_step_seconds": round(statistics.median(r["step_times"]), 3) if r["step_times"] else None,
             "steps_timed": len(r["step_times"]),
@@ -172,22 +201,42 @@ def main(argv=None) -> int:
         }
         logging.info("%s: %s", name, out[name])
     meta = {
-        "command": " ".join([sys.executable] + sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(), "load_average": os.getloadavg(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "model": args.model, "task": args.task, "k": 16, "seed": args.seed, "n_tokens": args.n_tokens, "steps": args.steps,
-        "batch_size": args.batch_size, "lr": args.lr, "init_text": args.init_text, "test_examples": len(data.test),
-        "schedule": "linear, 10% warm-up", "max_grad_norm": 1.0,
+        "command": " ".join([sys.executable] + sys.argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "load_average": os.getloadavg(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "model": args.model,
+        "task": args.task,
+        "k": 16,
+        "seed": args.seed,
+        "n_tokens": args.n_tokens,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "init_text": args.init_text,
+        "test_examples": len(data.test),
+        "schedule": "linear, 10% warm-up",
+        "max_grad_norm": 1.0,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": out}, indent=2) + "\n")
-    md = [f"# soft vs PEFT prompt tuning ({args.model}, {args.task} 16-shot seed {args.seed})", "",
-          f"{args.n_tokens} virtual tokens, {args.steps} steps, batch {args.batch_size}, lr {args.lr}, AdamW, linear schedule "
-          f"(10% warm-up), clip 1.0, same text init and same batch order. Test: {len(data.test)}-example seeded sample, same scorer. "
-          f"CPU {meta['cpu']}, torch threads {meta['torch_threads']}, load average {tuple(round(x, 1) for x in meta['load_average'])}. "
-          f"Command: `{meta['command']}` ({meta['date']}).", "",
-          "| method | test acc | dev acc | wall s (whole run) | median s / step |", "|---|---|---|---|---|"]
+    md = [
+        f"# soft vs PEFT prompt tuning ({args.model}, {args.task} 16-shot seed {args.seed})",
+        "",
+        f"{args.n_tokens} virtual tokens, {args.steps} steps, batch {args.batch_size}, lr {args.lr}, AdamW, linear schedule "
+        f"(10% warm-up), clip 1.0, same text init and same batch order. Test: {len(data.test)}-example seeded sample, same scorer. "
+        f"CPU {meta['cpu']}, torch threads {meta['torch_threads']}, load average {tuple(round(x, 1) for x in meta['load_average'])}. "
+        f"Command: `{meta['command']}` ({meta['date']}).",
+        "",
+        "| method | test acc | dev acc | wall s (whole run) | median s / step |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in out.items():
-        md.append(f"| {name} | {100 * r['test_accuracy']:.1f} | {100 * r['dev_accuracy']:.1f} | {r['wall_seconds']} | {r['median_step_seconds']} |")
+        md.append(
+            f"| {name} | {100 * r['test_accuracy']:.1f} | {100 * r['dev_accuracy']:.1f} | {r['wall_seconds']} | {r['median_step_seconds']} |"
+        )
     Path(args.out).with_suffix(".md").write_text("\n".join(md) + "\n")
     return 0
 

@@ -38,9 +38,13 @@ TARGET = 10_000
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--words", type=int, default=1000, help="candidate label words in all (split between the 2 labels)")
+    ap.add_argument(
+        "--words", type=int, default=1000, help="candidate label words in all (split between the 2 labels)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--model-verbalizers", type=int, default=2, help="verbalizers scored by the model per repeat")
+    ap.add_argument(
+        "--model-verbalizers", type=int, default=2, help="verbalizers scored by the model per repeat"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--seed", type=int, default=13)
@@ -90,35 +94,58 @@ def main(argv=None) -> int:
     best = {labels[c]: [pool.words[c][j] for j in res.choice[c]] for c in range(2)}
     cpu = platform.processor()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     out = {
-        "candidate_words": n_words, "verbalizers_per_search": n_verbalizers, "examples": len(data.train),
-        "cached_evals_per_s": cached, "model_evals_per_s": model,
-        "cached_median": c_med, "model_median": m_med, "speedup": c_med / m_med, "target": TARGET,
-        "meets_target": c_med >= TARGET, "distributions_seconds_once": dist_seconds,
-        "best_train_verbalizer": best, "best_train_accuracy": res.metric,
-        "machine": {"cpu": cpu, "cores": os.cpu_count(), "load_avg": os.getloadavg(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "command": " ".join(shlex.quote(a) for a in sys.argv), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "candidate_words": n_words,
+        "verbalizers_per_search": n_verbalizers,
+        "examples": len(data.train),
+        "cached_evals_per_s": cached,
+        "model_evals_per_s": model,
+        "cached_median": c_med,
+        "model_median": m_med,
+        "speedup": c_med / m_med,
+        "target": TARGET,
+        "meets_target": c_med >= TARGET,
+        "distributions_seconds_once": dist_seconds,
+        "best_train_verbalizer": best,
+        "best_train_accuracy": res.metric,
+        "machine": {
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "optuna_bench_verbalizer.json").write_text(json.dumps(out, indent=2))
     m = out["machine"]
     md = [
-        "# Verbalizer evaluations per second (optuna searcher)", "",
+        "# Verbalizer evaluations per second (optuna searcher)",
+        "",
         f"2-class SST-2 16-shot training split ({len(data.train)} examples), `{TEMPLATE!r}`, {n_words} candidate words, "
-        f"{n_verbalizers:,} single-word verbalizers per inner search. Median of {args.repeats} interleaved repeats.", "",
-        "| method | verbalizer evaluations / s |", "| --- | --- |",
+        f"{n_verbalizers:,} single-word verbalizers per inner search. Median of {args.repeats} interleaved repeats.",
+        "",
+        "| method | verbalizer evaluations / s |",
+        "| --- | --- |",
         f"| cached distributions (tensor ops, all pairings) | {c_med:,.0f} |",
         f"| re-running the model per verbalizer | {m_med:.3f} |",
-        f"| speedup | {c_med / m_med:,.0f}x |", "",
+        f"| speedup | {c_med / m_med:,.0f}x |",
+        "",
         f"Target >= {TARGET:,}/s: {'met' if c_med >= TARGET else 'NOT met'}. The one-off forward passes for the "
-        f"distributions took {dist_seconds:.1f} s (paid once per template, then cached by the scorer).", "",
+        f"distributions took {dist_seconds:.1f} s (paid once per template, then cached by the scorer).",
+        "",
         f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_avg'][0]:.1f} (shared), torch {m['torch']} "
-        f"with {m['torch_threads']} threads. {out['date']}. Command: `{out['command']}`.", "",
+        f"with {m['torch_threads']} threads. {out['date']}. Command: `{out['command']}`.",
+        "",
     ]
     (args.out / "optuna_bench_verbalizer.md").write_text("\n".join(md))
     print("\n".join(md))

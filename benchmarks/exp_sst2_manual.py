@@ -64,8 +64,14 @@ def main() -> None:
     for r in rows:
         tpl = r.prompt["template"]
         words = [" " + r.prompt["verbalizer"][label][0] for label in ("negative", "positive")]
-        entry = {"template": tpl, "words": words, "calibrate": bool(r.prompt.get("calibrate")),
-                 "train": r.train_score, "dev": r.dev_score, "test_miner": r.test_score}
+        entry = {
+            "template": tpl,
+            "words": words,
+            "calibrate": bool(r.prompt.get("calibrate")),
+            "train": r.train_score,
+            "dev": r.dev_score,
+            "test_miner": r.test_score,
+        }
         before, after = tpl.split("{answer}")
         if not entry["calibrate"] and not after.strip():  # answer at the end: next-token loop
             t1 = time.perf_counter()
@@ -76,8 +82,11 @@ def main() -> None:
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.platform(), "cpu_count": __import__("os").cpu_count(),
-        "torch_threads": torch.get_num_threads(), "n_test": len(test), "run_seconds": run_seconds,
+        "machine": platform.platform(),
+        "cpu_count": __import__("os").cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "n_test": len(test),
+        "run_seconds": run_seconds,
     }
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "sst2_manual.json").write_text(json.dumps({"meta": meta, "rows": out}, indent=2))
@@ -93,8 +102,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for e in out:
-        lines.append(f"| `{e['template']!r}` | {'/'.join(w.strip() for w in e['words'])} | {'yes' if e['calibrate'] else 'no'} | "
-                     f"{fmt(e['train'])} | {fmt(e['dev'])} | {fmt(e['test_miner'])} | {fmt(e.get('test_hand_written'))} |")
+        lines.append(
+            f"| `{e['template']!r}` | {'/'.join(w.strip() for w in e['words'])} | {'yes' if e['calibrate'] else 'no'} | "
+            f"{fmt(e['train'])} | {fmt(e['dev'])} | {fmt(e['test_miner'])} | {fmt(e.get('test_hand_written'))} |"
+        )
     (Path(args.out) / "sst2_manual.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -5,9 +5,27 @@ from miner.errors import BudgetExhausted, ConfigError, DataError, MinerError, Mo
 from miner.prompts import Prompt, PromptEnsemble, Verbalizer, parse_template  # noqa: E402
 
 __all__ = [
-    "__version__", "BudgetExhausted", "ConfigError", "DataError", "MinerError", "ModelLoadError", "Prompt",
-    "PromptEnsemble", "PromptError", "Verbalizer", "parse_template", "run", "load_config", "load_backend", "load_task",
-    "Leaderboard", "Scorer", "export_best", "load_exported", "predict", "plot_leaderboard",
+    "__version__",
+    "BudgetExhausted",
+    "ConfigError",
+    "DataError",
+    "MinerError",
+    "ModelLoadError",
+    "Prompt",
+    "PromptEnsemble",
+    "PromptError",
+    "Verbalizer",
+    "parse_template",
+    "run",
+    "load_config",
+    "load_backend",
+    "load_task",
+    "Leaderboard",
+    "Scorer",
+    "export_best",
+    "load_exported",
+    "predict",
+    "plot_leaderboard",
 ]
 
 

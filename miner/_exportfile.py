@@ -15,9 +15,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import (
@@ -60,7 +61,9 @@ NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 
 def _plain_name(v: str) -> str:
     if not is_plain_name(v):
-        raise ValueError(f"must be a file or directory name beside the export (no '/', not '.' or '..'), got {v!r}")
+        raise ValueError(
+            f"must be a file or directory name beside the export (no '/', not '.' or '..'), got {v!r}"
+        )
     return v
 
 
@@ -215,7 +218,9 @@ def check_output_path(path: str | Path, *, directory: bool = False) -> None:
         if directory and not p.is_dir():
             raise ExportFileError(f"cannot write the export directory {str(p)!r}: a file of that name exists")
         if not directory and p.is_dir():
-            raise ExportFileError(f"cannot write {str(p)!r}: it is a directory (give a file name, e.g. {str(p / 'best.json')!r})")
+            raise ExportFileError(
+                f"cannot write {str(p)!r}: it is a directory (give a file name, e.g. {str(p / 'best.json')!r})"
+            )
         if not directory and not p.is_file():
             raise ExportFileError(f"cannot write {str(p)!r}: it exists and is not a regular file")
     ancestor = p.parent
@@ -226,7 +231,9 @@ def check_output_path(path: str | Path, *, directory: bool = False) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".miner-probe-", dir=ancestor)
     except OSError as exc:
-        raise ExportFileError(f"cannot write the {what} {str(p)!r}: {exc.strerror or exc} in {str(ancestor)!r}") from None
+        raise ExportFileError(
+            f"cannot write the {what} {str(p)!r}: {exc.strerror or exc} in {str(ancestor)!r}"
+        ) from None
     os.close(fd)
     os.unlink(probe)
 
@@ -267,12 +274,20 @@ def read_export_json(path: str | Path, fmt: str, what: str) -> tuple[Path, dict[
     p = Path(path)
     try:
         if not p.is_file():
-            raise ExportFileError(f"{what} {str(p)!r} does not exist" if not p.exists() else f"{what} {str(p)!r} is not a regular file")
+            raise ExportFileError(
+                f"{what} {str(p)!r} does not exist"
+                if not p.exists()
+                else f"{what} {str(p)!r} is not a regular file"
+            )
         size = p.stat().st_size
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise ExportFileError(f"cannot read {what} {str(p)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise ExportFileError(
+            f"cannot read {what} {str(p)!r}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     if size > MAX_FILE_BYTES:
-        raise ExportFileError(f"{what} {str(p)!r} is {size / 2**20:.0f} MB; an export is a few kB (at most {MAX_FILE_BYTES // 2**20} MB)")
+        raise ExportFileError(
+            f"{what} {str(p)!r} is {size / 2**20:.0f} MB; an export is a few kB (at most {MAX_FILE_BYTES // 2**20} MB)"
+        )
     try:
         return p, read_format_json(p, fmt, what)
     except OSError as exc:
@@ -289,15 +304,23 @@ def validate_export(d: Mapping[str, Any], path: Path, schema: type[ExportBody]) 
         bad = _non_text(d)
         if bad is not None:
             where, text = bad
-            raise ExportFileError(f"{path}: {where or 'top level'}: {text!r} holds a lone UTF-16 surrogate, which is not text")
+            raise ExportFileError(
+                f"{path}: {where or 'top level'}: {text!r} holds a lone UTF-16 surrogate, which is not text"
+            )
         body = schema.model_validate(d)
     except pydantic.ValidationError as exc:
         raise ExportFileError(f"{path}: {format_validation_error(exc)}") from None
     except RecursionError:
         raise ExportFileError(f"{path}: nested too deeply to be a miner export") from None
     prompt = build_prompt(d["prompt"], body.task.label_names, body.task.text_fields, path)
-    ex = ExportedPrompt(prompt, body.model, dict(d["task"]), dict(d.get("scores", {})), dict(d.get("provenance", {})),
-                        dict(d.get("leaderboard", {})))
+    ex = ExportedPrompt(
+        prompt,
+        body.model,
+        dict(d["task"]),
+        dict(d.get("scores", {})),
+        dict(d.get("provenance", {})),
+        dict(d.get("leaderboard", {})),
+    )
     return ex, body
 
 
@@ -320,14 +343,19 @@ def _non_text(value: Any, where: str = "") -> tuple[str, str] | None:
     return None
 
 
-def build_prompt(d: Mapping[str, Any], label_names: Sequence[str], text_fields: Sequence[str], path: Path) -> Prompt | PromptEnsemble:
+def build_prompt(
+    d: Mapping[str, Any], label_names: Sequence[str], text_fields: Sequence[str], path: Path
+) -> Prompt | PromptEnsemble:
     """A prompt (or ensemble) from its file form, checked against the task's labels and text fields."""
     if "ensemble" in d:
         try:
             ens = EnsembleFile.model_validate(d)
         except pydantic.ValidationError as exc:
             raise ExportFileError(f"{path}: {format_validation_error(exc, ('prompt',))}") from None
-        members = tuple(_one_prompt(m, label_names, text_fields, path, f"prompt.ensemble[{i}]") for i, m in enumerate(ens.ensemble))
+        members = tuple(
+            _one_prompt(m, label_names, text_fields, path, f"prompt.ensemble[{i}]")
+            for i, m in enumerate(ens.ensemble)
+        )
         try:
             return PromptEnsemble(members, meta=ens.meta)
         except PromptError as exc:
@@ -339,17 +367,30 @@ def build_prompt(d: Mapping[str, Any], label_names: Sequence[str], text_fields: 
     return _one_prompt(pf, label_names, text_fields, path, "prompt")
 
 
-def _one_prompt(pf: PromptFile, label_names: Sequence[str], text_fields: Sequence[str], path: Path, where: str) -> Prompt:
+def _one_prompt(
+    pf: PromptFile, label_names: Sequence[str], text_fields: Sequence[str], path: Path, where: str
+) -> Prompt:
     n_trig, n_soft = slot_counts(pf.template)
     if n_trig + n_soft > MAX_SLOTS:
-        raise ExportFileError(f"{path}: {where}.template: asks for {n_trig + n_soft} trigger/soft slots; no model takes "
-                              f"more than {MAX_SLOTS} positions")
+        raise ExportFileError(
+            f"{path}: {where}.template: asks for {n_trig + n_soft} trigger/soft slots; no model takes "
+            f"more than {MAX_SLOTS} positions"
+        )
     if n_trig != len(pf.triggers):
-        raise ExportFileError(f"{path}: {where}.triggers: the template has {n_trig} trigger slots but {len(pf.triggers)} "
-                              "trigger tokens are given")
+        raise ExportFileError(
+            f"{path}: {where}.triggers: the template has {n_trig} trigger slots but {len(pf.triggers)} "
+            "trigger tokens are given"
+        )
     try:
-        prompt = Prompt.create(pf.template, pf.verbalizer, label_names, triggers=tuple(pf.triggers), calibrate=pf.calibrate,
-                               soft=pf.soft, meta=pf.meta)
+        prompt = Prompt.create(
+            pf.template,
+            pf.verbalizer,
+            label_names,
+            triggers=tuple(pf.triggers),
+            calibrate=pf.calibrate,
+            soft=pf.soft,
+            meta=pf.meta,
+        )
         prompt.parsed.check_fields(tuple(text_fields))
     except PromptError as exc:
         raise ExportFileError(f"{path}: {where}: {exc}") from None
@@ -388,8 +429,12 @@ def slot_counts(template: str) -> tuple[int, int]:
 
 
 _TYPE_PROBLEMS = {
-    "dict_type": "should be a JSON object", "model_type": "should be a JSON object", "list_type": "should be a list",
-    "string_type": "should be a string", "bool_type": "should be true or false", "int_type": "should be an integer",
+    "dict_type": "should be a JSON object",
+    "model_type": "should be a JSON object",
+    "list_type": "should be a list",
+    "string_type": "should be a string",
+    "bool_type": "should be true or false",
+    "int_type": "should be an integer",
     "float_type": "should be a number",
 }
 
@@ -435,8 +480,10 @@ def check_fits_model(prompt: Prompt | PromptEnsemble, backend: Any) -> None:
         n_trig, n_soft = slot_counts(m.template)
         fixed = n_trig + n_soft + len(backend.lead_ids) + len(backend.trail_ids)
         if fixed >= limit:
-            raise PromptError(f"template {m.template[:60]!r} has {n_trig} trigger and {n_soft} soft slots; "
-                              f"model {backend.name!r} takes at most {limit} tokens")
+            raise PromptError(
+                f"template {m.template[:60]!r} has {n_trig} trigger and {n_soft} soft slots; "
+                f"model {backend.name!r} takes at most {limit} tokens"
+            )
 
 
 def predict(
@@ -484,7 +531,9 @@ def _as_rows(inputs: Iterable[str | Mapping[str, str]], text_fields: Sequence[st
     for i, item in enumerate(inputs):
         if isinstance(item, str):
             if len(text_fields) != 1:
-                raise MinerError(f"this prompt needs the fields {list(text_fields)}; give each input as a mapping (JSON Lines or CSV)")
+                raise MinerError(
+                    f"this prompt needs the fields {list(text_fields)}; give each input as a mapping (JSON Lines or CSV)"
+                )
             rows.append({text_fields[0]: item})
         else:
             missing = [f for f in text_fields if f not in item]

@@ -47,12 +47,11 @@ class ArtifactStore:
     def path(self, ref: str) -> Path:
         if not ref.startswith(PREFIX) or not ref[len(PREFIX) :].isalnum():
             raise MinerError(f"invalid soft-prompt reference {ref!r}")
-        return self.root / f"{ref[len(PREFIX):]}.safetensors"
+        return self.root / f"{ref[len(PREFIX) :]}.safetensors"
 
     def get_tensor(self, ref: str) -> torch.Tensor:
-        from safetensors.torch import load_file
-
         from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
         path = self.path(ref)
         if not path.is_file():
@@ -60,10 +59,14 @@ class ArtifactStore:
         try:
             tensor = load_file(str(path))["soft_prompt"]
         except (SafetensorError, KeyError, OSError) as exc:
-            raise MinerError(f"soft prompt {ref!r}: {path} is not a readable soft-prompt tensor "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise MinerError(
+                f"soft prompt {ref!r}: {path} is not a readable soft-prompt tensor "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
         if tensor.dim() != 2:
-            raise MinerError(f"soft prompt {ref!r}: {path} holds a tensor of shape {tuple(tensor.shape)}, not [tokens, hidden]")
+            raise MinerError(
+                f"soft prompt {ref!r}: {path} holds a tensor of shape {tuple(tensor.shape)}, not [tokens, hidden]"
+            )
         return tensor
 
     def get_meta(self, ref: str) -> dict[str, Any]:
@@ -79,7 +82,11 @@ class ArtifactStore:
 def artifacts_for_storage(url: str, override: str | None = None) -> ArtifactStore:
     if override:
         return ArtifactStore(override)
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else (url if "://" not in url else None)
+    path = (
+        url.removeprefix("sqlite:///")
+        if url.startswith("sqlite:///")
+        else (url if "://" not in url else None)
+    )
     if path and path != ":memory:":
         return ArtifactStore(Path(path).with_name(Path(path).name + ".artifacts"))
     return ArtifactStore("miner-artifacts")

@@ -8,8 +8,9 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from miner.errors import MinerError
 
@@ -41,7 +42,9 @@ def _int_in(lo: int, hi: int | None, what: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{what} must be an integer, got {value!r}") from None
         if n < lo or (hi is not None and n > hi):
-            raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi if hi is not None else 'any'}, got {n}")
+            raise argparse.ArgumentTypeError(
+                f"{what} must be in {lo}..{hi if hi is not None else 'any'}, got {n}"
+            )
         return n
 
     return parse
@@ -54,7 +57,10 @@ def _k_arg(value: str) -> Any:
 
 
 def _add_filters(p: argparse.ArgumentParser, task_required: bool = False) -> None:
-    p.add_argument("--storage", help=f"leaderboard database URL or SQLite file (default: $MINER_STORAGE, else {DEFAULT_STORAGE})")
+    p.add_argument(
+        "--storage",
+        help=f"leaderboard database URL or SQLite file (default: $MINER_STORAGE, else {DEFAULT_STORAGE})",
+    )
     p.add_argument("--task", required=task_required, help="task name")
     p.add_argument("--model", help="model name as in the config")
     p.add_argument("--searcher", help="searcher name")
@@ -69,52 +75,113 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)"
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("run", help="run a mining job from a YAML config", description="Run a mining job: every task x model x searcher x seed x k, scored on train/dev, best prompts scored on test, all rows written to the leaderboard. The whole config is checked first (as 'miner validate' does): bad input writes nothing.")
+    p = sub.add_parser(
+        "run",
+        help="run a mining job from a YAML config",
+        description="Run a mining job: every task x model x searcher x seed x k, scored on train/dev, best prompts scored on test, all rows written to the leaderboard. The whole config is checked first (as 'miner validate' does): bad input writes nothing.",
+    )
     p.add_argument("config", help="YAML config (see configs/)")
-    p.add_argument("--storage", help="override the config's storage URL (else $MINER_STORAGE, else the config's)")
+    p.add_argument(
+        "--storage", help="override the config's storage URL (else $MINER_STORAGE, else the config's)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--resume", action="store_true", help="continue a killed run: reuse the rows, test scores and searcher state of identical jobs already in storage; a job another live process is running is waited for")
-    p.add_argument("--limit", type=_int_in(0, None, "--limit"), default=20, help="rows of the run's leaderboard to print (default: %(default)s; 0 = all)")
-    p.add_argument("--jobs", type=_int_in(1, 4096, "--jobs"), metavar="N", help="run the jobs on N joblib worker processes (overrides parallel.n_jobs; each loads the model once)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run: reuse the rows, test scores and searcher state of identical jobs already in storage; a job another live process is running is waited for",
+    )
+    p.add_argument(
+        "--limit",
+        type=_int_in(0, None, "--limit"),
+        default=20,
+        help="rows of the run's leaderboard to print (default: %(default)s; 0 = all)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_int_in(1, 4096, "--jobs"),
+        metavar="N",
+        help="run the jobs on N joblib worker processes (overrides parallel.n_jobs; each loads the model once)",
+    )
 
-    p = sub.add_parser("validate", help="check a config without running it", description="Check a config as 'miner run' does before its first row: keys and types, every job's data, every prompt against the task's fields and the model's tokenizer, every searcher's parameters. Loads the model; writes nothing.")
+    p = sub.add_parser(
+        "validate",
+        help="check a config without running it",
+        description="Check a config as 'miner run' does before its first row: keys and types, every job's data, every prompt against the task's fields and the model's tokenizer, every searcher's parameters. Loads the model; writes nothing.",
+    )
     p.add_argument("config", help="YAML config (see configs/)")
 
-    p = sub.add_parser("leaderboard", help="show the leaderboard (filterable)", description="Show evaluated prompts, best first.")
+    p = sub.add_parser(
+        "leaderboard",
+        help="show the leaderboard (filterable)",
+        description="Show evaluated prompts, best first.",
+    )
     _add_filters(p)
     p.add_argument("--run", dest="run_id", help="only this run (its id or a unique prefix of it)")
-    p.add_argument("--order", choices=["dev", "test", "time"], default="dev", help="sort order (default: %(default)s)")
-    p.add_argument("--limit", type=_int_in(0, None, "--limit"), default=20, help="rows to show (default: %(default)s; 0 = all)")
+    p.add_argument(
+        "--order", choices=["dev", "test", "time"], default="dev", help="sort order (default: %(default)s)"
+    )
+    p.add_argument(
+        "--limit",
+        type=_int_in(0, None, "--limit"),
+        default=20,
+        help="rows to show (default: %(default)s; 0 = all)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
-    p = sub.add_parser("export", help="write the best prompt of a task/model as JSON", description="Write the best prompt (by dev score, ties by dev log-likelihood; a job whose searcher declared a pick, such as the optuna searcher's ensemble, is represented by that pick) as a JSON file with its scores and provenance.")
+    p = sub.add_parser(
+        "export",
+        help="write the best prompt of a task/model as JSON",
+        description="Write the best prompt (by dev score, ties by dev log-likelihood; a job whose searcher declared a pick, such as the optuna searcher's ensemble, is represented by that pick) as a JSON file with its scores and provenance.",
+    )
     _add_filters(p, task_required=True)
     p.add_argument("-o", "--output", required=True, help="output JSON file")
 
-    p = sub.add_parser("predict", help="apply an exported prompt to new text", description="Label new text with an exported prompt (discrete or soft). Output: one tab-separated line per input: label, probability, text.")
-    p.add_argument("--prompt", required=True, help="JSON file written by 'miner export' (or a soft-prompt export directory)")
+    p = sub.add_parser(
+        "predict",
+        help="apply an exported prompt to new text",
+        description="Label new text with an exported prompt (discrete or soft). Output: one tab-separated line per input: label, probability, text.",
+    )
+    p.add_argument(
+        "--prompt",
+        required=True,
+        help="JSON file written by 'miner export' (or a soft-prompt export directory)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to label (repeatable)")
-    src.add_argument("--input", help="a file: .txt (one text per line), .csv/.tsv/.jsonl (columns = the task's text fields)")
+    src.add_argument(
+        "--input",
+        help="a file: .txt (one text per line), .csv/.tsv/.jsonl (columns = the task's text fields)",
+    )
     p.add_argument("--model", help="override the exported prompt's model")
-    p.add_argument("--max-input-mb", type=float, default=64.0, help="largest --input file read (default: %(default)s MB)")
+    p.add_argument(
+        "--max-input-mb", type=float, default=64.0, help="largest --input file read (default: %(default)s MB)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines with all label probabilities")
 
-    p = sub.add_parser("plot", help="plot best dev score against cost, and dev against test", description="Draw two panels from the leaderboard: best dev score so far against forward passes spent (one line per job, coloured by searcher), and dev against test score for the test-scored rows.")
+    p = sub.add_parser(
+        "plot",
+        help="plot best dev score against cost, and dev against test",
+        description="Draw two panels from the leaderboard: best dev score so far against forward passes spent (one line per job, coloured by searcher), and dev against test score for the test-scored rows.",
+    )
     _add_filters(p)
     p.add_argument("--run", dest="run_id", help="only this run (its id or a unique prefix of it)")
     p.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf or .svg)")
     p.add_argument("--title", help="figure title (default: task, model and row count)")
 
-    p = sub.add_parser("searchers", help="list the searchers, or one searcher's parameters",
-                       description="List the registered searchers (built in, and installed plugins of the "
-                                   "'miner.searchers' entry-point group), one line each; with a NAME, that "
-                                   "searcher's parameters: type, default and meaning.")
+    p = sub.add_parser(
+        "searchers",
+        help="list the searchers, or one searcher's parameters",
+        description="List the registered searchers (built in, and installed plugins of the "
+        "'miner.searchers' entry-point group), one line each; with a NAME, that "
+        "searcher's parameters: type, default and meaning.",
+    )
     p.add_argument("name", nargs="?", help="a searcher to describe")
     return parser
 
@@ -135,8 +202,13 @@ def _cmd_run(args) -> int:
     from miner.runner import run
 
     storage = args.storage or os.environ.get("MINER_STORAGE") or None
-    result = run(args.config, storage=storage, progress=False if args.no_progress else None, resume=args.resume or None,
-                 n_jobs=args.jobs)
+    result = run(
+        args.config,
+        storage=storage,
+        progress=False if args.no_progress else None,
+        resume=args.resume or None,
+        n_jobs=args.jobs,
+    )
     print(f"run {result.run_id} -> {result.display_storage}")
     for jr in result.jobs:
         j = jr.job
@@ -144,8 +216,10 @@ def _cmd_run(args) -> int:
         dev = f"{100 * best.dev.score:.1f}" if best and best.dev else "-"
         test = f"{100 * jr.best_test:.1f}" if jr.best_test is not None else "-"
         stop = f"  (budget: {jr.stopped_by_budget})" if jr.stopped_by_budget else ""
-        print(f"  {j.label}: {len(jr.evaluations)} prompts, best dev {dev}, test {test}, "
-              f"{jr.cost.forward_passes} forward passes, {jr.seconds:.1f}s{stop}")
+        print(
+            f"  {j.label}: {len(jr.evaluations)} prompts, best dev {dev}, test {test}, "
+            f"{jr.cost.forward_passes} forward passes, {jr.seconds:.1f}s{stop}"
+        )
     board = Leaderboard(result.storage)
     rows = board.rows(run_id=result.run_id, limit=args.limit or None)
     print(format_table(rows))
@@ -153,19 +227,25 @@ def _cmd_run(args) -> int:
         # the readers' default is the same as run's, so the hint names --storage only when it differs
         where = "" if result.storage == default_storage() else f" --storage {result.display_storage}"
         task = result.jobs[0].job.task.name
-        print(f"next: miner export{where} --task {task} -o best.json   (then: miner predict --prompt best.json --text ...)")
+        print(
+            f"next: miner export{where} --task {task} -o best.json   (then: miner predict --prompt best.json --text ...)"
+        )
     return 0
 
 
 def _cmd_validate(args) -> int:
     from miner.runner import prepare
 
-    prep = prepare(args.config, storage=os.environ.get("MINER_STORAGE") or None, keep_backend=True, dry_run=True)
+    prep = prepare(
+        args.config, storage=os.environ.get("MINER_STORAGE") or None, keep_backend=True, dry_run=True
+    )
     cfg = prep.cfg
     assert prep.backend is not None  # keep_backend=True: prepare holds on to the model it loaded
     names = ", ".join(s.name for s in prep.searchers)
-    print(f"{args.config}: ok: {prep.n_jobs} job(s) ({len(prep.datasets)} data draw(s) x searchers {names}), "
-          f"{len(prep.prompts)} prompt(s), model {cfg.model.name} ({prep.backend.kind} LM), task {cfg.task.name}")
+    print(
+        f"{args.config}: ok: {prep.n_jobs} job(s) ({len(prep.datasets)} data draw(s) x searchers {names}), "
+        f"{len(prep.prompts)} prompt(s), model {cfg.model.name} ({prep.backend.kind} LM), task {cfg.task.name}"
+    )
     return 0
 
 
@@ -173,8 +253,16 @@ def _cmd_leaderboard(args) -> int:
     from miner.leaderboard import format_table
 
     board = _reader(args.storage)
-    rows = board.rows(task=args.task, model=args.model, searcher=args.searcher, seed=args.seed, k=args.k,
-                      run_id=_run_filter(board, args.run_id), limit=args.limit or None, order=args.order)
+    rows = board.rows(
+        task=args.task,
+        model=args.model,
+        searcher=args.searcher,
+        seed=args.seed,
+        k=args.k,
+        run_id=_run_filter(board, args.run_id),
+        limit=args.limit or None,
+        order=args.order,
+    )
     if args.json:
         import dataclasses
 
@@ -188,19 +276,29 @@ def _cmd_leaderboard(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from miner.export import export_best
-
-    from miner.export import check_output_path
+    from miner.export import check_output_path, export_best
 
     check_output_path(args.output)  # before any work: a bad -o is the first thing said
     storage = args.storage or default_storage()
     _reader(storage).close()  # a missing leaderboard is an error, not a new empty one
-    ex = export_best(storage, task=args.task, model=args.model, searcher=args.searcher, seed=args.seed, k=args.k, out=args.output)
+    ex = export_best(
+        storage,
+        task=args.task,
+        model=args.model,
+        searcher=args.searcher,
+        seed=args.seed,
+        k=args.k,
+        out=args.output,
+    )
     s = ex.scores
     fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    print(f"wrote {args.output}: {ex.prompt.describe()}  train {fmt(s['train'])} dev {fmt(s['dev'])} test {fmt(s['test'])}")
+    print(
+        f"wrote {args.output}: {ex.prompt.describe()}  train {fmt(s['train'])} dev {fmt(s['dev'])} test {fmt(s['test'])}"
+    )
     if ex.prompt.soft is not None:
-        print(f"soft prompt tensor, description and PEFT adapter (where the layout allows) in {Path(args.output).with_suffix('')}/")
+        print(
+            f"soft prompt tensor, description and PEFT adapter (where the layout allows) in {Path(args.output).with_suffix('')}/"
+        )
     return 0
 
 
@@ -256,8 +354,17 @@ def _cmd_plot(args) -> int:
     board = _reader(args.storage)
     run_id = _run_filter(board, args.run_id)
     board.close()
-    out = plot_leaderboard(args.storage or default_storage(), args.output, task=args.task, model=args.model,
-                           searcher=args.searcher, seed=args.seed, k=args.k, run_id=run_id, title=args.title)
+    out = plot_leaderboard(
+        args.storage or default_storage(),
+        args.output,
+        task=args.task,
+        model=args.model,
+        searcher=args.searcher,
+        seed=args.seed,
+        k=args.k,
+        run_id=run_id,
+        title=args.title,
+    )
     print(f"wrote {out}")
     return 0
 
@@ -287,15 +394,24 @@ def _cmd_searchers(args) -> int:
     width = max((len(p.name) for p in params), default=0)
     print("parameters (searchers[].params in a config):" if params else "no parameters")
     for p in params:
-        default = json.dumps(p.default) if isinstance(p.default, (str, list, dict, bool, type(None))) else p.default
+        default = (
+            json.dumps(p.default) if isinstance(p.default, (str, list, dict, bool, type(None))) else p.default
+        )
         print(f"  {p.name:{width}s}  {p.type} = {default}")
         if p.description:
             print(f"  {'':{width}s}    {p.description}")
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "leaderboard": _cmd_leaderboard, "export": _cmd_export,
-            "predict": _cmd_predict, "plot": _cmd_plot, "searchers": _cmd_searchers}
+COMMANDS = {
+    "run": _cmd_run,
+    "validate": _cmd_validate,
+    "leaderboard": _cmd_leaderboard,
+    "export": _cmd_export,
+    "predict": _cmd_predict,
+    "plot": _cmd_plot,
+    "searchers": _cmd_searchers,
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -370,16 +486,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print("error: out of memory (an input or a setting asks for more than this machine has); "
-              "re-run with --debug for the traceback", file=sys.stderr)
+        print(
+            "error: out of memory (an input or a setting asks for more than this machine has); "
+            "re-run with --debug for the traceback",
+            file=sys.stderr,
+        )
         return 2
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback by default
         if args.debug:
             traceback.print_exc()
             return 1
         what = _one_line(exc) or "no message"
-        print(f"error: unexpected {type(exc).__name__}: {what[:300]} (a bug in miner or a dependency; "
-              "re-run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {what[:300]} (a bug in miner or a dependency; "
+            "re-run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

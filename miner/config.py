@@ -35,8 +35,7 @@ from pydantic import (
 )
 
 from miner.errors import ConfigError, DataError, MinerError
-from miner.tasks import TaskSpec
-from miner.tasks import PositiveStrictInt, Seed, StrictInt, read_bytes_bounded
+from miner.tasks import PositiveStrictInt, Seed, StrictInt, TaskSpec, read_bytes_bounded
 
 MAX_CONFIG_BYTES = 2**20
 MAX_CONFIG_DEPTH = 64
@@ -96,7 +95,9 @@ class PromptSpec(_Strict):
         from miner.prompts import Prompt
 
         try:
-            prompt = Prompt.create(self.template, self.verbalizer, triggers=tuple(self.triggers), distinct=True)
+            prompt = Prompt.create(
+                self.template, self.verbalizer, triggers=tuple(self.triggers), distinct=True
+            )
             prompt.parsed.check_has_field()
         except MinerError as exc:
             raise ValueError(str(exc)) from None
@@ -176,7 +177,8 @@ class RunConfig(_Strict):
     test_top: PositiveStrictInt | Literal["all"] = 1  # how many of each job's best prompts get a test score
     score_train: bool = True
     content_free: list[str] = Field(
-        default_factory=lambda: ["N/A", "", "[MASK]"], min_length=1,
+        default_factory=lambda: ["N/A", "", "[MASK]"],
+        min_length=1,
         description="texts for content-free calibration (a non-empty list of strings)",
     )
     progress: bool = True
@@ -229,7 +231,11 @@ def _format_error(exc: pydantic.ValidationError) -> str:
     if err["type"] == "missing":
         return f"config error at {loc}: missing required field"
     msg = err["msg"].removeprefix("Value error, ")
-    return f"config error at {loc or 'top level'}: {msg}" + (f" (got {err['input']!r})" if err["type"] not in ("value_error",) and not isinstance(err.get("input"), (dict, list)) else "")
+    return f"config error at {loc or 'top level'}: {msg}" + (
+        f" (got {err['input']!r})"
+        if err["type"] not in ("value_error",) and not isinstance(err.get("input"), (dict, list))
+        else ""
+    )
 
 
 def parse_config(data: Any) -> RunConfig:
@@ -254,7 +260,8 @@ class _ConfigLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(
-                None, None,
+                None,
+                None,
                 f"alias *{event.anchor} is not allowed: a config may not use anchors and aliases (write the value out)",
                 event.start_mark,
             )

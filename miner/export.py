@@ -37,9 +37,24 @@ from miner.errors import MinerError
 from miner.prompts import Prompt, PromptEnsemble
 
 __all__ = [
-    "FORMAT", "MAX_FILE_BYTES", "MAX_SLOTS", "ExportFile", "ExportFileError", "ExportedPrompt", "check_fits_model",
-    "check_output_path", "export_best", "format_validation_error", "load_exported", "predict", "read_export_json",
-    "replace_dir", "slot_counts", "soft_export_dir", "validate_export", "write_text_atomic",
+    "FORMAT",
+    "MAX_FILE_BYTES",
+    "MAX_SLOTS",
+    "ExportFile",
+    "ExportFileError",
+    "ExportedPrompt",
+    "check_fits_model",
+    "check_output_path",
+    "export_best",
+    "format_validation_error",
+    "load_exported",
+    "predict",
+    "read_export_json",
+    "replace_dir",
+    "slot_counts",
+    "soft_export_dir",
+    "validate_export",
+    "write_text_atomic",
 ]
 
 
@@ -58,8 +73,8 @@ def export_best(
     ``out`` is checked before the leaderboard is read, and written atomically (with the soft
     prompt's directory, when there is one): a failed export leaves no file behind.
     """
-    from miner.leaderboard import Leaderboard
     from miner._version import code_version
+    from miner.leaderboard import Leaderboard
 
     if out is not None:
         check_output_path(out)
@@ -74,7 +89,10 @@ def export_best(
             model = models[0]
         row = board.best(task=task, model=model, searcher=searcher, seed=seed, k=k)
         if row is None:
-            raise MinerError(f"no leaderboard rows match task={task!r} model={model!r}" + (f" searcher={searcher!r}" if searcher else ""))
+            raise MinerError(
+                f"no leaderboard rows match task={task!r} model={model!r}"
+                + (f" searcher={searcher!r}" if searcher else "")
+            )
         runs = {r.run_id: r for r in board.runs()}
         run = runs.get(row.run_id)
         cfg = run.config if run else {}
@@ -127,8 +145,10 @@ def export_best(
 
             soft_dir = out.with_suffix("")
             if soft_dir == out:
-                raise ExportFileError(f"cannot export a soft prompt to {str(out)!r}: give -o a file name with an extension "
-                                      f"(e.g. {out.name}.json), the tensor goes into the directory of the same name without it")
+                raise ExportFileError(
+                    f"cannot export a soft prompt to {str(out)!r}: give -o a file name with an extension "
+                    f"(e.g. {out.name}.json), the tensor goes into the directory of the same name without it"
+                )
             store = artifacts_for_storage(storage, cfg.get("artifacts"))
             export_soft(exported, store, soft_dir)
             d["soft_export"] = soft_dir.name

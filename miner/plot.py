@@ -27,7 +27,9 @@ def _matplotlib():
         from matplotlib import colormaps
         from matplotlib.figure import Figure
     except ImportError:
-        raise MinerError("plotting needs matplotlib, a dependency of miner that is missing here: pip install matplotlib") from None
+        raise MinerError(
+            "plotting needs matplotlib, a dependency of miner that is missing here: pip install matplotlib"
+        ) from None
     return Figure, colormaps
 
 
@@ -50,9 +52,18 @@ def anytime_curves(rows) -> dict[tuple[Any, ...], list[tuple[int, float]]]:
     return out
 
 
-def plot_leaderboard(storage: str, output: str | Path, *, task: str | None = None, model: str | None = None,
-                     searcher: str | None = None, seed: int | None = None, k: Any = ..., run_id: str | None = None,
-                     title: str | None = None) -> Path:
+def plot_leaderboard(
+    storage: str,
+    output: str | Path,
+    *,
+    task: str | None = None,
+    model: str | None = None,
+    searcher: str | None = None,
+    seed: int | None = None,
+    k: Any = ...,
+    run_id: str | None = None,
+    title: str | None = None,
+) -> Path:
     """Draw the two panels for the matching rows into ``output`` (.png, .pdf or .svg) and return its path."""
     from miner.leaderboard import Leaderboard
 
@@ -61,8 +72,9 @@ def plot_leaderboard(storage: str, output: str | Path, *, task: str | None = Non
         raise ConfigError(f"plot output must end in .png, .pdf or .svg, got {str(output)!r}")
     if not output.parent.exists():
         raise ConfigError(f"plot output folder {str(output.parent)!r} does not exist")
-    rows = Leaderboard(storage, create=False).rows(task=task, model=model, searcher=searcher, seed=seed, k=k, run_id=run_id,
-                                     order="time")
+    rows = Leaderboard(storage, create=False).rows(
+        task=task, model=model, searcher=searcher, seed=seed, k=k, run_id=run_id, order="time"
+    )
     if not rows:
         raise ConfigError("no leaderboard rows match these filters; nothing to plot")
     tasks = sorted({r.task for r in rows})
@@ -77,8 +89,9 @@ def plot_leaderboard(storage: str, output: str | Path, *, task: str | None = Non
     for (_, name, _, _), curve in sorted(anytime_curves(rows).items(), key=lambda kv: str(kv[0])):
         xs = [max(1, x) for x, _ in curve]
         ys = [100 * y for _, y in curve]
-        ax1.step(xs, ys, where="post", color=colours[name], alpha=0.8, lw=1.4,
-                 label=None if name in seen else name)
+        ax1.step(
+            xs, ys, where="post", color=colours[name], alpha=0.8, lw=1.4, label=None if name in seen else name
+        )
         ax1.plot(xs[-1:], ys[-1:], "o", color=colours[name], ms=4)
         seen.add(name)
     ax1.set_xscale("log")
@@ -95,14 +108,23 @@ def plot_leaderboard(storage: str, output: str | Path, *, task: str | None = Non
         ax1.legend(loc="best", fontsize=8)
 
     # (searcher, dev, test) of the test-scored rows; the tuple keeps both scores known to be floats
-    tested = [(r.searcher, r.dev_score, r.test_score) for r in rows
-              if r.test_score is not None and r.dev_score is not None]
+    tested = [
+        (r.searcher, r.dev_score, r.test_score)
+        for r in rows
+        if r.test_score is not None and r.dev_score is not None
+    ]
     if tested:
         for name in searchers:
             pts = [(dev, test) for searcher, dev, test in tested if searcher == name]
             if pts:
-                ax2.scatter([100 * dev for dev, _ in pts], [100 * test for _, test in pts], s=22,
-                            color=colours[name], label=name, alpha=0.85)
+                ax2.scatter(
+                    [100 * dev for dev, _ in pts],
+                    [100 * test for _, test in pts],
+                    s=22,
+                    color=colours[name],
+                    label=name,
+                    alpha=0.85,
+                )
         lo = min(min(dev, test) for _, dev, test in tested) * 100 - 2
         hi = max(max(dev, test) for _, dev, test in tested) * 100 + 2
         ax2.plot([lo, hi], [lo, hi], "--", color="grey", lw=1)
@@ -110,8 +132,14 @@ def plot_leaderboard(storage: str, output: str | Path, *, task: str | None = Non
         ax2.set_ylim(lo, hi)
         ax2.legend(loc="upper left", fontsize=8)
     else:
-        ax2.text(0.5, 0.5, "no test-scored rows\n(the runner scores the best rows on test: see test_top)",
-                 ha="center", va="center", transform=ax2.transAxes)
+        ax2.text(
+            0.5,
+            0.5,
+            "no test-scored rows\n(the runner scores the best rows on test: see test_top)",
+            ha="center",
+            va="center",
+            transform=ax2.transAxes,
+        )
     ax2.set_xlabel("dev score (%)")
     ax2.set_ylabel("test score (%)")
     ax2.set_title(f"dev against test ({len(tested)} test-scored rows)")

@@ -19,10 +19,11 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -110,8 +111,12 @@ class Budget:
         return float("inf") if m is None else m - self.evaluations
 
     def can_afford(self, forward_passes: int = 0, backward_passes: int = 0, evaluations: int = 0) -> bool:
-        return (forward_passes <= self.forward_passes_left and backward_passes <= self.backward_passes_left
-                and evaluations <= self.evaluations_left and self.seconds_left > 0)
+        return (
+            forward_passes <= self.forward_passes_left
+            and backward_passes <= self.backward_passes_left
+            and evaluations <= self.evaluations_left
+            and self.seconds_left > 0
+        )
 
     def guard(self, forward_passes: int, backward_passes: int) -> None:
         """The counter's check before a model call: refuse what the budget cannot pay for."""
@@ -119,7 +124,9 @@ class Budget:
         if forward_passes > self.forward_passes_left:
             raise BudgetExhausted(f"max_forward_passes={s.max_forward_passes} would be exceeded")
         if backward_passes > self.backward_passes_left:
-            raise BudgetExhausted(f"max_backward_passes={getattr(s, 'max_backward_passes', None)} would be exceeded")
+            raise BudgetExhausted(
+                f"max_backward_passes={getattr(s, 'max_backward_passes', None)} would be exceeded"
+            )
         if self.seconds_left <= 0:
             raise BudgetExhausted(f"max_seconds={s.max_seconds} reached")
 
@@ -187,7 +194,16 @@ def job_key(cfg: RunConfig, searcher_index: int, seed: int, k: int | None) -> st
 class JobEvaluator:
     """The ``evaluate`` callable handed to a searcher for one job."""
 
-    def __init__(self, job: Job, scorer: Scorer, board: Leaderboard | None, run_id: str, budget: Budget, score_train: bool, key: str = ""):
+    def __init__(
+        self,
+        job: Job,
+        scorer: Scorer,
+        board: Leaderboard | None,
+        run_id: str,
+        budget: Budget,
+        score_train: bool,
+        key: str = "",
+    ):
         self.key = key
         self.job = job
         self.scorer = scorer
@@ -200,7 +216,9 @@ class JobEvaluator:
         self._last = scorer.counter.snapshot()
         self.best: Evaluation | None = None
         self.pick: Evaluation | None = None  # the searcher's declared pick (``extra={"pick": True}``), if any
-        self.tested: dict[int, StoredTestScore] = {}  # row id -> test score stored by an earlier attempt (resume)
+        self.tested: dict[
+            int, StoredTestScore
+        ] = {}  # row id -> test score stored by an earlier attempt (resume)
 
     def _consider(self, ev: Evaluation, pick: bool) -> None:
         """The job's best is the searcher's latest declared pick, else the best by dev (``rank_key``)."""
@@ -215,7 +233,9 @@ class JobEvaluator:
             splits.insert(0, ("train", self.job.task.train))
         return splits
 
-    def __call__(self, prompts: Sequence[Prompt | PromptEnsemble], *, extra: dict[str, Any] | None = None) -> list[Evaluation]:
+    def __call__(
+        self, prompts: Sequence[Prompt | PromptEnsemble], *, extra: dict[str, Any] | None = None
+    ) -> list[Evaluation]:
         out = []
         pick = bool((extra or {}).get("pick"))
         for prompt in prompts:
@@ -278,18 +298,46 @@ class JobEvaluator:
     def resume_from(self, board: Leaderboard) -> int:
         """Load this job's rows from an earlier attempt: they count as evaluated, at no new cost."""
         job = self.job
-        rows = board.rows(task=job.task.name, model=job.model, searcher=job.searcher_name, seed=job.seed, k=job.k, order="time")
+        rows = board.rows(
+            task=job.task.name,
+            model=job.model,
+            searcher=job.searcher_name,
+            seed=job.seed,
+            k=job.k,
+            order="time",
+        )
         rows = [r for r in reversed(rows) if (r.extra or {}).get("job_key") == self.key]
         for r in rows:
             prompt = Prompt.from_dict(r.prompt, job.task.label_names)
             if prompt.key in self.seen:
                 continue
             ex = r.extra or {}
-            train = SplitScore(r.train_score, ex.get("train_metrics") or {}, cast(float, ex.get("train_loglik")), r.n_train) if r.train_score is not None else None
-            dev = SplitScore(r.dev_score, ex.get("dev_metrics") or {}, cast(float, r.dev_loglik), r.n_dev) if r.dev_score is not None else None
-            ev = Evaluation(prompt, train, dev, Cost(forward_passes=r.forward_passes, tokens=r.tokens, seconds=r.seconds), r.id)
+            train = (
+                SplitScore(
+                    r.train_score,
+                    ex.get("train_metrics") or {},
+                    cast(float, ex.get("train_loglik")),
+                    r.n_train,
+                )
+                if r.train_score is not None
+                else None
+            )
+            dev = (
+                SplitScore(r.dev_score, ex.get("dev_metrics") or {}, cast(float, r.dev_loglik), r.n_dev)
+                if r.dev_score is not None
+                else None
+            )
+            ev = Evaluation(
+                prompt,
+                train,
+                dev,
+                Cost(forward_passes=r.forward_passes, tokens=r.tokens, seconds=r.seconds),
+                r.id,
+            )
             if r.test_score is not None:  # tested by the earlier attempt: not scored again
-                self.tested[r.id] = StoredTestScore(dict(r.test_metrics or {job.task.metric: r.test_score}), r.n_test or 0)
+                self.tested[r.id] = StoredTestScore(
+                    dict(r.test_metrics or {job.task.metric: r.test_score}), r.n_test or 0
+                )
             self.seen[prompt.key] = ev
             self.evaluations.append(ev)
             self.budget.evaluations += 1
@@ -346,7 +394,9 @@ def build_prompts(cfg: RunConfig, label_names: Sequence[str]) -> list[Prompt]:
     for i, p in enumerate(cfg.prompts):
         try:
             out.append(
-                Prompt.create(p.template, p.verbalizer, label_names, calibrate=p.calibrate, triggers=tuple(p.triggers))
+                Prompt.create(
+                    p.template, p.verbalizer, label_names, calibrate=p.calibrate, triggers=tuple(p.triggers)
+                )
             )
         except PromptError as exc:
             raise PromptError(f"prompts[{i}]: {exc}") from None
@@ -420,7 +470,9 @@ def prepare(
                 raise PromptError(f"prompts[{i}]: {exc}") from None
     for s in searcher_objs:
         if s.capabilities.needs_seed_prompts and not prompts and not s.brings_prompts():
-            raise ConfigError(f"searcher {s.name!r} needs hand-written prompts: add a 'prompts' list to the config")
+            raise ConfigError(
+                f"searcher {s.name!r} needs hand-written prompts: add a 'prompts' list to the config"
+            )
     if cfg.parallel.n_jobs > 1:
         _check_parallel(cfg, backend is not None)
     _check_artifacts(cfg, searcher_objs, create=False)
@@ -428,11 +480,19 @@ def prepare(
         t0 = time.perf_counter()
         phase.info("loading model %s ...", cfg.model.name)
         backend = _load_model(cfg)
-        phase.info("loaded %s (%s LM, %s, %s) in %.1f s", cfg.model.name, backend.kind, backend.device,
-                    str(backend.dtype).replace("torch.", ""), time.perf_counter() - t0)
+        phase.info(
+            "loaded %s (%s LM, %s, %s) in %.1f s",
+            cfg.model.name,
+            backend.kind,
+            backend.device,
+            str(backend.dtype).replace("torch.", ""),
+            time.perf_counter() - t0,
+        )
     for s in searcher_objs:
         if backend.kind not in s.capabilities.model_kinds:
-            raise ConfigError(f"searcher {s.name!r} does not support {backend.kind} LMs (model {backend.name!r})")
+            raise ConfigError(
+                f"searcher {s.name!r} does not support {backend.kind} LMs (model {backend.name!r})"
+            )
     probe = Scorer(backend, progress=False, content_free=cfg.content_free)
     for i, p in enumerate(prompts):
         try:
@@ -441,8 +501,14 @@ def prepare(
             raise PromptError(f"prompts[{i}]: {exc}") from None
     for i, s in enumerate(searcher_objs):
         for data in datasets.values():
-            ctx = SearchContext(task=data.without_test(), backend=backend, scorer=probe, seed=data.seed,
-                                prompts=tuple(prompts), progress=False)
+            ctx = SearchContext(
+                task=data.without_test(),
+                backend=backend,
+                scorer=probe,
+                seed=data.seed,
+                prompts=tuple(prompts),
+                progress=False,
+            )
             try:
                 s.validate(ctx)
             except MinerError as exc:
@@ -478,7 +544,9 @@ def _check_artifacts(cfg: RunConfig, searcher_objs: Sequence[Searcher], create: 
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise ConfigError(f"artifacts: {str(probe)!r} is not a folder (soft-prompt tensors are kept in {str(root)!r})")
+        raise ConfigError(
+            f"artifacts: {str(probe)!r} is not a folder (soft-prompt tensors are kept in {str(root)!r})"
+        )
     problem = None if os.access(probe, os.W_OK | os.X_OK) else f"{str(probe)!r} is not writable"
     if create and problem is None:
         try:
@@ -488,8 +556,10 @@ def _check_artifacts(cfg: RunConfig, searcher_objs: Sequence[Searcher], create: 
         except OSError as exc:
             problem = exc.strerror or type(exc).__name__
     if problem:
-        raise ConfigError(f"artifacts: cannot write soft-prompt tensors to {str(root)!r} ({problem}); "
-                          "set 'artifacts:' to a writable folder")
+        raise ConfigError(
+            f"artifacts: cannot write soft-prompt tensors to {str(root)!r} ({problem}); "
+            "set 'artifacts:' to a writable folder"
+        )
 
 
 def recorded_config(cfg: RunConfig) -> dict[str, Any]:
@@ -536,8 +606,21 @@ def run(
                 results = _run_parallel(cfg, [(d.k, d.seed, i) for d, i, _ in jobs], run_id, show, started_at)
             else:
                 for data, i, searcher in tqdm(jobs, desc="jobs", disable=not show or len(jobs) < 2):
-                    results.append(_run_job(cfg, i, data, searcher, prep.backend, prep.prompts, board, run_id, show,
-                                            artifacts, started_at))
+                    results.append(
+                        _run_job(
+                            cfg,
+                            i,
+                            data,
+                            searcher,
+                            prep.backend,
+                            prep.prompts,
+                            board,
+                            run_id,
+                            show,
+                            artifacts,
+                            started_at,
+                        )
+                    )
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -589,31 +672,45 @@ def _claim(board: Leaderboard, key: str, run_id: str, wait: bool, label: str) ->
         if not wait:
             return False
         if not told:
-            logger.warning("%s: run %s (host %s, pid %s) is running this job; waiting for it to finish",
-                           label, holder["run_id"][:8], holder["host"], holder["pid"])
+            logger.warning(
+                "%s: run %s (host %s, pid %s) is running this job; waiting for it to finish",
+                label,
+                holder["run_id"][:8],
+                holder["host"],
+                holder["pid"],
+            )
             told = True
         time.sleep(1.0)
 
 
 def _check_parallel(cfg: RunConfig, backend_given: bool) -> None:
     if backend_given:
-        raise ConfigError("parallel.n_jobs > 1 loads the model in each worker: leave out run(backend=...) "
-                          "or set parallel.n_jobs to 1")
+        raise ConfigError(
+            "parallel.n_jobs > 1 loads the model in each worker: leave out run(backend=...) "
+            "or set parallel.n_jobs to 1"
+        )
     url = normalize_url(cfg.storage)
     if url.get_backend_name() == "sqlite" and not is_sqlite_file(url):
-        raise ConfigError("parallel.n_jobs > 1 needs a shared storage (a SQLite file or a database server), "
-                          f"not {cfg.storage!r}")
+        raise ConfigError(
+            "parallel.n_jobs > 1 needs a shared storage (a SQLite file or a database server), "
+            f"not {cfg.storage!r}"
+        )
     if cfg.parallel.backend == "dask":
         try:
             import dask.distributed  # noqa: F401
         except ImportError:
-            raise ConfigError("parallel.backend 'dask' needs dask.distributed: pip install 'miner[dask]'") from None
+            raise ConfigError(
+                "parallel.backend 'dask' needs dask.distributed: pip install 'miner[dask]'"
+            ) from None
     elif cfg.parallel.scheduler is not None:
-        raise ConfigError("parallel.scheduler is a Dask scheduler address: set parallel.backend to 'dask' too")
+        raise ConfigError(
+            "parallel.scheduler is a Dask scheduler address: set parallel.backend to 'dask' too"
+        )
 
 
-def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str, show: bool,
-                  started_at: float) -> list[JobResult]:
+def _run_parallel(
+    cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str, show: bool, started_at: float
+) -> list[JobResult]:
     """Run the jobs on joblib workers (loky processes or a Dask cluster), results in job order."""
     import os
 
@@ -626,8 +723,9 @@ def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str
     url = normalize_url(cfg.storage)
     if url.get_backend_name() == "sqlite":  # workers may have another working directory: an absolute path
         # _check_parallel let only a SQLite file through, so the database is a path
-        payload["storage"] = url.set(database=str(Path(cast(str, url.database)).expanduser().resolve())).render_as_string(
-            hide_password=False)
+        payload["storage"] = url.set(
+            database=str(Path(cast(str, url.database)).expanduser().resolve())
+        ).render_as_string(hide_password=False)
     with contextlib.ExitStack() as stack:
         backend = par.backend
         if backend == "dask":
@@ -636,16 +734,19 @@ def _run_parallel(cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str
             if par.scheduler:
                 client = stack.enter_context(Client(par.scheduler))
             else:
-                cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                           dashboard_address=None))
+                cluster = stack.enter_context(
+                    LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+                )
                 client = stack.enter_context(Client(cluster))
             logger.info("parallel: %d jobs on Dask at %s", len(specs), client.scheduler.address)
         if backend is not None:
             stack.enter_context(parallel_config(backend=backend, n_jobs=n))
-        calls = (delayed(_job_in_worker)(payload, k, seed, i, run_id, threads, started_at) for k, seed, i in specs)
+        calls = (
+            delayed(_job_in_worker)(payload, k, seed, i, run_id, threads, started_at) for k, seed, i in specs
+        )
         out = Parallel(n_jobs=n, return_as="generator_unordered")(calls)
         done = {}
-        for (index, result) in tqdm(out, total=len(specs), desc=f"jobs ({n} workers)", disable=not show):
+        for index, result in tqdm(out, total=len(specs), desc=f"jobs ({n} workers)", disable=not show):
             done[index] = result
     return [done[(k, seed, i)] for k, seed, i in specs]
 
@@ -659,7 +760,9 @@ _WORKER_BACKENDS: dict[tuple[Any, ...], Backend] = {}  # one model per worker pr
 _WORKER_LOCK = threading.Lock()  # a Dask worker with several threads runs jobs side by side
 
 
-def _job_in_worker(payload: dict, k: Any, seed: int, index: int, run_id: str, threads: int, started_at: float):
+def _job_in_worker(
+    payload: dict, k: Any, seed: int, index: int, run_id: str, threads: int, started_at: float
+):
     torch.set_num_threads(threads)
     cfg = parse_config(payload)
     m = cfg.model
@@ -672,13 +775,35 @@ def _job_in_worker(payload: dict, k: Any, seed: int, index: int, run_id: str, th
     prompts = build_prompts(cfg, data.label_names)
     board = Leaderboard(cfg.storage)
     artifacts = artifacts_for_storage(cfg.storage, cfg.artifacts)
-    result = _run_job(cfg, index, data, searcher, _WORKER_BACKENDS[key], prompts, board, run_id, False, artifacts,
-                      started_at)
+    result = _run_job(
+        cfg,
+        index,
+        data,
+        searcher,
+        _WORKER_BACKENDS[key],
+        prompts,
+        board,
+        run_id,
+        False,
+        artifacts,
+        started_at,
+    )
     return (k, seed, index), result
 
 
-def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backend, prompts, board, run_id, show, artifacts,
-             started_at: float | None = None) -> JobResult:
+def _run_job(
+    cfg,
+    index: int,
+    data: TaskData,
+    searcher: Searcher,
+    backend: Backend,
+    prompts,
+    board,
+    run_id,
+    show,
+    artifacts,
+    started_at: float | None = None,
+) -> JobResult:
     m = cfg.model
     key = job_key(cfg, index, data.seed, data.k)
     label = Job(data, m.name, searcher.name, data.seed, data.k).label
@@ -688,8 +813,9 @@ def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backe
         with contextlib.ExitStack() as stack:
             if claimed:
                 stack.enter_context(_Heartbeat(lambda: board.beat_claim(key, run_id)))
-            result = _run_claimed_job(cfg, data, searcher, backend, prompts, board, run_id, show, artifacts, key,
-                                      started_at)
+            result = _run_claimed_job(
+                cfg, data, searcher, backend, prompts, board, run_id, show, artifacts, key, started_at
+            )
     finally:
         if claimed:
             board.release_job(key, run_id)
@@ -697,15 +823,34 @@ def _run_job(cfg, index: int, data: TaskData, searcher: Searcher, backend: Backe
     return result
 
 
-def _run_claimed_job(cfg, data, searcher, backend, prompts, board, run_id, show, artifacts, key, started_at) -> JobResult:
+def _run_claimed_job(
+    cfg, data, searcher, backend, prompts, board, run_id, show, artifacts, key, started_at
+) -> JobResult:
     m = cfg.model
-    scorer_kw = dict(batch_size=m.batch_size, max_batch_tokens=m.max_batch_tokens, stem_cache_mb=m.stem_cache_mb, progress=show,
-                     content_free=cfg.content_free, soft_resolver=artifacts.get_tensor)
+    scorer_kw = dict(
+        batch_size=m.batch_size,
+        max_batch_tokens=m.max_batch_tokens,
+        stem_cache_mb=m.stem_cache_mb,
+        progress=show,
+        content_free=cfg.content_free,
+        soft_resolver=artifacts.get_tensor,
+    )
     result = _search(
-        searcher, backend, data, Scorer(backend, counter=CostCounter(), **scorer_kw),
-        prompts=prompts, budget=cfg.budget, board=board, run_id=run_id, score_train=cfg.score_train,
-        progress=show, model_name=m.name, artifacts=artifacts, key=key,
-        resume=cfg.resume, started_at=started_at,
+        searcher,
+        backend,
+        data,
+        Scorer(backend, counter=CostCounter(), **scorer_kw),
+        prompts=prompts,
+        budget=cfg.budget,
+        board=board,
+        run_id=run_id,
+        score_train=cfg.score_train,
+        progress=show,
+        model_name=m.name,
+        artifacts=artifacts,
+        key=key,
+        resume=cfg.resume,
+        started_at=started_at,
     )
     # Held-out test scores for the best prompts (not charged to the searcher's budget), each once:
     # a resumed job's prompts that were tested before keep their stored score.
@@ -717,8 +862,12 @@ def _run_claimed_job(cfg, data, searcher, backend, prompts, board, run_id, show,
         test_scorer = Scorer(backend, **scorer_kw)
         todo = [ev for ev in top if ev.row_id not in result.stored_tests]
         if todo:
-            phase.info("%s: testing the best %d prompt(s) on %d held-out examples", result.job.label, len(todo),
-                        len(data.test))
+            phase.info(
+                "%s: testing the best %d prompt(s) on %d held-out examples",
+                result.job.label,
+                len(todo),
+                len(data.test),
+            )
         for ev in top:
             assert ev.row_id is not None  # the job writes to a leaderboard, so each evaluation has its row
             if ev.row_id in result.stored_tests:
@@ -731,12 +880,32 @@ def _run_claimed_job(cfg, data, searcher, backend, prompts, board, run_id, show,
     return result
 
 
-def _search(searcher, backend, data, scorer, *, prompts, budget, board, run_id, score_train, progress,
-            model_name, artifacts, key, resume, started_at: float | None = None) -> JobResult:
+def _search(
+    searcher,
+    backend,
+    data,
+    scorer,
+    *,
+    prompts,
+    budget,
+    board,
+    run_id,
+    score_train,
+    progress,
+    model_name,
+    artifacts,
+    key,
+    resume,
+    started_at: float | None = None,
+) -> JobResult:
     job = Job(data, model_name, searcher.name, data.seed, data.k)
     n_train = len(data.train) if score_train else 0
-    phase.info("%s: searching (each prompt scored on %s%d dev examples)", job.label,
-                f"{n_train} train + " if n_train else "", len(data.dev))
+    phase.info(
+        "%s: searching (each prompt scored on %s%d dev examples)",
+        job.label,
+        f"{n_train} train + " if n_train else "",
+        len(data.dev),
+    )
     b = Budget(budget, scorer.counter)
     evaluator = JobEvaluator(job, scorer, board, run_id, b, score_train, key)
     if resume and board is not None:
@@ -744,9 +913,17 @@ def _search(searcher, backend, data, scorer, *, prompts, budget, board, run_id, 
         if n:
             logger.info("%s: resumed %d evaluations from storage", job.label, n)
     ctx = SearchContext(
-        task=data.without_test(), backend=backend, scorer=scorer, seed=data.seed, prompts=tuple(prompts),
-        budget=b, logger=logging.getLogger(f"miner.search.{searcher.name}"), progress=progress,
-        artifacts=artifacts, storage_url=board.url if board is not None else None, job_key=key,
+        task=data.without_test(),
+        backend=backend,
+        scorer=scorer,
+        seed=data.seed,
+        prompts=tuple(prompts),
+        budget=b,
+        logger=logging.getLogger(f"miner.search.{searcher.name}"),
+        progress=progress,
+        artifacts=artifacts,
+        storage_url=board.url if board is not None else None,
+        job_key=key,
         started_at=started_at if started_at is not None else time.time(),
     )
     torch.manual_seed(data.seed)
@@ -757,8 +934,14 @@ def _search(searcher, backend, data, scorer, *, prompts, budget, board, run_id, 
     except BudgetExhausted as exc:
         stopped = str(exc)
         logger.info("%s: budget exhausted (%s)", job.label, exc)
-    res = JobResult(job, evaluator.evaluations, evaluator.best, cost=scorer.counter.snapshot(), stopped_by_budget=stopped,
-                    stored_tests=dict(evaluator.tested))
+    res = JobResult(
+        job,
+        evaluator.evaluations,
+        evaluator.best,
+        cost=scorer.counter.snapshot(),
+        stopped_by_budget=stopped,
+        stored_tests=dict(evaluator.tested),
+    )
     res.seconds = time.perf_counter() - start
     return res
 
@@ -793,6 +976,19 @@ def run_searcher(
     spec = budget if isinstance(budget, BudgetSpec) else BudgetSpec(**(budget or {}))
     store = artifacts or ArtifactStore(tempfile.mkdtemp(prefix="miner-artifacts-"))
     scorer = Scorer(backend, progress=progress, counter=CostCounter(), soft_resolver=store.get_tensor)
-    return _search(searcher, backend, data, scorer, prompts=prompts, budget=spec, board=board, run_id=run_id,
-                   score_train=score_train, progress=progress, model_name=model_name or backend.name,
-                   artifacts=store, key="", resume=False)
+    return _search(
+        searcher,
+        backend,
+        data,
+        scorer,
+        prompts=prompts,
+        budget=spec,
+        board=board,
+        run_id=run_id,
+        score_train=score_train,
+        progress=progress,
+        model_name=model_name or backend.name,
+        artifacts=store,
+        key="",
+        resume=False,
+    )

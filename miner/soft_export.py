@@ -27,19 +27,20 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Mapping
+from typing import Annotated, Any
 from typing import Literal as Lit
 
 import pydantic
 import torch
 from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
+from miner._exportfile import MAX_SLOTS, ExportBody, PlainName
 from miner._io import atomic_write_text
 from miner.errors import MinerError
-from miner._exportfile import MAX_SLOTS, ExportBody, PlainName
 from miner.prompts import Answer, Field, Literal, Prompt, Soft, parse_template
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,9 @@ class SoftExport:
     def resolver(self, ref: str) -> torch.Tensor:
         """``Scorer(soft_resolver=export.resolver)``: the prompt's reference -> the tensor."""
         if ref != self.prompt.soft:
-            raise MinerError(f"soft prompt {ref!r} is not the one in export {str(self.path)!r} ({self.prompt.soft})")
+            raise MinerError(
+                f"soft prompt {ref!r} is not the one in export {str(self.path)!r} ({self.prompt.soft})"
+            )
         return self.tensor
 
 
@@ -91,8 +94,10 @@ def peft_incompatibility(prompt: Prompt, backend: Any = None, kind: str | None =
     if kind != "causal":
         return "PEFT prompt tuning has no masked-LM task type; use the safetensors export with miner predict"
     if backend is not None and backend.lead_ids:
-        return (f"the tokenizer adds leading special tokens {list(backend.lead_ids)}: ours sit before the soft tokens, "
-                "PEFT's virtual tokens go before them")
+        return (
+            f"the tokenizer adds leading special tokens {list(backend.lead_ids)}: ours sit before the soft tokens, "
+            "PEFT's virtual tokens go before them"
+        )
     if prompt.calibrate:
         return "the prompt is calibrated (content-free), which a PEFT forward pass does not do"
     return None
@@ -129,11 +134,22 @@ def export_peft_adapter(
     t = tensor.detach().to("cpu", torch.float32).contiguous()
     n, dim = t.shape
     cfg: dict[str, Any] = {
-        "peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": n, "token_dim": dim,
-        "num_transformer_submodules": 1, "num_attention_heads": num_attention_heads, "num_layers": num_layers,
-        "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": tokenizer,
-        "tokenizer_kwargs": None, "base_model_name_or_path": base_model, "revision": None, "inference_mode": True,
-        "auto_mapping": None, "modules_to_save": None,
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "CAUSAL_LM",
+        "num_virtual_tokens": n,
+        "token_dim": dim,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": num_attention_heads,
+        "num_layers": num_layers,
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": tokenizer,
+        "tokenizer_kwargs": None,
+        "base_model_name_or_path": base_model,
+        "revision": None,
+        "inference_mode": True,
+        "auto_mapping": None,
+        "modules_to_save": None,
     }
     try:  # let PEFT write its own config (current field set and version) when it is installed
         from peft import PromptTuningConfig
@@ -162,15 +178,23 @@ def export_soft(
     """
     from miner._exportfile import ExportFileError, check_output_path, replace_dir
 
-    exported = source if hasattr(source, "prompt") and isinstance(getattr(source, "prompt"), Prompt) else exported_from_row(source)
+    exported = (
+        source
+        if hasattr(source, "prompt") and isinstance(source.prompt, Prompt)
+        else exported_from_row(source)
+    )
     prompt = exported.prompt
     if prompt.soft is None:
-        raise MinerError(f"prompt {prompt.describe()} is not a soft prompt; export it with 'miner export' as JSON")
+        raise MinerError(
+            f"prompt {prompt.describe()} is not a soft prompt; export it with 'miner export' as JSON"
+        )
     out = Path(out_dir)
     check_output_path(out, directory=True)
     tensor = _stored_tensor(store, prompt.soft).float()
     if tensor.ndim != 2 or tensor.shape[0] != prompt.parsed.n_soft:
-        raise MinerError(f"soft prompt {prompt.soft} has shape {tuple(tensor.shape)}, the template needs {prompt.parsed.n_soft} tokens")
+        raise MinerError(
+            f"soft prompt {prompt.soft} has shape {tuple(tensor.shape)}, the template needs {prompt.parsed.n_soft} tokens"
+        )
     if backend is None and peft:
         from miner.models import load_backend
 
@@ -183,14 +207,21 @@ def export_soft(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as exc:
-        raise ExportFileError(f"cannot write the export directory {str(out)!r}: {exc.strerror or exc}") from None
+        raise ExportFileError(
+            f"cannot write the export directory {str(out)!r}: {exc.strerror or exc}"
+        ) from None
     from safetensors import SafetensorError
 
     try:
         desc, has_peft, reason = _write_soft_export(exported, tensor, tmp, backend, peft)
         replace_dir(tmp, out)
-    except (OSError, SafetensorError) as exc:  # safetensors reports a failed write (a full disk) as its own error
-        raise ExportFileError(f"cannot write the export directory {str(out)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    except (
+        OSError,
+        SafetensorError,
+    ) as exc:  # safetensors reports a failed write (a full disk) as its own error
+        raise ExportFileError(
+            f"cannot write the export directory {str(out)!r}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if peft and reason is not None:
@@ -198,7 +229,9 @@ def export_soft(
     return SoftExport(exported, tensor.cpu(), out, out / PEFT_DIR if has_peft else None, desc)
 
 
-def _write_soft_export(exported: Any, tensor: torch.Tensor, out: Path, backend: Any, peft: bool) -> tuple[dict[str, Any], bool, str | None]:
+def _write_soft_export(
+    exported: Any, tensor: torch.Tensor, out: Path, backend: Any, peft: bool
+) -> tuple[dict[str, Any], bool, str | None]:
     """Write the tensor, the PEFT adapter (where the layout allows) and the description into ``out``."""
     from safetensors.torch import save_file
 
@@ -210,8 +243,11 @@ def _write_soft_export(exported: Any, tensor: torch.Tensor, out: Path, backend: 
     if reason is None:
         cfg = backend.model.config
         export_peft_adapter(
-            tensor, out / PEFT_DIR, base_model=getattr(cfg, "_name_or_path", None) or exported.model,
-            num_layers=getattr(cfg, "num_hidden_layers", None), num_attention_heads=getattr(cfg, "num_attention_heads", None),
+            tensor,
+            out / PEFT_DIR,
+            base_model=getattr(cfg, "_name_or_path", None) or exported.model,
+            num_layers=getattr(cfg, "num_hidden_layers", None),
+            num_attention_heads=getattr(cfg, "num_attention_heads", None),
             tokenizer=getattr(backend.tokenizer, "name_or_path", None),
         )
     nearest = None
@@ -233,13 +269,17 @@ def _write_soft_export(exported: Any, tensor: torch.Tensor, out: Path, backend: 
             "adapter": PEFT_DIR if reason is None else None,
             "reason": reason,
             "input_template": peft_input_template(prompt),
-            "answer_words": {label: [" " + w for w in ws] if _space_before_answer(prompt) else list(ws)
-                             for label, ws in zip(prompt.verbalizer.labels, prompt.verbalizer.words)},
+            "answer_words": {
+                label: [" " + w for w in ws] if _space_before_answer(prompt) else list(ws)
+                for label, ws in zip(prompt.verbalizer.labels, prompt.verbalizer.words)
+            },
             "usage": "PeftModel.from_pretrained(base_model, '<dir>/peft'); feed input_template filled with the text; "
-                     "a label's score is the log of the summed probability of its answer words after it",
+            "a label's score is the log of the summed probability of its answer words after it",
         },
     }
-    desc.setdefault("provenance", {})["soft_exported_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    desc.setdefault("provenance", {})["soft_exported_at"] = datetime.now(timezone.utc).isoformat(
+        timespec="seconds"
+    )
     atomic_write_text(out / DESC_FILE, json.dumps(desc, indent=2, ensure_ascii=False, default=str) + "\n")
     return desc, reason is None, reason
 
@@ -252,13 +292,17 @@ def _stored_tensor(store: Any, ref: str) -> torch.Tensor:
         return store.get_tensor(ref)
     except (SafetensorError, OSError, KeyError) as exc:
         where = store.path(ref) if hasattr(store, "path") else ref
-        raise MinerError(f"soft prompt artifact {str(where)!r} is unreadable ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise MinerError(
+            f"soft prompt artifact {str(where)!r} is unreadable ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
 
 
 def _check_width(tensor: torch.Tensor, backend: Any) -> None:
     hidden = int(backend.input_embeddings().shape[1])
     if tensor.shape[1] != hidden:
-        raise MinerError(f"soft prompt has width {tensor.shape[1]} but model {backend.name!r} has embeddings of width {hidden}")
+        raise MinerError(
+            f"soft prompt has width {tensor.shape[1]} but model {backend.name!r} has embeddings of width {hidden}"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -274,12 +318,29 @@ def exported_from_row(row: Any) -> Any:
     return ExportedPrompt(
         prompt=Prompt.from_dict(row.prompt, labels),
         model=row.model,
-        task={"name": row.task, "text_fields": list(parse_template(row.prompt["template"]).fields), "label_names": labels,
-              "metric": row.metric, "k": row.k, "seed": row.seed},
-        scores={"metric": row.metric, "train": row.train_score, "dev": row.dev_score, "dev_loglik": row.dev_loglik,
-                "test": getattr(row, "test_score", None), "n_train": row.n_train, "n_dev": row.n_dev,
-                "n_test": getattr(row, "n_test", None)},
-        provenance={"searcher": row.searcher, "created_at": str(row.created_at), "versions": getattr(row, "versions", None)},
+        task={
+            "name": row.task,
+            "text_fields": list(parse_template(row.prompt["template"]).fields),
+            "label_names": labels,
+            "metric": row.metric,
+            "k": row.k,
+            "seed": row.seed,
+        },
+        scores={
+            "metric": row.metric,
+            "train": row.train_score,
+            "dev": row.dev_score,
+            "dev_loglik": row.dev_loglik,
+            "test": getattr(row, "test_score", None),
+            "n_train": row.n_train,
+            "n_dev": row.n_dev,
+            "n_test": getattr(row, "n_test", None),
+        },
+        provenance={
+            "searcher": row.searcher,
+            "created_at": str(row.created_at),
+            "versions": getattr(row, "versions", None),
+        },
         leaderboard={"row_id": row.id, "run_id": row.run_id},
     )
 
@@ -346,19 +407,27 @@ def load_soft_export(path: str | Path) -> SoftExport:
     except (OSError, ValueError):  # ValueError: a NUL in the path
         desc_path, exists = p, False
     if not exists:
-        raise ExportFileError(f"soft prompt export {str(p)!r} does not exist (expected a directory with {DESC_FILE})")
+        raise ExportFileError(
+            f"soft prompt export {str(p)!r} does not exist (expected a directory with {DESC_FILE})"
+        )
     desc_path, d = read_export_json(desc_path, FORMAT, "soft prompt description")
     root = desc_path.parent
     ex, body = validate_export(d, desc_path, SoftDescriptionFile)
     if ex.prompt.soft is None:
-        raise ExportFileError(f"{desc_path}: prompt.soft: missing (a soft prompt description names its tensor)")
+        raise ExportFileError(
+            f"{desc_path}: prompt.soft: missing (a soft prompt description names its tensor)"
+        )
     if body.soft.shape[0] != ex.prompt.parsed.n_soft:
-        raise ExportFileError(f"{desc_path}: soft.shape: {body.soft.shape} does not match the template's {ex.prompt.parsed.n_soft} soft slots")
+        raise ExportFileError(
+            f"{desc_path}: soft.shape: {body.soft.shape} does not match the template's {ex.prompt.parsed.n_soft} soft slots"
+        )
     tfile = root / body.soft.file
     tensor = _read_tensor(tfile, body.soft.key, tuple(body.soft.shape))
     digest = hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
     if body.soft.sha256 and digest != body.soft.sha256:
-        raise ExportFileError(f"soft prompt tensor {str(tfile)!r} does not match its description (sha256 differs)")
+        raise ExportFileError(
+            f"soft prompt tensor {str(tfile)!r} does not match its description (sha256 differs)"
+        )
     adapter = body.peft.adapter if body.peft is not None else None
     return SoftExport(ex, tensor, root, root / adapter if adapter else None, d)
 
@@ -375,16 +444,24 @@ def _read_tensor(tfile: Path, key: str, shape: tuple[int, ...]) -> torch.Tensor:
         with safe_open(str(tfile), framework="pt") as f:
             keys = list(f.keys())
             if key not in keys:
-                raise ExportFileError(f"soft prompt tensor file {str(tfile)!r} has no tensor {key!r} (it holds {keys[:5]})")
+                raise ExportFileError(
+                    f"soft prompt tensor file {str(tfile)!r} has no tensor {key!r} (it holds {keys[:5]})"
+                )
             info = f.get_slice(key)
             got_shape, dtype = tuple(info.get_shape()), info.get_dtype()
             if dtype != "F32":
-                raise ExportFileError(f"soft prompt tensor {key!r} in {str(tfile)!r} is {dtype}; the export writes float32 (F32)")
+                raise ExportFileError(
+                    f"soft prompt tensor {key!r} in {str(tfile)!r} is {dtype}; the export writes float32 (F32)"
+                )
             if got_shape != shape:
-                raise ExportFileError(f"soft prompt tensor {str(tfile)!r} has shape {list(got_shape)}, its description says {list(shape)}")
+                raise ExportFileError(
+                    f"soft prompt tensor {str(tfile)!r} has shape {list(got_shape)}, its description says {list(shape)}"
+                )
             return f.get_tensor(key)
     except (SafetensorError, OSError) as exc:
-        raise ExportFileError(f"soft prompt tensor {str(tfile)!r} is not a readable safetensors file: {_first_line(exc)}") from None
+        raise ExportFileError(
+            f"soft prompt tensor {str(tfile)!r} is not a readable safetensors file: {_first_line(exc)}"
+        ) from None
 
 
 def predict_soft(
@@ -403,7 +480,14 @@ def predict_soft(
     backend = backend or load_backend(se.exported.model)
     check_fits_model(se.prompt, backend)
     _check_width(se.tensor, backend)
-    return predict(se.exported, inputs, backend=backend, batch_size=batch_size, progress=progress, soft_resolver=se.resolver)
+    return predict(
+        se.exported,
+        inputs,
+        backend=backend,
+        batch_size=batch_size,
+        progress=progress,
+        soft_resolver=se.resolver,
+    )
 
 
 def _space_before_answer(prompt: Prompt) -> bool:

@@ -16,7 +16,9 @@ import pytest
 
 def pytest_configure(config):
     # Slow tests use the real default model (conversion ~25-40 s); deselect with -m "not slow".
-    config.addinivalue_line("markers", "slow: needs the real default model or is otherwise slow (deselect with -m 'not slow')")
+    config.addinivalue_line(
+        "markers", "slow: needs the real default model or is otherwise slow (deselect with -m 'not slow')"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +72,11 @@ def clean_failure(capsys):
             assert count_rows(db) == rows_before, "bad input wrote leaderboard rows"
         files_after = {k: v for k, v in _tree(watch).items() if not k.startswith(allow or ("\0",))}
         db_files = {db.name, db.name + "-wal", db.name + "-shm"} if db is not None and rows_before else set()
-        changed = {k for k in files_before.keys() | files_after.keys()
-                   if files_before.get(k) != files_after.get(k) and k not in db_files}
+        changed = {
+            k
+            for k in files_before.keys() | files_after.keys()
+            if files_before.get(k) != files_after.get(k) and k not in db_files
+        }
         assert not changed, f"bad input created or changed files: {sorted(changed)}"
         return lines[0]
 
@@ -91,8 +96,14 @@ def make_config(tmp_path, tiny_model_dir):
             "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 40},
             "model": {"name": str(tiny_model_dir)},
             "prompts": [
-                {"template": "{sentence} It was {answer}", "verbalizer": {"negative": ["terrible"], "positive": ["great"]}},
-                {"template": "Review: {sentence}\nSentiment: {answer}", "verbalizer": {"negative": "negative", "positive": "positive"}},
+                {
+                    "template": "{sentence} It was {answer}",
+                    "verbalizer": {"negative": ["terrible"], "positive": ["great"]},
+                },
+                {
+                    "template": "Review: {sentence}\nSentiment: {answer}",
+                    "verbalizer": {"negative": "negative", "positive": "positive"},
+                },
             ],
             "searchers": [{"name": "manual", "params": {"with_calibration": True}}],
             "seeds": [1, 2],

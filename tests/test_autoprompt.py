@@ -13,8 +13,14 @@ from miner.scoring import Cost, Scorer, TriggerScorer, gradient_prompt, soft_tem
 from miner.search import Evaluation, SearchContext
 from miner.search._base import SplitScore
 from miner.search._hotflip import (
-    allowed_tokens, candidate_objectives, hotflip_topk, objective_from_raw, objective_gradient, objective_loss,
-    round_trips, sample_candidates,
+    allowed_tokens,
+    candidate_objectives,
+    hotflip_topk,
+    objective_from_raw,
+    objective_gradient,
+    objective_loss,
+    round_trips,
+    sample_candidates,
 )
 from miner.search.autoprompt import AutoPromptSearcher
 from miner.testing.conformance import SearcherConformance
@@ -58,7 +64,10 @@ class TestAutoPrompt(SearcherConformance):
 # multi-token label word.
 KV_TEMPLATES = [
     ("{sentence} {trigger:3} It was {answer}", VERB),
-    ("Review: {sentence}\n{trigger:2}Sentiment:{trigger} {answer}", {"negative": ["terrible", "not good at all"], "positive": ["great"]}),
+    (
+        "Review: {sentence}\n{trigger:2}Sentiment:{trigger} {answer}",
+        {"negative": ["terrible", "not good at all"], "positive": ["great"]},
+    ),
 ]
 
 
@@ -83,7 +92,9 @@ def test_kv_cache_path_equals_pooled_scoring(causal, data, tpl, verb):
     rng = np.random.default_rng(0)
     cands = [tuple(int(x) for x in rng.integers(300, 5000, n)) for _ in range(5)]
     # single swaps of the first candidate at every position: rows that start at a later trigger
-    cands += [cands[0][:j] + (int(t),) + cands[0][j + 1:] for j in range(n) for t in rng.integers(300, 5000, 2)]
+    cands += [
+        cands[0][:j] + (int(t),) + cands[0][j + 1 :] for j in range(n) for t in rng.integers(300, 5000, 2)
+    ]
     ex = list(data.train)
     planned, bound = kv.plan(cands, ex), kv.plan(len(cands), ex)
     a, b = candidate_objectives(kv, cands, ex, "vocab"), candidate_objectives(pooled, cands, ex, "vocab")
@@ -167,13 +178,21 @@ def test_vocabulary_filter_and_candidates(causal, data):
     cands = sample_candidates(p.triggers, topk, 12, np.random.default_rng(0), causal)
     assert len(cands) == len(set(cands)) == 12 and p.triggers not in cands
     assert all(sum(a != b for a, b in zip(c, p.triggers)) == 1 for c in cands)
-    assert {next(i for i, (a, b) in enumerate(zip(c, p.triggers)) if a != b) for c in cands} == {0, 1, 2}  # spread
+    assert {next(i for i, (a, b) in enumerate(zip(c, p.triggers)) if a != b) for c in cands} == {
+        0,
+        1,
+        2,
+    }  # spread
     assert all(round_trips(causal, c) for c in cands)
 
 
 def test_search_finds_round_tripping_triggers_and_records_them(causal, data):
-    res = run_searcher(AutoPromptSearcher(steps=4, batch_size=4, n_candidates=6, top_k=8, eval_every=1, patience=0),
-                       causal, data, budget={"max_forward_passes": 60})
+    res = run_searcher(
+        AutoPromptSearcher(steps=4, batch_size=4, n_candidates=6, top_k=8, eval_every=1, patience=0),
+        causal,
+        data,
+        budget={"max_forward_passes": 60},
+    )
     assert len(res.evaluations) >= 2
     for ev in res.evaluations:
         assert round_trips(causal, ev.prompt.triggers)
@@ -185,7 +204,9 @@ def test_search_finds_round_tripping_triggers_and_records_them(causal, data):
 
 def test_initial_trigger_options(causal, data):
     ctx = SearchContext(task=data.without_test(), backend=causal, scorer=None, seed=1)
-    p = AutoPromptSearcher(template="{sentence} {trigger:3} {answer}", init="Sentiment:", verbalizer=VERB).initial_prompt(ctx)
+    p = AutoPromptSearcher(
+        template="{sentence} {trigger:3} {answer}", init="Sentiment:", verbalizer=VERB
+    ).initial_prompt(ctx)
     assert p.triggers == causal.tokenize("Sentiment:") and p.verbalizer.words == (("terrible",), ("great",))
     r = AutoPromptSearcher(init="random").initial_prompt(ctx)
     assert len(set(r.triggers)) > 1 and r.verbalizer.words == (("negative",), ("positive",))
@@ -215,10 +236,27 @@ def test_cli_run_export_rescore(tmp_path, kind):
     cfg = {
         "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 16},
         "model": {"name": str(d)},
-        "prompts": [{"template": "{sentence} It was {answer}", "verbalizer": {"negative": "terrible", "positive": "great"}}],
-        "searchers": [{"name": "autoprompt", "params": {**SMALL, "template": "{sentence} {trigger:3} It was {answer}",
-                                                                 "objective": "vocab"}}],  # moves in 3 steps on this tiny model
-        "seeds": [3], "k": 4, "storage": db, "progress": False, "budget": {"max_forward_passes": 30},
+        "prompts": [
+            {
+                "template": "{sentence} It was {answer}",
+                "verbalizer": {"negative": "terrible", "positive": "great"},
+            }
+        ],
+        "searchers": [
+            {
+                "name": "autoprompt",
+                "params": {
+                    **SMALL,
+                    "template": "{sentence} {trigger:3} It was {answer}",
+                    "objective": "vocab",
+                },
+            }
+        ],  # moves in 3 steps on this tiny model
+        "seeds": [3],
+        "k": 4,
+        "storage": db,
+        "progress": False,
+        "budget": {"max_forward_passes": 30},
     }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -233,15 +271,20 @@ def test_cli_run_export_rescore(tmp_path, kind):
     reloaded = load_backend(str(d))
     assert reloaded.kind == kind
     res = Scorer(reloaded, progress=False).score(ex.prompt, data.dev)
-    assert res.metrics["accuracy"] == best.dev_score and res.loglik == pytest.approx(best.dev_loglik, abs=1e-6)
+    assert res.metrics["accuracy"] == best.dev_score and res.loglik == pytest.approx(
+        best.dev_loglik, abs=1e-6
+    )
 
 
 def test_last_evaluation_is_labelled_with_the_steps_actually_run(causal, data):
     """Stopped by its budget long before ``steps``, the final dev evaluation names the step it stopped at."""
     seen = []
-    searcher = AutoPromptSearcher(steps=10**6, batch_size=4, n_candidates=4, top_k=8, eval_every=10**6, patience=0,
-                                  objective="vocab")  # vocab: the trigger moves within this budget on the tiny model
-    ctx = SearchContext(task=data.without_test(), backend=causal, scorer=Scorer(causal, progress=False), seed=3)
+    searcher = AutoPromptSearcher(
+        steps=10**6, batch_size=4, n_candidates=4, top_k=8, eval_every=10**6, patience=0, objective="vocab"
+    )  # vocab: the trigger moves within this budget on the tiny model
+    ctx = SearchContext(
+        task=data.without_test(), backend=causal, scorer=Scorer(causal, progress=False), seed=3
+    )
     ctx.budget = Budget(BudgetSpec(max_forward_passes=12), ctx.scorer.counter)
 
     def evaluate(prompts, *, extra=None):
@@ -268,8 +311,9 @@ def test_each_step_is_planned_with_the_budget_view(causal, data):
 
     scorer = Scorer(causal, progress=False)
     ctx = SearchContext(task=data.without_test(), backend=causal, scorer=scorer, seed=3, budget=OneStep())
-    searcher = AutoPromptSearcher(steps=5, batch_size=4, n_candidates=4, top_k=8, eval_every=100, patience=0,
-                                  screen_dtype="model")
+    searcher = AutoPromptSearcher(
+        steps=5, batch_size=4, n_candidates=4, top_k=8, eval_every=100, patience=0, screen_dtype="model"
+    )
     searcher.search(ctx, lambda prompts, *, extra=None: [_fake_eval(p, 1) for p in prompts])
     assert len(calls) == 2 and calls[0][1] == 1
     spent = scorer.counter.total  # the fake evaluate runs no model: this is the one step's work
@@ -277,7 +321,9 @@ def test_each_step_is_planned_with_the_budget_view(causal, data):
 
 
 def _fake_eval(prompt, i):
-    return Evaluation(prompt=prompt, train=None, dev=SplitScore(0.5, {"accuracy": 0.5}, -float(i), 8), cost=Cost())
+    return Evaluation(
+        prompt=prompt, train=None, dev=SplitScore(0.5, {"accuracy": 0.5}, -float(i), 8), cost=Cost()
+    )
 
 
 def test_screen_dtype_picks_the_backend_for_gradient_and_candidates(causal, monkeypatch):
@@ -300,15 +346,33 @@ def test_screen_dtype_picks_the_backend_for_gradient_and_candidates(causal, monk
 def test_dev_scores_come_from_the_model_as_loaded(causal, data, screen, tmp_path):
     """Whatever the screening dtype, every recorded dev score is the float32 model's; the search is
     reproducible, and bfloat16 screening charges its passes to the job."""
-    kw = dict(steps=4, batch_size=4, n_candidates=6, top_k=8, eval_every=1, patience=0, objective="vocab",
-              screen_dtype=screen)
+    kw = dict(
+        steps=4,
+        batch_size=4,
+        n_candidates=6,
+        top_k=8,
+        eval_every=1,
+        patience=0,
+        objective="vocab",
+        screen_dtype=screen,
+    )
     from miner.leaderboard import Leaderboard
 
     board = Leaderboard(f"sqlite:///{tmp_path / 'lb.db'}")
-    runs = [run_searcher(AutoPromptSearcher(**kw), causal, data, budget={"max_forward_passes": 80}, board=b,
-                         run_id=board.start_run({}, {}) if b else "")
-            for b in (board, None)]
-    assert [e.prompt.triggers for e in runs[0].evaluations] == [e.prompt.triggers for e in runs[1].evaluations]
+    runs = [
+        run_searcher(
+            AutoPromptSearcher(**kw),
+            causal,
+            data,
+            budget={"max_forward_passes": 80},
+            board=b,
+            run_id=board.start_run({}, {}) if b else "",
+        )
+        for b in (board, None)
+    ]
+    assert [e.prompt.triggers for e in runs[0].evaluations] == [
+        e.prompt.triggers for e in runs[1].evaluations
+    ]
     assert len(runs[0].evaluations) >= 2 and runs[0].cost.backward_passes >= 1
     plain = Scorer(causal, progress=False, stem_cache_mb=0)
     expect = "bfloat16" if screen == "bfloat16" else "float32"
@@ -316,4 +380,6 @@ def test_dev_scores_come_from_the_model_as_loaded(causal, data, screen, tmp_path
     assert len(rows) == len(runs[0].evaluations) and all(r.extra["screen_dtype"] == expect for r in rows)
     for ev in runs[0].evaluations:
         res = plain.score(ev.prompt, data.dev)
-        assert ev.dev.score == res.metrics["accuracy"] and ev.dev.loglik == pytest.approx(res.loglik, abs=1e-5)
+        assert ev.dev.score == res.metrics["accuracy"] and ev.dev.loglik == pytest.approx(
+            res.loglik, abs=1e-5
+        )

@@ -17,28 +17,99 @@ SOFT = {"name": "soft", "params": {"n_tokens": 2, "steps": 2, "eval_every": 1, "
 
 # (name, config changes) that must fail in the up-front check, whatever job they would have reached
 RUN_CASES = [
-    ("unknown field in the second prompt",
-     {"prompts": [{"template": "{sentence} It was {answer}", "verbalizer": {"negative": "bad", "positive": "good"}},
-                  {"template": "{review} It was {answer}", "verbalizer": {"negative": "bad", "positive": "good"}}]},
-     "prompts[1]"),
-    ("bad parameter of the second searcher (found only against the task)",
-     {"searchers": [{"name": "manual"}, {"name": "autoprompt", "params": {"template": "{sentence} {answer}"}}]},
-     "searchers[1]"),
-    ("unknown field in a manual searcher's own second prompt",
-     {"searchers": [{"name": "manual", "params": {"prompts": [
-         {"template": "{sentence} {answer}", "verbalizer": {"negative": ["bad"], "positive": ["good"]}},
-         {"template": "{nope} {answer}", "verbalizer": {"negative": ["bad"], "positive": ["good"]}}]}}]},
-     "manual.prompts[1]"),
-    ("out-of-vocabulary trigger id in a manual searcher's prompt",
-     {"searchers": [{"name": "manual", "params": {"prompts": [
-         {"template": "{sentence} {trigger:1} {answer}", "verbalizer": {"negative": ["bad"], "positive": ["good"]},
-          "triggers": [99999999]}]}}]},
-     "manual.prompts[0]"),
-    ("two labels with the same words in a manual searcher's prompt",
-     {"searchers": [{"name": "manual", "params": {"prompts": [
-         {"template": "{sentence} {answer}", "verbalizer": {"negative": ["good"], "positive": ["good"]}}]}}]},
-     "manual.prompts[0]"),
-    ("artifacts folder that cannot be written", {"artifacts": "/proc/miner-artifacts", "searchers": [SOFT]}, "artifacts"),
+    (
+        "unknown field in the second prompt",
+        {
+            "prompts": [
+                {
+                    "template": "{sentence} It was {answer}",
+                    "verbalizer": {"negative": "bad", "positive": "good"},
+                },
+                {
+                    "template": "{review} It was {answer}",
+                    "verbalizer": {"negative": "bad", "positive": "good"},
+                },
+            ]
+        },
+        "prompts[1]",
+    ),
+    (
+        "bad parameter of the second searcher (found only against the task)",
+        {
+            "searchers": [
+                {"name": "manual"},
+                {"name": "autoprompt", "params": {"template": "{sentence} {answer}"}},
+            ]
+        },
+        "searchers[1]",
+    ),
+    (
+        "unknown field in a manual searcher's own second prompt",
+        {
+            "searchers": [
+                {
+                    "name": "manual",
+                    "params": {
+                        "prompts": [
+                            {
+                                "template": "{sentence} {answer}",
+                                "verbalizer": {"negative": ["bad"], "positive": ["good"]},
+                            },
+                            {
+                                "template": "{nope} {answer}",
+                                "verbalizer": {"negative": ["bad"], "positive": ["good"]},
+                            },
+                        ]
+                    },
+                }
+            ]
+        },
+        "manual.prompts[1]",
+    ),
+    (
+        "out-of-vocabulary trigger id in a manual searcher's prompt",
+        {
+            "searchers": [
+                {
+                    "name": "manual",
+                    "params": {
+                        "prompts": [
+                            {
+                                "template": "{sentence} {trigger:1} {answer}",
+                                "verbalizer": {"negative": ["bad"], "positive": ["good"]},
+                                "triggers": [99999999],
+                            }
+                        ]
+                    },
+                }
+            ]
+        },
+        "manual.prompts[0]",
+    ),
+    (
+        "two labels with the same words in a manual searcher's prompt",
+        {
+            "searchers": [
+                {
+                    "name": "manual",
+                    "params": {
+                        "prompts": [
+                            {
+                                "template": "{sentence} {answer}",
+                                "verbalizer": {"negative": ["good"], "positive": ["good"]},
+                            }
+                        ]
+                    },
+                }
+            ]
+        },
+        "manual.prompts[0]",
+    ),
+    (
+        "artifacts folder that cannot be written",
+        {"artifacts": "/proc/miner-artifacts", "searchers": [SOFT]},
+        "artifacts",
+    ),
     ("artifacts path that is a file", {"artifacts": "FILE", "searchers": [SOFT]}, "not a folder"),
 ]
 
@@ -60,25 +131,32 @@ def test_a_bad_flag_fails_before_any_work(tmp_path, make_config, clean_failure):
     assert not (tmp_path / "lb.db").exists()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["leaderboard", "--seed", "99999999999999999999"], "--seed"),
-    (["leaderboard", "--seed", "-1"], "--seed"),
-    (["leaderboard", "--k", "-3"], "k must be in"),
-    (["leaderboard", "--limit", "-1"], "--limit"),
-    (["leaderboard", "--run", "zz"], "not a hex run id"),
-    (["leaderboard", "--run", "ab"], "no run with id"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["leaderboard", "--seed", "99999999999999999999"], "--seed"),
+        (["leaderboard", "--seed", "-1"], "--seed"),
+        (["leaderboard", "--k", "-3"], "k must be in"),
+        (["leaderboard", "--limit", "-1"], "--limit"),
+        (["leaderboard", "--run", "zz"], "not a hex run id"),
+        (["leaderboard", "--run", "ab"], "no run with id"),
+    ],
+)
 def test_leaderboard_flags_are_range_checked(tmp_path, make_config, clean_failure, argv, needle):
     path, cfg = make_config(seeds=[1], prompts=make_config()[1]["prompts"][:1], test_top=1)
     assert main(["run", str(path)]) == 0
     clean_failure(argv + ["--storage", cfg["storage"]], needle=needle, watch=tmp_path, db=tmp_path / "lb.db")
 
 
-@pytest.mark.parametrize("argv", [
-    ["leaderboard"],
-    ["export", "--task", "rotten_tomatoes", "-o", "OUT/best.json"],
-    ["plot", "-o", "OUT/board.png"],
-], ids=["leaderboard", "export", "plot"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["leaderboard"],
+        ["export", "--task", "rotten_tomatoes", "-o", "OUT/best.json"],
+        ["plot", "-o", "OUT/board.png"],
+    ],
+    ids=["leaderboard", "export", "plot"],
+)
 def test_readers_on_a_missing_database_create_nothing(tmp_path, clean_failure, argv):
     db = tmp_path / "nowhere" / "lb.db"
     argv = [a.replace("OUT", str(tmp_path)) for a in argv] + ["--storage", str(db)]
@@ -125,12 +203,23 @@ def exported(tmp_path_factory, tiny_model_dir):
     import yaml
 
     d = tmp_path_factory.mktemp("export")
-    cfg = {"task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 8}, "model": {"name": str(tiny_model_dir)},
-           "prompts": [{"template": "{sentence} It was {answer}", "verbalizer": {"negative": "bad", "positive": "good"}}],
-           "seeds": [1], "k": 2, "storage": f"sqlite:///{d / 'lb.db'}", "progress": False}
+    cfg = {
+        "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 8},
+        "model": {"name": str(tiny_model_dir)},
+        "prompts": [
+            {"template": "{sentence} It was {answer}", "verbalizer": {"negative": "bad", "positive": "good"}}
+        ],
+        "seeds": [1],
+        "k": 2,
+        "storage": f"sqlite:///{d / 'lb.db'}",
+        "progress": False,
+    }
     (d / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["run", str(d / "c.yaml")]) == 0
-    assert main(["export", "--storage", cfg["storage"], "--task", "rotten_tomatoes", "-o", str(d / "best.json")]) == 0
+    assert (
+        main(["export", "--storage", cfg["storage"], "--task", "rotten_tomatoes", "-o", str(d / "best.json")])
+        == 0
+    )
     return d / "best.json"
 
 
@@ -148,6 +237,15 @@ def test_predict_input_must_be_a_bounded_regular_file(tmp_path, exported, clean_
         inp.write_text("sentence\n" + "a fine film\n" * 200_000)  # 2.4 MB against a 1 MB limit
     elif kind == "dir":
         inp.mkdir()
-    needle = {"fifo": "not a regular file", "dev-zero": "not a regular file", "too-big": "limit",
-              "missing": "not found", "dir": "not a regular file"}[kind]
-    clean_failure(["predict", "--prompt", exported, "--input", inp, "--max-input-mb", "1"], needle=needle, watch=tmp_path)
+    needle = {
+        "fifo": "not a regular file",
+        "dev-zero": "not a regular file",
+        "too-big": "limit",
+        "missing": "not found",
+        "dir": "not a regular file",
+    }[kind]
+    clean_failure(
+        ["predict", "--prompt", exported, "--input", inp, "--max-input-mb", "1"],
+        needle=needle,
+        watch=tmp_path,
+    )

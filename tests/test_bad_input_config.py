@@ -34,7 +34,9 @@ def run_fails(tmp_path, make_config, clean_failure):
         path, _ = make_config(**over)
         if text is not None:
             path.write_text(text)
-        return clean_failure(["run", path, "--no-progress"], needle=needle, watch=tmp_path, db=tmp_path / "lb.db")
+        return clean_failure(
+            ["run", path, "--no-progress"], needle=needle, watch=tmp_path, db=tmp_path / "lb.db"
+        )
 
     return check
 
@@ -48,14 +50,21 @@ def _dump(cfg: dict) -> str:
 
 def test_yaml_alias_refused(run_fails, make_config):
     _, cfg = make_config()
-    text = _dump(cfg).replace("with_calibration: true", "with_calibration: true\n    a: &a [x, x, x]\n    b: [*a, *a, *a]")
+    text = _dump(cfg).replace(
+        "with_calibration: true", "with_calibration: true\n    a: &a [x, x, x]\n    b: [*a, *a, *a]"
+    )
     assert "*a" in text
     line = run_fails("alias *a is not allowed", text=text)
     assert "line" in line
 
 
 def test_yaml_alias_bomb_is_refused_in_bounded_memory(tmp_path):
-    lines = ["searchers:", "  - name: manual", "    params:", '      l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines = [
+        "searchers:",
+        "  - name: manual",
+        "    params:",
+        '      l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
+    ]
     lines += [f"      l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
     path = tmp_path / "bomb.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -78,7 +87,9 @@ def test_yaml_duplicate_key(run_fails, make_config):
 def test_yaml_duplicate_nested_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("task:\n  source: builtin\n  max_test: 5\n  max_test: 6\n")
-    with pytest.raises(ConfigError, match=r"line 4, column 3: duplicate key 'max_test' \(first given at line 3\)"):
+    with pytest.raises(
+        ConfigError, match=r"line 4, column 3: duplicate key 'max_test' \(first given at line 3\)"
+    ):
         load_config(path)
 
 
@@ -123,8 +134,14 @@ def test_config_path_that_is_not_a_regular_file(tmp_path):
         ({"budget": {"max_seconds": float("nan")}}, "budget.max_seconds"),
         ({"budget": {"max_seconds": float("inf")}}, "budget.max_seconds"),
         ({"task": {"source": "builtin", "dev_fraction": float("inf")}}, "task.dev_fraction"),
-        ({"searchers": [{"name": "manual", "params": {"with_calibration": True, "x": [1.0, float("-inf")]}}]},
-         "params.x[1] must be a finite number"),
+        (
+            {
+                "searchers": [
+                    {"name": "manual", "params": {"with_calibration": True, "x": [1.0, float("-inf")]}}
+                ]
+            },
+            "params.x[1] must be a finite number",
+        ),
         ({"k": True}, "k[0]"),
         ({"k": [4.0]}, "k[0]"),
         ({"k": ["4"]}, "k[0]"),
@@ -162,7 +179,10 @@ def test_device_form_checked_at_parse_time(run_fails, tiny_model_dir, device):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_unavailable_device_is_one_line(run_fails, tiny_model_dir):
-    line = run_fails("'cuda:7' is not available: this machine has cpu", model={"name": str(tiny_model_dir), "device": "cuda:7"})
+    line = run_fails(
+        "'cuda:7' is not available: this machine has cpu",
+        model={"name": str(tiny_model_dir), "device": "cuda:7"},
+    )
     assert line.endswith("this machine has cpu") or "mps" in line
 
 
@@ -188,24 +208,53 @@ def test_pick_device_names_the_devices_there_are(monkeypatch):
 @pytest.mark.parametrize(
     "prompt, needle",
     [
-        ({"template": "{sentence} {trigger} {answer}", "verbalizer": VERB, "triggers": ["abc"]}, "prompts[0].triggers[0]"),
-        ({"template": "{sentence} {trigger} {answer}", "verbalizer": VERB, "triggers": [True]}, "prompts[0].triggers[0]"),
-        ({"template": "{sentence} {trigger} {answer}", "verbalizer": VERB, "triggers": [-1]}, "prompts[0].triggers[0]"),
-        ({"template": "{sentence} {trigger} {answer}", "verbalizer": VERB, "triggers": [99999999]},
-         "trigger token id 99999999 is outside the vocabulary"),
+        (
+            {"template": "{sentence} {trigger} {answer}", "verbalizer": VERB, "triggers": ["abc"]},
+            "prompts[0].triggers[0]",
+        ),
+        (
+            {"template": "{sentence} {trigger} {answer}", "verbalizer": VERB, "triggers": [True]},
+            "prompts[0].triggers[0]",
+        ),
+        (
+            {"template": "{sentence} {trigger} {answer}", "verbalizer": VERB, "triggers": [-1]},
+            "prompts[0].triggers[0]",
+        ),
+        (
+            {"template": "{sentence} {trigger} {answer}", "verbalizer": VERB, "triggers": [99999999]},
+            "trigger token id 99999999 is outside the vocabulary",
+        ),
         ({"template": "Just say {answer}", "verbalizer": VERB}, "has no text field slot"),
-        ({"template": "{sentence} It was {answer}", "verbalizer": {"negative": "great", "positive": " great"}},
-         "labels 'negative' and 'positive' the same words"),
-        ({"template": "{sentence} {trigger:300000000} {answer}", "verbalizer": VERB}, "more than 4096 trigger and soft slots"),
+        (
+            {
+                "template": "{sentence} It was {answer}",
+                "verbalizer": {"negative": "great", "positive": " great"},
+            },
+            "labels 'negative' and 'positive' the same words",
+        ),
+        (
+            {"template": "{sentence} {trigger:300000000} {answer}", "verbalizer": VERB},
+            "more than 4096 trigger and soft slots",
+        ),
     ],
-    ids=["trigger-str", "trigger-bool", "trigger-negative", "trigger-oov", "no-field", "same-words", "huge-slot"],
+    ids=[
+        "trigger-str",
+        "trigger-bool",
+        "trigger-negative",
+        "trigger-oov",
+        "no-field",
+        "same-words",
+        "huge-slot",
+    ],
 )
 def test_bad_prompt_in_config(run_fails, prompt, needle):
     run_fails(needle, prompts=[prompt])
 
 
 def test_integer_label_keys_in_a_config_verbalizer_are_label_names():
-    cfg = parse_config({"prompts": [{"template": "{sentence} {answer}", "verbalizer": {0: "bad", 1: ["good"]}}]})
+    cfg = parse_config(
+        {"prompts": [{"template": "{sentence} {answer}", "verbalizer": {0: "bad", 1: ["good"]}}]}
+    )
     assert cfg.prompts[0].verbalizer == {"0": "bad", "1": ["good"]}
 
 
@@ -233,14 +282,18 @@ def test_verbalizer_distinct_words():
     with pytest.raises(PromptError, match="labels 'a' and 'b'"):
         Prompt.create("{sentence} {answer}", {"a": "x", "b": "x"}, distinct=True)
     with pytest.raises(PromptError, match="labels 'a' and 'b'"):
-        Prompt.from_dict({"template": "{sentence} {answer}", "verbalizer": {"a": "x", "b": "x"}}, distinct=True)
+        Prompt.from_dict(
+            {"template": "{sentence} {answer}", "verbalizer": {"a": "x", "b": "x"}}, distinct=True
+        )
     # a word shared by two labels' lists is fine; so are searchers' probes built with distinct=False
     Verbalizer.from_mapping({"a": ["x", "y"], "b": ["x", "z"]})
     assert Prompt.create("{sentence} {answer}", {"a": "x", "b": "x"}).verbalizer.words == (("x",), ("x",))
 
 
 def test_check_fields_names_the_problem():
-    with pytest.raises(PromptError, match=r"has no text field slot: use one of the task's text fields \{sentence\}"):
+    with pytest.raises(
+        PromptError, match=r"has no text field slot: use one of the task's text fields \{sentence\}"
+    ):
         parse_template("Say {answer}").check_fields(("sentence",))
     with pytest.raises(PromptError, match=r"text fields \(none\)"):
         parse_template("Say {answer}").check_fields(())
@@ -257,7 +310,9 @@ def test_huge_slot_counts_refused_in_bounded_memory(slot, count):
         with pytest.raises(PromptError, match=f"more than {MAX_SLOTS} trigger and soft slots"):
             parse_template(f"{{sentence}} {{{slot}:{count}}} {{answer}}")
         with pytest.raises(PromptError, match=f"more than {MAX_SLOTS}"):
-            parse_template("{sentence} {trigger:4000} {soft:97} {answer}")  # the bound is on both kinds together
+            parse_template(
+                "{sentence} {trigger:4000} {soft:97} {answer}"
+            )  # the bound is on both kinds together
         assert tracemalloc.get_traced_memory()[1] < 20 * 2**20
     finally:
         tracemalloc.stop()
@@ -289,7 +344,9 @@ def test_template_longer_than_the_model_is_a_compile_error(masked, causal):
         with pytest.raises(PromptError, match="at most"):
             Scorer(be, progress=False).score(long, [Example({"sentence": "fine"}, 1)])
     many = Prompt.create("{sentence} {trigger:600} {answer}", VERB, triggers=(5,) * 600)
-    with pytest.raises(PromptError, match="600 trigger and soft slots; model 'tiny-causal' takes at most 512 tokens"):
+    with pytest.raises(
+        PromptError, match="600 trigger and soft slots; model 'tiny-causal' takes at most 512 tokens"
+    ):
         compile_prompt(many, causal)
 
 
@@ -309,7 +366,10 @@ def test_long_examples_in_many_fields_are_cut_to_fit(masked):
 
     fields = [f"f{i}" for i in range(6)]
     prompt = Prompt.create(" ".join("{" + f + "}" for f in fields) + " It was {answer}", VERB)
-    examples = [Example({f: "many words here " * 60 for f in fields}, 1), Example({f: "short" for f in fields}, 0)]
+    examples = [
+        Example({f: "many words here " * 60 for f in fields}, 1),
+        Example({f: "short" for f in fields}, 0),
+    ]
     res = Scorer(masked, progress=False).score(prompt, examples)
     assert set(res.metrics) >= {"accuracy"}
 
@@ -324,7 +384,9 @@ def _rows(n: int = 20) -> str:
 def test_blank_text_in_a_data_file(run_fails, tmp_path):
     train = tmp_path / "train.csv"
     train.write_text("sentence,label\n" + _rows() + "   ,pos\n")
-    line = run_fails("blank text in column 'sentence' at line 22", task={"source": "files", "train": str(train)})
+    line = run_fails(
+        "blank text in column 'sentence' at line 22", task={"source": "files", "train": str(train)}
+    )
     assert "train.csv" in line
 
 
@@ -333,8 +395,11 @@ def test_blank_text_in_test_data(tmp_path, suffix):
     train = tmp_path / "train.csv"
     train.write_text("sentence,label\n" + _rows())
     test = tmp_path / f"test{suffix}"
-    test.write_text("sentence\tlabel\nfine\tneg\n \tpos\n" if suffix == ".tsv"
-                    else '{"sentence": "fine", "label": "neg"}\n{"sentence": "\\t", "label": "pos"}\n')
+    test.write_text(
+        "sentence\tlabel\nfine\tneg\n \tpos\n"
+        if suffix == ".tsv"
+        else '{"sentence": "fine", "label": "neg"}\n{"sentence": "\\t", "label": "pos"}\n'
+    )
     with pytest.raises(DataError, match=rf"test\{suffix} has a blank text in column 'sentence' at line [23]"):
         load_task(TaskSpec(source="files", train=str(train), test=str(test)), 2, 0)
 
@@ -343,7 +408,9 @@ def test_data_path_to_dev_zero(run_fails, tmp_path):
     link = tmp_path / "train.csv"
     link.symlink_to("/dev/zero")
     started = time.perf_counter()
-    line = run_fails("is a character device, not a regular file", task={"source": "files", "train": str(link)})
+    line = run_fails(
+        "is a character device, not a regular file", task={"source": "files", "train": str(link)}
+    )
     assert "train.csv" in line and time.perf_counter() - started < 10
 
 
@@ -389,8 +456,10 @@ def test_data_file_over_the_size_limit(run_fails, tmp_path):
     train = tmp_path / "train.csv"
     train.write_text("sentence,label\n" + _rows(80_000))  # ~1.2 MB
     assert train.stat().st_size > 2**20
-    run_fails("larger than the 1 MB limit (raise task.max_file_mb)",
-              task={"source": "files", "train": str(train), "max_file_mb": 1})
+    run_fails(
+        "larger than the 1 MB limit (raise task.max_file_mb)",
+        task={"source": "files", "train": str(train), "max_file_mb": 1},
+    )
     assert load_task(TaskSpec(source="files", train=str(train), max_file_mb=2), 2, 0).train
 
 
@@ -403,13 +472,31 @@ def test_bounded_read_stops_at_the_limit_even_if_the_file_grows(tmp_path, monkey
 
     def stale_stat(p, *a, **kw):  # the size seen before the file grew
         st = real_stat(p, *a, **kw)
-        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, 10,
-                               st.st_atime, st.st_mtime, st.st_ctime)) if Path(p) == path else st
+        return (
+            os.stat_result(
+                (
+                    st.st_mode,
+                    st.st_ino,
+                    st.st_dev,
+                    st.st_nlink,
+                    st.st_uid,
+                    st.st_gid,
+                    10,
+                    st.st_atime,
+                    st.st_mtime,
+                    st.st_ctime,
+                )
+            )
+            if Path(p) == path
+            else st
+        )
 
     monkeypatch.setattr(os, "stat", stale_stat)
     tracemalloc.start()
     try:
-        with pytest.raises(DataError, match=r"growing\.csv is larger than the 1 MB limit \(raise task\.max_file_mb\)"):
+        with pytest.raises(
+            DataError, match=r"growing\.csv is larger than the 1 MB limit \(raise task\.max_file_mb\)"
+        ):
             read_bytes_bounded(path, str(path), 2**20, setting="task.max_file_mb")
         assert tracemalloc.get_traced_memory()[1] < 4 * 2**20
     finally:
@@ -451,7 +538,9 @@ def test_numeric_label_names_take_no_index_reading(tmp_path):
     msg = str(info.value)
     assert "label value '3'" in msg and "['1', '2']" in msg and "index" not in msg
     path.write_text("sentence,label\n" + "".join(f"t{i},{i % 2 + 1}\n" for i in range(20)) + "zero,0\n")
-    with pytest.raises(DataError, match=r"label value '0' .* not one of the label names \['1', '2'\]; at line 22"):
+    with pytest.raises(
+        DataError, match=r"label value '0' .* not one of the label names \['1', '2'\]; at line 22"
+    ):
         load_task(TaskSpec(source="files", train=str(path), label_names=["1", "2"]), None, 0)
     # word names keep the index reading, and say so
     path.write_text("sentence,label\na,neg\nb,pos\nc,5\n")
@@ -480,10 +569,16 @@ def test_unknown_kshot_task_with_integer_labels_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="miner.tasks"):
         data = load_task(TaskSpec(source="kshot", root=str(tmp_path), name="sst-5-copy"), 16, 42)
     assert data.label_names == ("0", "1", "2")
-    assert any("set task.label_names" in r.getMessage() and "sst-5-copy" in r.getMessage() for r in caplog.records)
+    assert any(
+        "set task.label_names" in r.getMessage() and "sst-5-copy" in r.getMessage() for r in caplog.records
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="miner.tasks"):
-        load_task(TaskSpec(source="kshot", root=str(tmp_path), name="sst-5-copy", label_names=["a", "b", "c"]), 16, 42)
+        load_task(
+            TaskSpec(source="kshot", root=str(tmp_path), name="sst-5-copy", label_names=["a", "b", "c"]),
+            16,
+            42,
+        )
     assert not caplog.records
 
 
@@ -492,10 +587,16 @@ def test_unknown_kshot_task_with_integer_labels_warns(tmp_path, caplog):
 
 def test_kshot_root_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("MINER_FEWSHOT_ROOT", raising=False)
-    with pytest.raises(ConfigError, match=r"few-shot data not found: .*set \$MINER_FEWSHOT_ROOT to the folder holding sst-2/, mr/"):
+    with pytest.raises(
+        ConfigError,
+        match=r"few-shot data not found: .*set \$MINER_FEWSHOT_ROOT to the folder holding sst-2/, mr/",
+    ):
         load_task(TaskSpec(source="kshot", name="sst-2"), 16, 42)
     monkeypatch.setenv("MINER_FEWSHOT_ROOT", str(tmp_path / "absent"))
-    with pytest.raises(DataError, match=r"few-shot data not found at .*absent \(from \$MINER_FEWSHOT_ROOT\): set \$MINER_FEWSHOT_ROOT"):
+    with pytest.raises(
+        DataError,
+        match=r"few-shot data not found at .*absent \(from \$MINER_FEWSHOT_ROOT\): set \$MINER_FEWSHOT_ROOT",
+    ):
         load_task(TaskSpec(source="kshot", name="sst-2"), 16, 42)
     with pytest.raises(DataError, match=r"few-shot data not found at .*elsewhere \(from task\.root\)"):
         load_task(TaskSpec(source="kshot", name="sst-2", root=str(tmp_path / "elsewhere")), 16, 42)
@@ -506,4 +607,8 @@ def test_kshot_root_from_the_environment(tmp_path, monkeypatch):
 
 def test_kshot_config_without_data_fails_cleanly(run_fails, monkeypatch):
     monkeypatch.delenv("MINER_FEWSHOT_ROOT", raising=False)
-    run_fails("set $MINER_FEWSHOT_ROOT to the folder holding sst-2/", task={"source": "kshot", "name": "sst-2"}, k=16)
+    run_fails(
+        "set $MINER_FEWSHOT_ROOT to the folder holding sst-2/",
+        task={"source": "kshot", "name": "sst-2"},
+        k=16,
+    )

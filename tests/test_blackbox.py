@@ -26,8 +26,13 @@ def causal():
 
 def test_forward_passes_only_and_rows(causal, conformance_data):
     s = BlackboxSearcher(n_tokens=2, intrinsic_dim=8, popsize=4, generations=4, eval_every=2)
-    res = run_searcher(s, causal, conformance_data, prompts=seed_prompts(conformance_data.label_names),
-                       budget=BudgetSpec(max_forward_passes=200))
+    res = run_searcher(
+        s,
+        causal,
+        conformance_data,
+        prompts=seed_prompts(conformance_data.label_names),
+        budget=BudgetSpec(max_forward_passes=200),
+    )
     assert res.cost.backward_passes == 0
     assert all(p.grad is None for p in causal.model.parameters())
     soft = [e for e in res.evaluations if e.prompt.soft]
@@ -40,8 +45,13 @@ def test_forward_passes_only_and_rows(causal, conformance_data):
 
 def test_budget_in_forward_passes_stops_between_generations(causal, conformance_data):
     s = BlackboxSearcher(n_tokens=2, intrinsic_dim=8, popsize=4, generations=100, eval_every=1)
-    res = run_searcher(s, causal, conformance_data, prompts=seed_prompts(conformance_data.label_names),
-                       budget=BudgetSpec(max_forward_passes=25))
+    res = run_searcher(
+        s,
+        causal,
+        conformance_data,
+        prompts=seed_prompts(conformance_data.label_names),
+        budget=BudgetSpec(max_forward_passes=25),
+    )
     assert res.cost.forward_passes <= 25
     assert any(e.prompt.triggers for e in res.evaluations), "the budget keeps room for the projection"
 

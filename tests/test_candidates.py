@@ -14,15 +14,29 @@ VERB = {"negative": ["terrible"], "positive": ["great"]}
 MULTI = {"negative": ["terrible", "not good at all"], "positive": ["great"]}
 EXAMPLES = [
     Example({"sentence": s}, y)
-    for s, y in [("a dull, lifeless film", 0), ("a warm and funny story", 1), ("the plot makes no sense", 0),
-                 ("one of the best films this year", 1), ("boring", 0), ("moving, tender and wise", 1)]
+    for s, y in [
+        ("a dull, lifeless film", 0),
+        ("a warm and funny story", 1),
+        ("the plot makes no sense", 0),
+        ("one of the best films this year", 1),
+        ("boring", 0),
+        ("moving, tender and wise", 1),
+    ]
 ]
 
 # (template, verbalizer, path on a causal LM)
 CAUSAL = [
     ("{sentence} {trigger:3} It was {answer}", VERB, "kv"),  # triggers after the text, answer at the end
-    ("Review: {sentence}\n{trigger:2}Sentiment:{trigger} {answer}", MULTI, "kv"),  # split triggers, a multi-token word
-    ("{sentence} {trigger:2} It was {answer}.", VERB, "kv"),  # text after the answer: every word a continuation
+    (
+        "Review: {sentence}\n{trigger:2}Sentiment:{trigger} {answer}",
+        MULTI,
+        "kv",
+    ),  # split triggers, a multi-token word
+    (
+        "{sentence} {trigger:2} It was {answer}.",
+        VERB,
+        "kv",
+    ),  # text after the answer: every word a continuation
     ("{sentence} {answer} {trigger:2}", VERB, "pooled"),  # the answer before the triggers
 ]
 MASKED = [
@@ -54,7 +68,7 @@ def _candidates(n: int, seed: int = 0) -> list[tuple[int, ...]]:
     rng = np.random.default_rng(seed)
     base = tuple(int(x) for x in rng.integers(300, 900, n))
     cands = [base] + [tuple(int(x) for x in rng.integers(300, 900, n)) for _ in range(3)]
-    return cands + [base[:j] + (int(t),) + base[j + 1:] for j in range(n) for t in rng.integers(300, 900, 2)]
+    return cands + [base[:j] + (int(t),) + base[j + 1 :] for j in range(n) for t in rng.integers(300, 900, 2)]
 
 
 def _check(backend, tpl, verb, stem_cache_mb, kv_cache=True):
@@ -78,7 +92,9 @@ def _check(backend, tpl, verb, stem_cache_mb, kv_cache=True):
 
 
 @pytest.mark.parametrize("stem_cache_mb", [1024, 0], ids=["stem-cache", "no-stem-cache"])
-@pytest.mark.parametrize("tpl,verb,path", CAUSAL, ids=["contiguous", "split-multi", "text-after-answer", "answer-first"])
+@pytest.mark.parametrize(
+    "tpl,verb,path", CAUSAL, ids=["contiguous", "split-multi", "text-after-answer", "answer-first"]
+)
 def test_causal_candidates_score_as_the_scorer(causal, tpl, verb, path, stem_cache_mb):
     ts, scorer = _check(causal, tpl, verb, stem_cache_mb)
     assert ts.kv_path == (path == "kv")
@@ -125,9 +141,11 @@ def test_kv_gradient_equals_the_whole_sequence_gradient(causal, tpl, verb):
 
 
 def test_plan_many_is_what_score_many_spends(causal):
-    prompts = [Prompt.create("{sentence} It was {answer}", VERB, LABELS),
-               Prompt.create("{sentence} It was {answer}", {"negative": ["bad"], "positive": ["great"]}, LABELS),
-               Prompt.create("{sentence} All in all {answer}", MULTI, LABELS)]
+    prompts = [
+        Prompt.create("{sentence} It was {answer}", VERB, LABELS),
+        Prompt.create("{sentence} It was {answer}", {"negative": ["bad"], "positive": ["great"]}, LABELS),
+        Prompt.create("{sentence} All in all {answer}", MULTI, LABELS),
+    ]
     scorer = Scorer(causal, progress=False, batch_size=4)
     planned = scorer.plan_many(prompts, EXAMPLES)
     assert planned < scorer.plan_many(prompts, EXAMPLES, distinct=True)  # the first two share requests
@@ -136,7 +154,9 @@ def test_plan_many_is_what_score_many_spends(causal):
     results = scorer.score_many(prompts, EXAMPLES)
     assert (scorer.counter.snapshot() - before).forward_passes == planned
     assert scorer.plan_many(prompts, EXAMPLES) == 0  # all cached now
-    np.testing.assert_allclose(results[2].raw, Scorer(causal, progress=False).score(prompts[2], EXAMPLES).raw, atol=1e-6)
+    np.testing.assert_allclose(
+        results[2].raw, Scorer(causal, progress=False).score(prompts[2], EXAMPLES).raw, atol=1e-6
+    )
     # one request per example and word, and the plan's entry per example, label and word
     reqs, plan = scorer.requests(prompts[2], EXAMPLES)
     assert len(reqs) == 3 * len(EXAMPLES) and [len(ws) for ws in plan[0]] == [2, 1]

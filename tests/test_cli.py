@@ -25,8 +25,14 @@ def _config(tmp_path, tiny_dir, **over):
         "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 40},
         "model": {"name": str(tiny_dir)},
         "prompts": [
-            {"template": "{sentence} It was {answer}", "verbalizer": {"negative": ["terrible"], "positive": ["great"]}},
-            {"template": "Review: {sentence}\nSentiment: {answer}", "verbalizer": {"negative": "negative", "positive": "positive"}},
+            {
+                "template": "{sentence} It was {answer}",
+                "verbalizer": {"negative": ["terrible"], "positive": ["great"]},
+            },
+            {
+                "template": "Review: {sentence}\nSentiment: {answer}",
+                "verbalizer": {"negative": "negative", "positive": "positive"},
+            },
         ],
         "searchers": [{"name": "manual", "params": {"with_calibration": True}}],
         "seeds": [1, 2],
@@ -58,7 +64,22 @@ def test_run_leaderboard_export_predict(tmp_path, tiny_dir, capsys):
     assert "Review:" in table and "manual" in table
 
     out_json = tmp_path / "best.json"
-    assert main(["export", "--storage", cfg["storage"], "--task", "rotten_tomatoes", "--seed", "2", "-o", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--storage",
+                cfg["storage"],
+                "--task",
+                "rotten_tomatoes",
+                "--seed",
+                "2",
+                "-o",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     ex = load_exported(out_json)
     best = board.best(task="rotten_tomatoes", model=str(tiny_dir), seed=2)
@@ -78,10 +99,15 @@ def test_run_leaderboard_export_predict(tmp_path, tiny_dir, capsys):
 
     # --input labels each row's own text: the same labels and probabilities as --text on those texts.
     texts = ["Great fun.", "A dull, tired mess.", "Worth it, with commas"]
-    assert main(["predict", "--prompt", str(out_json), "--json"] + [a for t in texts for a in ("--text", t)]) == 0
+    assert (
+        main(["predict", "--prompt", str(out_json), "--json"] + [a for t in texts for a in ("--text", t)])
+        == 0
+    )
     by_text = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [item["input"]["sentence"] for item in by_text] == texts
-    assert len({tuple(item["probabilities"].values()) for item in by_text}) == len(texts)  # not one constant answer
+    assert len({tuple(item["probabilities"].values()) for item in by_text}) == len(
+        texts
+    )  # not one constant answer
     files = {
         "in.jsonl": "".join(json.dumps({"sentence": t}) + "\n" for t in texts),
         "in.csv": "sentence\n" + "".join(f'"{t}"\n' for t in texts),
@@ -137,20 +163,79 @@ def _bad_files(tmp_path):
         ({"taks": {}}, "unknown key"),
         ({"task": {"source": "builtin", "colour": 1}}, "task.colour: unknown key"),
         ({"seeds": "x"}, "seeds"),
-        ({"prompts": [{"template": "{sentence} It was", "verbalizer": {"negative": "bad", "positive": "good"}}]}, "no answer slot"),
-        ({"prompts": [{"template": "{sentence} {answer}", "verbalizer": {"negative": [], "positive": "good"}}]}, "label 'negative'"),
-        ({"prompts": [{"template": "{sentence} {answer}", "verbalizer": {"negative": "bad"}}]}, "no words for label 'positive'"),
+        (
+            {
+                "prompts": [
+                    {"template": "{sentence} It was", "verbalizer": {"negative": "bad", "positive": "good"}}
+                ]
+            },
+            "no answer slot",
+        ),
+        (
+            {
+                "prompts": [
+                    {"template": "{sentence} {answer}", "verbalizer": {"negative": [], "positive": "good"}}
+                ]
+            },
+            "label 'negative'",
+        ),
+        (
+            {"prompts": [{"template": "{sentence} {answer}", "verbalizer": {"negative": "bad"}}]},
+            "no words for label 'positive'",
+        ),
         ({"model": {"name": "no-such-org/no-such-model"}}, "cannot load model"),
         ({"model": {"name": "./missing-model-dir"}}, "does not exist"),
         ({"searchers": [{"name": "nope"}]}, "unknown searcher 'nope'"),
         ({"searchers": [{"name": "manual", "params": {"nope": 1}}]}, "searchers[0].params.nope"),
-        ({"task": {"source": "files", "name": "t", "train": "DATA/nolabel.csv", "label_names": ["negative", "positive"]}}, "label"),
-        ({"task": {"source": "files", "name": "t", "train": "DATA/empty.csv", "label_names": ["negative", "positive"]}}, "empty"),
-        ({"task": {"source": "files", "name": "t", "train": "DATA/outside.csv", "label_names": ["negative", "positive"]}}, "neutral"),
-        ({"task": {"source": "files", "name": "t", "train": "DATA/latin1.csv", "label_names": ["negative", "positive"]}}, "UTF-8"),
+        (
+            {
+                "task": {
+                    "source": "files",
+                    "name": "t",
+                    "train": "DATA/nolabel.csv",
+                    "label_names": ["negative", "positive"],
+                }
+            },
+            "label",
+        ),
+        (
+            {
+                "task": {
+                    "source": "files",
+                    "name": "t",
+                    "train": "DATA/empty.csv",
+                    "label_names": ["negative", "positive"],
+                }
+            },
+            "empty",
+        ),
+        (
+            {
+                "task": {
+                    "source": "files",
+                    "name": "t",
+                    "train": "DATA/outside.csv",
+                    "label_names": ["negative", "positive"],
+                }
+            },
+            "neutral",
+        ),
+        (
+            {
+                "task": {
+                    "source": "files",
+                    "name": "t",
+                    "train": "DATA/latin1.csv",
+                    "label_names": ["negative", "positive"],
+                }
+            },
+            "UTF-8",
+        ),
     ],
 )
-def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, tiny_dir, capsys, monkeypatch, change, needle):
+def test_bad_input_is_one_line_error_and_writes_nothing(
+    tmp_path, tiny_dir, capsys, monkeypatch, change, needle
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     d = _bad_files(tmp_path)
     change = json.loads(json.dumps(change).replace("DATA", str(d)))
@@ -171,14 +256,34 @@ def test_unparsable_yaml(tmp_path, capsys):
 
 
 def test_soft_prompt_run_export_predict(tmp_path, tiny_dir, capsys):
-    path, cfg = _config(tmp_path, tiny_dir, seeds=[1], test_top=1,
-                        searchers=[{"name": "soft", "params": {"n_tokens": 2, "steps": 4, "eval_every": 2, "batch_size": 4}}])
+    path, cfg = _config(
+        tmp_path,
+        tiny_dir,
+        seeds=[1],
+        test_top=1,
+        searchers=[{"name": "soft", "params": {"n_tokens": 2, "steps": 4, "eval_every": 2, "batch_size": 4}}],
+    )
     assert main(["run", str(path)]) == 0
     capsys.readouterr()
     rows = Leaderboard(cfg["storage"]).rows(searcher="soft")
     assert rows and any(r.prompt.get("soft") for r in rows)
     out_json = tmp_path / "soft.json"
-    assert main(["export", "--storage", cfg["storage"], "--task", "rotten_tomatoes", "--searcher", "soft", "-o", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--storage",
+                cfg["storage"],
+                "--task",
+                "rotten_tomatoes",
+                "--searcher",
+                "soft",
+                "-o",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     assert "soft prompt tensor" in capsys.readouterr().out
     assert (tmp_path / "soft").is_dir() and json.loads(out_json.read_text())["soft_export"] == "soft"
     assert main(["predict", "--prompt", str(out_json), "--text", "A gem of a movie."]) == 0
@@ -216,7 +321,9 @@ def test_plot_draws_the_leaderboard_and_refuses_bad_input(tmp_path, tiny_dir, ca
 
 def _board_summary(url):
     rows = Leaderboard(url).rows(order="time")
-    return sorted((r.seed, r.prompt_key, r.dev_score, r.train_score, r.test_score) for r in rows), {r.run_id for r in rows}
+    return sorted((r.seed, r.prompt_key, r.dev_score, r.train_score, r.test_score) for r in rows), {
+        r.run_id for r in rows
+    }
 
 
 @pytest.mark.process
@@ -228,7 +335,9 @@ def test_parallel_jobs_write_what_a_sequential_run_writes(tmp_path, tiny_dir, ca
     seq_path, seq = _config(tmp_path, tiny_dir, storage=f"sqlite:///{tmp_path / 'seq.db'}")
     assert main(["run", str(seq_path), "--no-progress"]) == 0
     (tmp_path / "p").mkdir()
-    par_path, par = _config(tmp_path / "p", tiny_dir, storage="par.db", parallel={"backend": backend, "threads_per_job": 1})
+    par_path, par = _config(
+        tmp_path / "p", tiny_dir, storage="par.db", parallel={"backend": backend, "threads_per_job": 1}
+    )
     assert main(["run", str(par_path), "--no-progress", "--jobs", "2"]) == 0
     capsys.readouterr()
     seq_rows, _ = _board_summary(seq["storage"])

@@ -30,7 +30,6 @@ from miner.models._default import (
     is_default_model,
 )
 
-
 # ---------------------------------------------------------------- names
 
 
@@ -39,7 +38,9 @@ def test_aliases_are_default(name):
     assert is_default_model(name)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "", "smollm", "HuggingFaceTB/SmolLM2-360M", "default-model", "./default"])
+@pytest.mark.parametrize(
+    "name", ["gpt2", "", "smollm", "HuggingFaceTB/SmolLM2-360M", "default-model", "./default"]
+)
 def test_other_names_are_not_default(name):
     assert not is_default_model(name)
 
@@ -114,7 +115,9 @@ def fake_cache(monkeypatch, tmp_path):
         _default._write_meta(out, gguf)
 
     monkeypatch.setattr(_default, "_convert_into", convert)
-    return SimpleNamespace(calls=calls, target=tmp_path / "models" / CACHE_DIR_NAME, parent=tmp_path / "models")
+    return SimpleNamespace(
+        calls=calls, target=tmp_path / "models" / CACHE_DIR_NAME, parent=tmp_path / "models"
+    )
 
 
 def _leftovers(parent: Path) -> list[str]:
@@ -176,7 +179,9 @@ def test_race_loser_uses_the_winners_directory(fake_cache, monkeypatch):
     assert _leftovers(fake_cache.parent) == []
 
 
-@pytest.mark.parametrize("meta", [None, "not json", {"gguf_file": GGUF_NAME, "gguf_size": 1}, {"gguf_file": "x.gguf"}])
+@pytest.mark.parametrize(
+    "meta", [None, "not json", {"gguf_file": GGUF_NAME, "gguf_size": 1}, {"gguf_file": "x.gguf"}]
+)
 def test_incomplete_or_outdated_cache_is_replaced(fake_cache, meta):
     fake_cache.target.mkdir(parents=True)
     (fake_cache.target / "model.safetensors").write_text("old")

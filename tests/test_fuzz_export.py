@@ -30,16 +30,43 @@ LABELS = ["negative", "positive"]
 
 def _export(prompt) -> dict:
     """What ``export_best`` writes for ``prompt`` (provenance and the run config included)."""
-    run_config = {"task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 40}, "model": {"name": "tiny"},
-                  "searchers": [{"name": "manual", "params": {"with_calibration": True}}], "seeds": [1, 2], "k": 4}
+    run_config = {
+        "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 40},
+        "model": {"name": "tiny"},
+        "searchers": [{"name": "manual", "params": {"with_calibration": True}}],
+        "seeds": [1, 2],
+        "k": 4,
+    }
     ex = ExportedPrompt(
-        prompt=prompt, model="/models/tiny",
-        task={"name": "rotten_tomatoes", "text_fields": ["sentence"], "label_names": LABELS, "metric": "accuracy", "k": 4,
-              "seed": 1, "spec": run_config["task"]},
-        scores={"metric": "accuracy", "train": 0.625, "dev": 0.5, "dev_loglik": -0.69, "test": None, "n_train": 8, "n_dev": 8,
-                "n_test": 40},
-        provenance={"exported_at": "2026-01-01T00:00:00+00:00", "exported_by": "0.1.0", "searcher": "manual",
-                    "created_at": "2026-01-01 00:00:00", "versions": {"miner": "0.1.0", "torch": "2.13"}, "run_config": run_config},
+        prompt=prompt,
+        model="/models/tiny",
+        task={
+            "name": "rotten_tomatoes",
+            "text_fields": ["sentence"],
+            "label_names": LABELS,
+            "metric": "accuracy",
+            "k": 4,
+            "seed": 1,
+            "spec": run_config["task"],
+        },
+        scores={
+            "metric": "accuracy",
+            "train": 0.625,
+            "dev": 0.5,
+            "dev_loglik": -0.69,
+            "test": None,
+            "n_train": 8,
+            "n_dev": 8,
+            "n_test": 40,
+        },
+        provenance={
+            "exported_at": "2026-01-01T00:00:00+00:00",
+            "exported_by": "0.1.0",
+            "searcher": "manual",
+            "created_at": "2026-01-01 00:00:00",
+            "versions": {"miner": "0.1.0", "torch": "2.13"},
+            "run_config": run_config,
+        },
         leaderboard={"storage": "sqlite:///lb.db", "row_id": 3, "run_id": "abc123"},
     )
     return ex.to_dict()
@@ -48,7 +75,9 @@ def _export(prompt) -> dict:
 def _bases() -> list[dict]:
     verb = {"negative": ["terrible", "bad"], "positive": "great"}
     plain = Prompt.create("{sentence} It was {answer}", verb, LABELS)
-    calibrated = Prompt.create("Review: {sentence}\nSentiment: {answer}", verb, LABELS, calibrate=True, meta={"searcher": "manual"})
+    calibrated = Prompt.create(
+        "Review: {sentence}\nSentiment: {answer}", verb, LABELS, calibrate=True, meta={"searcher": "manual"}
+    )
     trigger = Prompt.create("{trigger:3} {sentence} It was {answer}", verb, LABELS, triggers=(101, 7, 4093))
     soft = Prompt.create("{soft:2}{sentence} It was {answer}", verb, LABELS, soft="soft:0123456789abcdef")
     ensemble = PromptEnsemble((plain, calibrated, trigger), meta={"ensemble_of": [1, 2, 3]})
@@ -61,20 +90,46 @@ BASES = _bases()
 
 # Strings that reach the template parser and the slot counter, beside arbitrary text.
 slot_text = st.lists(
-    st.sampled_from(["{sentence}", "{answer}", "{soft:400000000}", "{trigger:99999999999999}", "{soft:0}", "{trigger}",
-                     "{trigger:5000}", "{soft:" + "9" * 5000 + "}", "{{", "}}", "{", "}", " It was ", "{ soft:3 }", "{text}"]),
+    st.sampled_from(
+        [
+            "{sentence}",
+            "{answer}",
+            "{soft:400000000}",
+            "{trigger:99999999999999}",
+            "{soft:0}",
+            "{trigger}",
+            "{trigger:5000}",
+            "{soft:" + "9" * 5000 + "}",
+            "{{",
+            "}}",
+            "{",
+            "}",
+            " It was ",
+            "{ soft:3 }",
+            "{text}",
+        ]
+    ),
     max_size=6,
 ).map("".join)
 scalars = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(), st.sampled_from([0, -1, 2**31, 2**63, 10**30, -(10**30), 10**400]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([0, -1, 2**31, 2**63, 10**30, -(10**30), 10**400]),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=30), slot_text,
-    st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=2),  # JSON's "\\ud800"
+    st.text(max_size=30),
+    slot_text,
+    st.text(
+        st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=2
+    ),  # JSON's "\\ud800"
 )
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                            st.dictionaries(st.text(max_size=10), inner, max_size=4)),
-                           max_leaves=12)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def _paths(doc, prefix=()) -> list[tuple]:
@@ -122,8 +177,12 @@ def mutated(draw):
 _DIR = Path(tempfile.mkdtemp(prefix="miner-fuzz-export-"))
 
 
-@settings(max_examples=EXAMPLES, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(doc=mutated())
 def test_mutated_export_loads_or_raises_a_miner_error(doc):
     path = _DIR / "best.json"

@@ -26,13 +26,34 @@ _huge = st.one_of(
     st.sampled_from(["4096", "4097", "300000000", "400000000", "0", "00", "-1", "9" * 5000, "1e3", "٣"]),
 )
 _name = st.one_of(
-    st.sampled_from(["sentence", "answer", "trigger", "soft", "question", "Sentence", "_x", "a-b", "9x", "ünï"]),
+    st.sampled_from(
+        ["sentence", "answer", "trigger", "soft", "question", "Sentence", "_x", "a-b", "9x", "ünï"]
+    ),
     st.from_regex(r"[A-Za-z_][A-Za-z0-9_\-]{0,8}", fullmatch=True),
 )
 _slot = st.one_of(
-    st.sampled_from(["{answer}", "{sentence}", "{trigger}", "{soft}", "{", "}", "{{", "}}", "{}", "{ answer }",
-                     "{answer:2}", "{sentence:1}", "{trigger:}", "{:3}", "{trigger:3:4}"]),
-    st.builds(lambda kind, n: f"{{{kind}:{n}}}", st.sampled_from(["trigger", "soft", "answer", "sentence"]), _huge),
+    st.sampled_from(
+        [
+            "{answer}",
+            "{sentence}",
+            "{trigger}",
+            "{soft}",
+            "{",
+            "}",
+            "{{",
+            "}}",
+            "{}",
+            "{ answer }",
+            "{answer:2}",
+            "{sentence:1}",
+            "{trigger:}",
+            "{:3}",
+            "{trigger:3:4}",
+        ]
+    ),
+    st.builds(
+        lambda kind, n: f"{{{kind}:{n}}}", st.sampled_from(["trigger", "soft", "answer", "sentence"]), _huge
+    ),
     st.builds(lambda n: "{" + n + "}", _name),
 )
 _literal = st.one_of(
@@ -41,8 +62,11 @@ _literal = st.one_of(
 )
 _wellformed = st.one_of(
     st.sampled_from(["{trigger}", "{soft}", "{sentence}", "{{", "}}", "{ trigger }"]),
-    st.builds(lambda kind, n: f"{{{kind}:{n}}}", st.sampled_from(["trigger", "soft"]),
-              st.one_of(st.integers(min_value=1, max_value=8), _huge)),
+    st.builds(
+        lambda kind, n: f"{{{kind}:{n}}}",
+        st.sampled_from(["trigger", "soft"]),
+        st.one_of(st.integers(min_value=1, max_value=8), _huge),
+    ),
     _literal.filter(lambda t: "{" not in t and "}" not in t),
 )
 
@@ -56,19 +80,31 @@ def _mostly_valid(draw) -> str:
     return "".join(parts)
 
 
-TEMPLATES = st.one_of(st.text(max_size=60), st.lists(st.one_of(_slot, _literal), max_size=10).map("".join), _mostly_valid())
+TEMPLATES = st.one_of(
+    st.text(max_size=60), st.lists(st.one_of(_slot, _literal), max_size=10).map("".join), _mostly_valid()
+)
 
-_word = st.one_of(st.sampled_from(["great", "terrible", " good", "bad ", "", " ", "🙂", "\n"]), st.text(max_size=6))
+_word = st.one_of(
+    st.sampled_from(["great", "terrible", " good", "bad ", "", " ", "🙂", "\n"]), st.text(max_size=6)
+)
 VERBALIZERS = st.one_of(
     st.just({"negative": "terrible", "positive": "great"}),
     st.just({"negative": ["bad", "awful"], "positive": ["good"]}),
     st.dictionaries(
         st.one_of(st.text(max_size=5), st.integers(), st.none()),
-        st.one_of(_word, st.lists(_word, max_size=3), st.integers(), st.none(), st.dictionaries(st.text(max_size=2), st.text(max_size=2), max_size=1)),
+        st.one_of(
+            _word,
+            st.lists(_word, max_size=3),
+            st.integers(),
+            st.none(),
+            st.dictionaries(st.text(max_size=2), st.text(max_size=2), max_size=1),
+        ),
         max_size=4,
     ),
 )
-TRIGGER_IDS = st.one_of(st.integers(min_value=-5, max_value=60_000), st.integers(), st.booleans(), st.text(max_size=3))
+TRIGGER_IDS = st.one_of(
+    st.integers(min_value=-5, max_value=60_000), st.integers(), st.booleans(), st.text(max_size=3)
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +122,15 @@ def _exercise(backend, template, verbalizer, trigger_ids, fields_text, distinct)
         parsed = parse_template(template)
     except MinerError:
         return "parse"
-    triggers = tuple(trigger_ids[i % len(trigger_ids)] for i in range(parsed.n_triggers)) if trigger_ids else (5,) * parsed.n_triggers
+    triggers = (
+        tuple(trigger_ids[i % len(trigger_ids)] for i in range(parsed.n_triggers))
+        if trigger_ids
+        else (5,) * parsed.n_triggers
+    )
     try:
-        prompt = Prompt.create(template, verbalizer, triggers=triggers, soft="fuzz" if parsed.n_soft else None,
-                               distinct=distinct)
+        prompt = Prompt.create(
+            template, verbalizer, triggers=triggers, soft="fuzz" if parsed.n_soft else None, distinct=distinct
+        )
         cp = compile_prompt(prompt, backend)
     except MinerError:
         return "compile"
@@ -102,8 +143,13 @@ def _exercise(backend, template, verbalizer, trigger_ids, fields_text, distinct)
 def test_fuzz_parse_create_compile(backend):
     peaks: list[int] = []
 
-    @settings(max_examples=N_EXAMPLES, deadline=None, database=None, derandomize=False,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=N_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
     @given(TEMPLATES, VERBALIZERS, st.lists(TRIGGER_IDS, max_size=3), st.text(max_size=300), st.booleans())
     def check(template, verbalizer, trigger_ids, fields_text, distinct):
         tracemalloc.start()
@@ -120,8 +166,13 @@ def test_fuzz_parse_create_compile(backend):
 
 @pytest.mark.parametrize(
     "template",
-    ["{sentence} {trigger:300000000} {answer}", "{sentence} {soft:400000000} {answer}", "{trigger:4096}{answer}{sentence}",
-     "{sentence}" + " word" * 700 + " {answer}", "{sentence} {trigger:" + "9" * 5000 + "} {answer}"],
+    [
+        "{sentence} {trigger:300000000} {answer}",
+        "{sentence} {soft:400000000} {answer}",
+        "{trigger:4096}{answer}{sentence}",
+        "{sentence}" + " word" * 700 + " {answer}",
+        "{sentence} {trigger:" + "9" * 5000 + "} {answer}",
+    ],
     ids=["trigger-huge", "soft-huge", "trigger-bound", "long-literal", "count-digits"],
 )
 def test_known_bombs(backend, template):

@@ -42,7 +42,12 @@ def test_sst2_manual_matches_hand_written_loop_and_calibration_helps(tmp_path, b
     cfg = {
         "task": task,
         "model": "smollm2",
-        "prompts": [{"template": "{sentence} It was {answer}", "verbalizer": {"negative": "terrible", "positive": "great"}}],
+        "prompts": [
+            {
+                "template": "{sentence} It was {answer}",
+                "verbalizer": {"negative": "terrible", "positive": "great"},
+            }
+        ],
         "searchers": [{"name": "manual", "params": {"with_calibration": True}}],
         "seeds": [42],
         "k": 16,
@@ -65,7 +70,12 @@ def test_sst2_manual_matches_hand_written_loop_and_calibration_helps(tmp_path, b
 def test_quickstart_style_run_on_builtin_task(tmp_path, backend):
     cfg = {
         "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 64},
-        "prompts": [{"template": "Review: {sentence}\nSentiment: {answer}", "verbalizer": {"negative": "negative", "positive": "positive"}}],
+        "prompts": [
+            {
+                "template": "Review: {sentence}\nSentiment: {answer}",
+                "verbalizer": {"negative": "negative", "positive": "positive"},
+            }
+        ],
         "k": 8,
         "storage": f"sqlite:///{tmp_path / 'lb.db'}",
         "progress": False,
@@ -88,16 +98,39 @@ def test_autoprompt_run_export_rescore_on_the_default_model(tmp_path, backend):
     task = {"source": "builtin", "name": "rotten_tomatoes", "max_test": 48}
     cfg = {
         "task": task,
-        "prompts": [{"template": "Review: {sentence}\nSentiment: {answer}", "verbalizer": {"negative": "negative", "positive": "positive"}}],
-        "searchers": [{"name": "autoprompt", "params": {"template": "Review: {sentence}\n{trigger:3} {answer}", "init": "Sentiment:",
-                                                        "steps": 4, "batch_size": 8, "n_candidates": 8, "top_k": 16,
-                                                        "eval_every": 1, "patience": 0}}],
-        "seeds": [13], "k": 8, "storage": db, "progress": False, "test_top": 1,
+        "prompts": [
+            {
+                "template": "Review: {sentence}\nSentiment: {answer}",
+                "verbalizer": {"negative": "negative", "positive": "positive"},
+            }
+        ],
+        "searchers": [
+            {
+                "name": "autoprompt",
+                "params": {
+                    "template": "Review: {sentence}\n{trigger:3} {answer}",
+                    "init": "Sentiment:",
+                    "steps": 4,
+                    "batch_size": 8,
+                    "n_candidates": 8,
+                    "top_k": 16,
+                    "eval_every": 1,
+                    "patience": 0,
+                },
+            }
+        ],
+        "seeds": [13],
+        "k": 8,
+        "storage": db,
+        "progress": False,
+        "test_top": 1,
     }
     result = run(cfg, backend=backend)
     (job,) = result.jobs
     rows = Leaderboard(db).rows(searcher="autoprompt")
-    assert len(rows) >= 2 and all(len(r.prompt["triggers"]) == 3 and r.extra.get("screen_dtype") for r in rows)
+    assert len(rows) >= 2 and all(
+        len(r.prompt["triggers"]) == 3 and r.extra.get("screen_dtype") for r in rows
+    )
     out = tmp_path / "best.json"
     assert main(["export", "--storage", db, "--task", "rotten_tomatoes", "-o", str(out)]) == 0
     exported = load_exported(out)
@@ -105,5 +138,7 @@ def test_autoprompt_run_export_rescore_on_the_default_model(tmp_path, backend):
     data = load_task(TaskSpec(**task), 8, 13)
     fresh = Scorer(backend, progress=False)  # a new scorer: nothing cached, whole sequences
     dev, test = fresh.score(exported.prompt, data.dev), fresh.score(exported.prompt, data.test)
-    assert dev.metrics["accuracy"] == best.dev_score and dev.loglik == pytest.approx(best.dev_loglik, abs=1e-5)
+    assert dev.metrics["accuracy"] == best.dev_score and dev.loglik == pytest.approx(
+        best.dev_loglik, abs=1e-5
+    )
     assert test.metrics["accuracy"] == pytest.approx(best.test_score, abs=1e-9)

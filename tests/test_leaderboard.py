@@ -65,7 +65,10 @@ def record(run_id: str, **overrides) -> EvaluationRecord:
         seed=0,
         k=16,
         prompt_key=uuid.uuid4().hex,
-        prompt={"template": "Review: {text}\nIt was {answer}.", "verbalizer": {"neg": ["terrible"], "pos": ["great"]}},
+        prompt={
+            "template": "Review: {text}\nIt was {answer}.",
+            "verbalizer": {"neg": ["terrible"], "pos": ["great"]},
+        },
         metric="accuracy",
         train_score=0.5,
         dev_score=0.5,
@@ -94,9 +97,18 @@ def test_round_trip(url):
         k=None,
         seed=np.int64(3),  # numpy scalars are normalised, not rejected
         dev_score=np.float32(0.75),
-        prompt={"template": "{text} {answer}", "verbalizer": {"neg": ("bad",), "pos": ["good", "fine"]}, "n": 2},
-        extra={"iteration": 4, "parents": [1, 2], "temperature": np.float64(0.5), "loss": float("nan"),
-               "scores": np.array([0.25, float("inf")])},
+        prompt={
+            "template": "{text} {answer}",
+            "verbalizer": {"neg": ("bad",), "pos": ["good", "fine"]},
+            "n": 2,
+        },
+        extra={
+            "iteration": 4,
+            "parents": [1, 2],
+            "temperature": np.float64(0.5),
+            "loss": float("nan"),
+            "scores": np.array([0.25, float("inf")]),
+        },
     )
     second = record(run_id, task=task, train_score=None, dev_score=None, dev_loglik=float("-inf"))
     ids = lb.add_evaluations([first, second])
@@ -116,10 +128,19 @@ def test_round_trip(url):
     identity = (got.run_id, got.task, got.model, got.searcher, got.seed, got.k)
     assert identity == (run_id, task, "tiny-gpt", "random", 3, None)
     # Tuples come back as lists: what is stored is exactly what JSON can hold.
-    assert got.prompt == {"template": "{text} {answer}", "verbalizer": {"neg": ["bad"], "pos": ["good", "fine"]},
-                          "n": 2}
+    assert got.prompt == {
+        "template": "{text} {answer}",
+        "verbalizer": {"neg": ["bad"], "pos": ["good", "fine"]},
+        "n": 2,
+    }
     # Non-finite floats inside JSON become null (PostgreSQL's JSON cannot hold them).
-    assert got.extra == {"iteration": 4, "parents": [1, 2], "temperature": 0.5, "loss": None, "scores": [0.25, None]}
+    assert got.extra == {
+        "iteration": 4,
+        "parents": [1, 2],
+        "temperature": 0.5,
+        "loss": None,
+        "scores": [0.25, None],
+    }
     assert got.dev_score == pytest.approx(0.75) and got.train_score == 0.5 and got.dev_loglik == -1.0
     assert (got.n_train, got.n_dev, got.forward_passes, got.tokens, got.seconds) == (32, 32, 64, 2048, 1.25)
     assert got.metric == "accuracy" and got.prompt_key == first.prompt_key
@@ -135,7 +156,10 @@ def test_round_trip(url):
     run = next(r for r in lb.runs() if r.run_id == run_id)
     assert run.status == "running" and run.finished_at is None and run.n_evaluations == 2
     assert run.config == {"searchers": ["random"], "budget": 100}
-    assert run.provenance["git"] == "abc123" and run.provenance["versions"]["python"] == platform.python_version()
+    assert (
+        run.provenance["git"] == "abc123"
+        and run.provenance["versions"]["python"] == platform.python_version()
+    )
     lb.finish_run(run_id, status="failed")
     run = next(r for r in lb.runs() if r.run_id == run_id)
     assert run.status == "failed" and run.finished_at is not None and run.finished_at >= run.created_at
@@ -151,7 +175,14 @@ def test_record_and_row_fields_agree():
     record_fields = {f.name for f in dataclasses.fields(EvaluationRecord)}
     row_fields = {f.name for f in dataclasses.fields(LeaderboardRow)}
     assert record_fields <= row_fields
-    assert row_fields - record_fields == {"id", "created_at", "versions", "test_score", "n_test", "test_metrics"}
+    assert row_fields - record_fields == {
+        "id",
+        "created_at",
+        "versions",
+        "test_score",
+        "n_test",
+        "test_metrics",
+    }
 
 
 # --------------------------------------------------------- ordering and tests
@@ -167,8 +198,10 @@ def _ordering_fixture(board):
         "F": (0.8, -0.5, 0.9),  # exact tie with C: the older id wins
         "G": (0.8, None, 1.0),
     }
-    records = [record(run_id, task=task, prompt_key=name, dev_score=d, dev_loglik=ll, train_score=t)
-               for name, (d, ll, t) in spec.items()]
+    records = [
+        record(run_id, task=task, prompt_key=name, dev_score=d, dev_loglik=ll, train_score=t)
+        for name, (d, ll, t) in spec.items()
+    ]
     ids = dict(zip(spec, board.add_evaluations(records)))
     return run_id, task, ids
 
@@ -228,10 +261,12 @@ def test_best_and_filters(board):
         (run_b, "m1", "random", 0, 4, 0.90),
         (run_b, "m2", "random", 0, 16, 0.99),
     ]
-    ids = board.add_evaluations([
-        record(run, task=task, model=m, searcher=s, seed=seed, k=k, dev_score=dev, prompt_key=f"p{i}")
-        for i, (run, m, s, seed, k, dev) in enumerate(grid)
-    ])
+    ids = board.add_evaluations(
+        [
+            record(run, task=task, model=m, searcher=s, seed=seed, k=k, dev_score=dev, prompt_key=f"p{i}")
+            for i, (run, m, s, seed, k, dev) in enumerate(grid)
+        ]
+    )
 
     assert board.best(task=task, model="m1").prompt_key == "p4"
     assert board.best(task=task, model="m2").id == ids[5]
@@ -263,16 +298,21 @@ def test_best_prefers_a_jobs_declared_pick(board):
     run = board.start_run({}, {})
     task = unique_task()
     job_a, job_b = {"job_key": "a"}, {"job_key": "b"}
-    board.add_evaluations([
-        record(run, task=task, dev_score=0.95, prompt_key="a-single", extra=job_a),
-        record(run, task=task, dev_score=0.90, prompt_key="a-pick", extra={**job_a, "pick": True}),
-        record(run, task=task, dev_score=0.85, prompt_key="b-single", extra=job_b, seed=1),
-        record(run, task=task, dev_score=0.97, prompt_key="c-no-key", seed=2, searcher="other"),
-    ])
+    board.add_evaluations(
+        [
+            record(run, task=task, dev_score=0.95, prompt_key="a-single", extra=job_a),
+            record(run, task=task, dev_score=0.90, prompt_key="a-pick", extra={**job_a, "pick": True}),
+            record(run, task=task, dev_score=0.85, prompt_key="b-single", extra=job_b, seed=1),
+            record(run, task=task, dev_score=0.97, prompt_key="c-no-key", seed=2, searcher="other"),
+        ]
+    )
     assert board.best(task=task, model="tiny-gpt").prompt_key == "c-no-key"  # jobs compete by dev
     assert board.best(task=task, model="tiny-gpt", seed=0).prompt_key == "a-pick"  # not a-single (0.95)
     assert board.best(task=task, model="tiny-gpt", seed=1).prompt_key == "b-single"
-    assert [r.prompt_key for r in board.rows(task=task, seed=0)] == ["a-single", "a-pick"]  # rows keep dev order
+    assert [r.prompt_key for r in board.rows(task=task, seed=0)] == [
+        "a-single",
+        "a-pick",
+    ]  # rows keep dev order
 
 
 # ---------------------------------------------------------------- transactions
@@ -326,8 +366,11 @@ def test_database_failure_mid_batch_rolls_back(tmp_path):
     batch = [record(run_id, prompt_key=f"ok{i}") for i in range(1500)]
     batch.append(record(run_id, prompt_key="boom"))
     inserts = []
-    sa_event.listen(board._engine, "before_cursor_execute",
-                    lambda conn, cursor, stmt, *rest: inserts.append(stmt) if stmt.startswith("INSERT") else None)
+    sa_event.listen(
+        board._engine,
+        "before_cursor_execute",
+        lambda conn, cursor, stmt, *rest: inserts.append(stmt) if stmt.startswith("INSERT") else None,
+    )
     with pytest.raises(LeaderboardError) as info:
         board.add_evaluations(batch)
     assert len(inserts) >= 2
@@ -349,10 +392,12 @@ def _writer(url: str, barrier, label: str) -> None:
     board = Leaderboard(url)
     run_id = board.start_run({"writer": label}, {})
     for start in range(0, ROWS_PER_WRITER, ROWS_PER_TRANSACTION):
-        board.add_evaluations([
-            record(run_id, task=label, prompt_key=f"{label}-{start + i}", seed=start + i)
-            for i in range(ROWS_PER_TRANSACTION)
-        ])
+        board.add_evaluations(
+            [
+                record(run_id, task=label, prompt_key=f"{label}-{start + i}", seed=start + i)
+                for i in range(ROWS_PER_TRANSACTION)
+            ]
+        )
     board.finish_run(run_id)
     board.close()
 
@@ -376,7 +421,9 @@ def test_two_processes_write_concurrently(url):
     for label in labels:
         assert sorted(r.seed for r in board.rows(task=label)) == list(range(ROWS_PER_WRITER))
     finished = [r for r in board.runs() if r.config.get("writer") in labels]
-    assert len(finished) == 2 and all(r.status == "finished" and r.n_evaluations == ROWS_PER_WRITER for r in finished)
+    assert len(finished) == 2 and all(
+        r.status == "finished" and r.n_evaluations == ROWS_PER_WRITER for r in finished
+    )
     board.close()
 
 
@@ -414,13 +461,33 @@ def test_bad_urls_are_one_line_miner_errors(tmp_path):
 # ------------------------------------------------------------------ the table
 def _row(**overrides) -> LeaderboardRow:
     values = dict(
-        id=7, created_at=datetime.now(timezone.utc), run_id="r", task="sst2", model="tiny-gpt",
-        searcher="genetic", seed=3, k=16, prompt_key="abc",
-        prompt={"template": "Review: {text}\nIn summary, the movie was really quite {answer} and that is all.",
-                "verbalizer": {"neg": ["terrible"], "pos": ["great"]}},
-        metric="accuracy", train_score=0.9, dev_score=0.87345, dev_loglik=-0.3, n_train=32, n_dev=32,
-        forward_passes=1234, tokens=99, seconds=12.345, extra={}, versions={},
-        test_score=None, n_test=None, test_metrics=None,
+        id=7,
+        created_at=datetime.now(timezone.utc),
+        run_id="r",
+        task="sst2",
+        model="tiny-gpt",
+        searcher="genetic",
+        seed=3,
+        k=16,
+        prompt_key="abc",
+        prompt={
+            "template": "Review: {text}\nIn summary, the movie was really quite {answer} and that is all.",
+            "verbalizer": {"neg": ["terrible"], "pos": ["great"]},
+        },
+        metric="accuracy",
+        train_score=0.9,
+        dev_score=0.87345,
+        dev_loglik=-0.3,
+        n_train=32,
+        n_dev=32,
+        forward_passes=1234,
+        tokens=99,
+        seconds=12.345,
+        extra={},
+        versions={},
+        test_score=None,
+        n_test=None,
+        test_metrics=None,
     )
     values.update(overrides)
     return LeaderboardRow(**values)
@@ -432,8 +499,23 @@ def test_format_table_cells_and_alignment():
     text = format_table(rows)
     lines = text.splitlines()
     assert len(lines) == 4
-    assert lines[0].split() == ["id", "task", "model", "searcher", "seed", "k", "template", "verbalizer",
-                                "options", "train", "dev", "test", "fwd", "passes", "seconds"]
+    assert lines[0].split() == [
+        "id",
+        "task",
+        "model",
+        "searcher",
+        "seed",
+        "k",
+        "template",
+        "verbalizer",
+        "options",
+        "train",
+        "dev",
+        "test",
+        "fwd",
+        "passes",
+        "seconds",
+    ]
     assert set(lines[1].replace(" ", "")) == {"-"}
     first, second = lines[2], lines[3]
     assert "Review: {text}⏎In summary" in first and "\n" not in first.split("Review")[1]
@@ -448,11 +530,16 @@ def test_format_table_cells_and_alignment():
     assert first.rstrip().endswith("12.3") and lines[0].endswith("seconds")
     assert len(first.rstrip()) == len(lines[0])
     test_col_end = lines[0].index("test") + len("test")
-    assert first[test_col_end - 1] == "-" and second[test_col_end - 4:test_col_end] == "81.2"
+    assert first[test_col_end - 1] == "-" and second[test_col_end - 4 : test_col_end] == "81.2"
 
 
 def test_format_table_options_column():
-    cal = {"template": "{t} {trigger:2} {answer}", "verbalizer": {"a": "x", "b": "y"}, "calibrate": True, "triggers": [5, 6]}
+    cal = {
+        "template": "{t} {trigger:2} {answer}",
+        "verbalizer": {"a": "x", "b": "y"},
+        "calibrate": True,
+        "triggers": [5, 6],
+    }
     line = format_table([_row(prompt=cal)], columns=["id", "options"]).splitlines()[2]
     assert line.split() == ["7", "cal,2", "trig"]
 
@@ -460,8 +547,10 @@ def test_format_table_options_column():
 def test_format_table_shows_an_ensemble_by_its_first_member():
     a = {"template": "{t} It was {answer}", "verbalizer": {"a": "x", "b": "y"}, "calibrate": True}
     b = {"template": "{t} Overall {answer}", "verbalizer": {"a": "u", "b": "v"}}
-    line = format_table([_row(prompt={"ensemble": [a, b]}, extra={"pick": True})],
-                        columns=["id", "template", "verbalizer", "options"]).splitlines()[2]
+    line = format_table(
+        [_row(prompt={"ensemble": [a, b]}, extra={"pick": True})],
+        columns=["id", "template", "verbalizer", "options"],
+    ).splitlines()[2]
     assert "{t} It was {answer}" in line and "a:x|b:y" in line and line.split()[-1] == "ens2,pick,cal"
 
 

@@ -33,9 +33,21 @@ def _config(tmp_path, model_dir, n_trials, **params):
     cfg = {
         "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 8},
         "model": {"name": str(model_dir)},
-        "searchers": [{"name": "optuna", "params": {
-            "n_trials": n_trials, "pool_sizes": [2, 3], "max_words": 2, "n_startup_trials": 2, "pruner": "none",
-            "train_shares": [1.0], "heartbeat_grace_s": GRACE, **params}}],
+        "searchers": [
+            {
+                "name": "optuna",
+                "params": {
+                    "n_trials": n_trials,
+                    "pool_sizes": [2, 3],
+                    "max_words": 2,
+                    "n_startup_trials": 2,
+                    "pruner": "none",
+                    "train_shares": [1.0],
+                    "heartbeat_grace_s": GRACE,
+                    **params,
+                },
+            }
+        ],
         "seeds": [1],
         "k": 4,
         "storage": f"sqlite:///{tmp_path / 'lb.db'}",
@@ -54,7 +66,9 @@ def _study(url):
 
 @pytest.mark.process  # a (simulated) killed worker against a resume, which waits out the grace period
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the simulated killed worker asks directly
-def test_a_trial_asked_by_a_worker_killed_before_it_marked_the_trial_is_rerun_once_on_resume(tmp_path, tiny_model_dir):
+def test_a_trial_asked_by_a_worker_killed_before_it_marked_the_trial_is_rerun_once_on_resume(
+    tmp_path, tiny_model_dir
+):
     n_trials = 5
     path, cfg = _config(tmp_path, tiny_model_dir, n_trials)
     url = cfg["storage"]
@@ -62,7 +76,9 @@ def test_a_trial_asked_by_a_worker_killed_before_it_marked_the_trial_is_rerun_on
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", str(path), "--no-progress"]) == 0
     study = _study(url)
-    assert 2 <= len(study.get_trials(states=FINISHED)) < n_trials  # (a trial with no candidate words is pruned)
+    assert (
+        2 <= len(study.get_trials(states=FINISHED)) < n_trials
+    )  # (a trial with no candidate words is pruned)
 
     # The killed worker had taken a queued trial (a retry, or one a user enqueued) with ask() and
     # died before anything else: the trial is RUNNING with no owner and no heartbeat.
@@ -77,7 +93,9 @@ def test_a_trial_asked_by_a_worker_killed_before_it_marked_the_trial_is_rerun_on
     study = _study(url)
     assert study.trials[orphan.number].state == TrialState.FAIL  # found stale, not left RUNNING
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
-    reruns = [t for t in study.trials if t.number != orphan.number and t.system_attrs.get("fixed_params") == params]
+    reruns = [
+        t for t in study.trials if t.number != orphan.number and t.system_attrs.get("fixed_params") == params
+    ]
     assert len(reruns) == 1 and reruns[0].state == TrialState.COMPLETE  # its parameters ran again, once
     assert reruns[0].params == params
     assert len(study.get_trials(states=FINISHED)) == n_trials  # the rerun is one of the study's n_trials
@@ -103,7 +121,9 @@ _SLOW_WORKER = """
 
 
 @pytest.mark.process
-def test_a_late_worker_leaves_a_live_workers_trial_alone_and_repeats_none_of_its_trials(tmp_path, tiny_model_dir):
+def test_a_late_worker_leaves_a_live_workers_trial_alone_and_repeats_none_of_its_trials(
+    tmp_path, tiny_model_dir
+):
     # A large space, so that two independent draws (the late worker's and the live one's) collide
     # with probability below 1e-3; with the live worker's sampler state they are equal.
     path, cfg = _config(tmp_path, tiny_model_dir, 3, punctuations=["", ".", "!"], pool_sizes=[2, 3, 4])
@@ -111,8 +131,12 @@ def test_a_late_worker_leaves_a_live_workers_trial_alone_and_repeats_none_of_its
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(_SLOW_WORKER))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SLOW_STEP_S": str(GRACE + 3)}
-    live = subprocess.Popen([sys.executable, str(script), "run", str(path), "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    live = subprocess.Popen(
+        [sys.executable, str(script), "run", str(path), "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         start = time.time()
         while True:  # until the live worker's first trial has run longer than the heartbeat grace
@@ -120,7 +144,11 @@ def test_a_late_worker_leaves_a_live_workers_trial_alone_and_repeats_none_of_its
             assert time.time() - start < 120, "the live worker started no trial"
             try:
                 running = _study(url).get_trials(states=(TrialState.RUNNING,))
-            except (AssertionError, KeyError, sqlalchemy.exc.SQLAlchemyError):  # no study yet, or tables being created
+            except (
+                AssertionError,
+                KeyError,
+                sqlalchemy.exc.SQLAlchemyError,
+            ):  # no study yet, or tables being created
                 running = []
             if running and time.time() - running[0].datetime_start.timestamp() > GRACE + 0.5:
                 break
@@ -133,11 +161,15 @@ def test_a_late_worker_leaves_a_live_workers_trial_alone_and_repeats_none_of_its
             live.kill()
             live.wait()
     study = _study(url)  # joined, not a fresh study
-    assert study.trials[first.number].state == TrialState.COMPLETE  # the live trial was neither failed nor re-run
+    assert (
+        study.trials[first.number].state == TrialState.COMPLETE
+    )  # the live trial was neither failed nor re-run
     assert not study.get_trials(states=(TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING))
     finished = study.get_trials(states=FINISHED)
     assert 3 <= len(finished) <= 4  # the study's target (two workers asking at the same instant may add one)
     live_params = study.trials[first.number].params
     assert all(t.params != live_params for t in study.trials if t.number != first.number)
     rows = Leaderboard(url).rows()
-    assert len({r.prompt_key for r in rows}) == len(rows) == len(study.get_trials(states=(TrialState.COMPLETE,)))
+    assert (
+        len({r.prompt_key for r in rows}) == len(rows) == len(study.get_trials(states=(TrialState.COMPLETE,)))
+    )

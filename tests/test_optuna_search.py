@@ -77,8 +77,12 @@ def test_inner_search_matches_the_scorer(causal, data):
         brute = []
         for i in range(3):
             for j in range(3):
-                p = Prompt.create(template, {labels[0]: [pool.words[0][i]], labels[1]: [pool.words[1][j]]}, labels,
-                                  calibrate=calibrate)
+                p = Prompt.create(
+                    template,
+                    {labels[0]: [pool.words[0][i]], labels[1]: [pool.words[1][j]]},
+                    labels,
+                    calibrate=calibrate,
+                )
                 r = scorer.score(p, data.train)
                 brute.append((r.metrics["accuracy"], r.loglik, (i, j)))
         best = max(brute, key=lambda b: (round(b[0], 9), b[1]))
@@ -89,15 +93,19 @@ def test_inner_search_matches_the_scorer(causal, data):
         assert res2.examined == 9
         words = {lab: [pool.words[c][j] for j in res2.choice[c]] for c, lab in enumerate(labels)}
         r = scorer.score(Prompt.create(template, words, labels, calibrate=calibrate), data.train)
-        assert r.metrics["accuracy"] == pytest.approx(res2.metric) and r.loglik == pytest.approx(res2.loglik, abs=1e-4)
+        assert r.metrics["accuracy"] == pytest.approx(res2.metric) and r.loglik == pytest.approx(
+            res2.loglik, abs=1e-4
+        )
 
 
 def test_coordinate_ascent_beyond_the_cap():
     torch.manual_seed(0)
     W = torch.randn(20, 30).log_softmax(-1)
     gold = torch.arange(20) % 3
-    pool = Pool([[str(i) for i in range(10 * c, 10 * c + 10)] for c in range(3)],
-                [list(range(10 * c, 10 * c + 10)) for c in range(3)])
+    pool = Pool(
+        [[str(i) for i in range(10 * c, 10 * c + 10)] for c in range(3)],
+        [list(range(10 * c, 10 * c + 10)) for c in range(3)],
+    )
     full = search_verbalizers(W, gold, pool, 1)
     assert full.examined == 1000
     approx = search_verbalizers(W, gold, pool, 1, max_verbalizers=100)
@@ -106,9 +114,17 @@ def test_coordinate_ascent_beyond_the_cap():
 
 def test_verbalizer_trials_spend_no_forward_passes(causal, data):
     """One template: only the first trial pays passes; the rest are tensor ops plus cached scoring."""
-    s = OptunaSearcher(n_trials=5, templates=["Review: {sentence}\nSentiment: {answer}"], infixes=[],
-                       use_seed_templates=False, calibration=[False], pool_sizes=[2, 4, 8], max_words=2,
-                       n_startup_trials=5, pruner="none")
+    s = OptunaSearcher(
+        n_trials=5,
+        templates=["Review: {sentence}\nSentiment: {answer}"],
+        infixes=[],
+        use_seed_templates=False,
+        calibration=[False],
+        pool_sizes=[2, 4, 8],
+        max_words=2,
+        n_startup_trials=5,
+        pruner="none",
+    )
     res = run_searcher(s, causal, data, budget=BudgetSpec(max_forward_passes=40))
     assert len(res.evaluations) >= 2
     first, rest = res.evaluations[0], res.evaluations[1:]
@@ -122,10 +138,23 @@ def test_demonstrations_from_train_are_left_out_of_word_fitting(causal, data, mo
 
     fitted_rows = []
     real = run_mod.candidate_pool
-    monkeypatch.setattr(run_mod, "candidate_pool", lambda D, *a, **k: fitted_rows.append(D.shape[0]) or real(D, *a, **k))
-    s = OptunaSearcher(n_trials=3, templates=["Review: {sentence}\nSentiment: {answer}"], infixes=[], use_seed_templates=False,
-                       label_words={"negative": ["bad"], "positive": ["good"]}, demonstrations=[1], demo_sets=2,
-                       calibration=[False], pool_sizes=[2], n_startup_trials=3, pruner="none", train_shares=[1.0])
+    monkeypatch.setattr(
+        run_mod, "candidate_pool", lambda D, *a, **k: fitted_rows.append(D.shape[0]) or real(D, *a, **k)
+    )
+    s = OptunaSearcher(
+        n_trials=3,
+        templates=["Review: {sentence}\nSentiment: {answer}"],
+        infixes=[],
+        use_seed_templates=False,
+        label_words={"negative": ["bad"], "positive": ["good"]},
+        demonstrations=[1],
+        demo_sets=2,
+        calibration=[False],
+        pool_sizes=[2],
+        n_startup_trials=3,
+        pruner="none",
+        train_shares=[1.0],
+    )
     res = run_searcher(s, causal, data, budget=BudgetSpec(max_forward_passes=60))
     assert res.evaluations
     train_text = {e.fields["sentence"].strip(): e.label for e in data.train}
@@ -143,11 +172,21 @@ def test_demonstrations_from_train_are_left_out_of_word_fitting(causal, data, mo
 
 def test_multi_token_user_words_and_records(tmp_path, causal, data):
     board = Leaderboard(f"sqlite:///{tmp_path / 'lb.db'}")
-    s = OptunaSearcher(n_trials=3, infixes=["It was"], prefixes=[""], separators=[" "], use_seed_templates=False,
-                       label_words={"negative": ["unwatchable"], "positive": ["masterpiece"]}, pool_sizes=[2],
-                       calibration=[True], n_startup_trials=3)
+    s = OptunaSearcher(
+        n_trials=3,
+        infixes=["It was"],
+        prefixes=[""],
+        separators=[" "],
+        use_seed_templates=False,
+        label_words={"negative": ["unwatchable"], "positive": ["masterpiece"]},
+        pool_sizes=[2],
+        calibration=[True],
+        n_startup_trials=3,
+    )
     assert len(causal.tokenize(" unwatchable")) > 1  # a multi-token word
-    res = run_searcher(s, causal, data, board=board, run_id=board.start_run({}, {}), budget=BudgetSpec(max_forward_passes=40))
+    res = run_searcher(
+        s, causal, data, board=board, run_id=board.start_run({}, {}), budget=BudgetSpec(max_forward_passes=40)
+    )
     rows = board.rows()
     assert len(rows) == len(res.evaluations) >= 1
     ex = rows[0].extra["optuna"]
@@ -176,6 +215,7 @@ def test_other_samplers(causal, data, sampler):
 
 # ---------------------------------------------------------------- processes: kill -9, resume, workers
 
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, causal):
     d = tmp_path_factory.mktemp("tiny-model")
@@ -188,9 +228,19 @@ def _config(tmp_path, tiny_dir, n_trials):
     cfg = {
         "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 8},
         "model": {"name": str(tiny_dir)},
-        "searchers": [{"name": "optuna", "params": {"n_trials": n_trials, "pool_sizes": [2, 3], "max_words": 2,
-                                                     "n_startup_trials": 2, "train_shares": [0.5, 1.0],
-                                                     "heartbeat_grace_s": 4}}],  # a killed trial is re-run within seconds
+        "searchers": [
+            {
+                "name": "optuna",
+                "params": {
+                    "n_trials": n_trials,
+                    "pool_sizes": [2, 3],
+                    "max_words": 2,
+                    "n_startup_trials": 2,
+                    "train_shares": [0.5, 1.0],
+                    "heartbeat_grace_s": 4,
+                },
+            }
+        ],  # a killed trial is re-run within seconds
         "seeds": [1],
         "k": 4,
         "storage": f"sqlite:///{tmp_path / 'lb.db'}",
@@ -203,14 +253,18 @@ def _config(tmp_path, tiny_dir, n_trials):
 
 def _worker(tmp_path, *args):
     script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import sys
         import miner.search.optuna_search  # registers the searcher before the CLI looks it up
         from miner.cli import main
         sys.exit(main(sys.argv[1:]))
-    """))
+    """)
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, str(script), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _study(url):
@@ -294,7 +348,9 @@ def test_two_workers_share_one_study(tmp_path, tiny_dir):
                 p.kill()
     study = _study(url)  # one study: the second worker joined the first's
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert n_trials <= len(finished) <= n_trials + 1  # both stop at the shared target (two asking at once may add one)
+    assert (
+        n_trials <= len(finished) <= n_trials + 1
+    )  # both stop at the shared target (two asking at once may add one)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     workers = {t.user_attrs["worker"]["pid"] for t in complete}
     assert workers == {p.pid for p in procs}  # the trials of both are recorded
@@ -306,9 +362,18 @@ def test_two_workers_share_one_study(tmp_path, tiny_dir):
 def _open(tmp_path, name="s", n_trials=5, started_at=None, resumed=False, seed=0):
     from miner.search._optuna_study import open_study
 
-    return open_study(f"sqlite:///{tmp_path / 's.db'}", name, ["maximize"], optuna.samplers.RandomSampler(seed=seed),
-                      optuna.pruners.NopPruner(), n_trials, resumed, started_at, 60,
-                      sampler_for=lambda offset: optuna.samplers.RandomSampler(seed=seed + offset))
+    return open_study(
+        f"sqlite:///{tmp_path / 's.db'}",
+        name,
+        ["maximize"],
+        optuna.samplers.RandomSampler(seed=seed),
+        optuna.pruners.NopPruner(),
+        n_trials,
+        resumed,
+        started_at,
+        60,
+        sampler_for=lambda offset: optuna.samplers.RandomSampler(seed=seed + offset),
+    )
 
 
 def test_the_searcher_uses_only_optunas_public_api():
@@ -322,12 +387,20 @@ def test_the_searcher_uses_only_optunas_public_api():
     found = []
     for path in [root / "optuna_search.py", *sorted(root.glob("_optuna_*.py"))]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 if not (isinstance(node.value, ast.Name) and node.value.id == "self"):
                     found.append(f"{path.name}:{node.lineno}: .{node.attr}")
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("optuna"):
                 names = [node.module, *(a.name for a in node.names)]
-                found += [f"{path.name}:{node.lineno}: {n}" for n in names if any(p.startswith("_") for p in n.split("."))]
+                found += [
+                    f"{path.name}:{node.lineno}: {n}"
+                    for n in names
+                    if any(p.startswith("_") for p in n.split("."))
+                ]
     assert not found
 
 
@@ -341,8 +414,11 @@ def test_an_enqueued_trial_is_taken_first_and_an_unowned_one_is_retried_once(tmp
     trial, beat = shared.ask()  # the queue first, as ask() does, then the heartbeat, then the owner record
     beat.stop()
     assert trial.suggest_float("x", 0, 1) == 0.25
-    assert study.trials[trial.number].user_attrs["worker"] == {"host": socket.gethostname(), "pid": os.getpid(),
-                                                                "trial": trial.number}
+    assert study.trials[trial.number].user_attrs["worker"] == {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "trial": trial.number,
+    }
     study.tell(trial, 0.25)
 
     # A worker killed between ask() and its first heartbeat leaves a RUNNING trial that Optuna's
@@ -350,7 +426,9 @@ def test_an_enqueued_trial_is_taken_first_and_an_unowned_one_is_retried_once(tmp
     study.enqueue_trial({"x": 0.5})
     orphan = study.ask()  # pops it; nothing follows
     shared.recover()
-    assert study.trials[orphan.number].state == TrialState.RUNNING  # young: its worker may be about to record itself
+    assert (
+        study.trials[orphan.number].state == TrialState.RUNNING
+    )  # young: its worker may be about to record itself
     shared.grace = 0.05
     time.sleep(0.1)
     shared.recover()
@@ -393,10 +471,14 @@ def test_a_late_worker_joins_a_study_finished_after_its_run_started_and_a_rerun_
         first.append(trial.suggest_float("x", 0, 1))
         other.study.tell(trial, first[-1])
     joined = _open(tmp_path, "a", 2, launched)
-    assert joined.study_name == "a" and not joined.created  # finished after our run started: launched beside it, we join
+    assert (
+        joined.study_name == "a" and not joined.created
+    )  # finished after our run started: launched beside it, we join
     assert _open(tmp_path, "a", 2, launched, resumed=True).study_name == "a"
     rerun = _open(tmp_path, "a", 2, time.time() + 1)
-    assert rerun.study_name == "a-2" and rerun.created  # a run started after it finished is a re-run: a fresh study
+    assert (
+        rerun.study_name == "a-2" and rerun.created
+    )  # a run started after it finished is a re-run: a fresh study
     assert _open(tmp_path, "a", 2, None).study_name == "a-2"  # no start time known: as a re-run
     # The re-run repeats the first run's draws (the same seed); a worker joining a study draws its own.
     trial, beat = rerun.ask()
@@ -415,7 +497,9 @@ def test_a_worker_arriving_while_the_last_trials_are_in_flight_joins(tmp_path):
         other.study.tell(trial, v)
     in_flight, beat = other.ask()  # a third trial (a retry, or two workers that asked at once) still running
     try:
-        assert _open(tmp_path, "a", 2, time.time() + 1).study_name == "a"  # the study is not done: no re-run yet
+        assert (
+            _open(tmp_path, "a", 2, time.time() + 1).study_name == "a"
+        )  # the study is not done: no re-run yet
     finally:
         beat.stop()
     other.study.tell(in_flight, 0.3)
@@ -433,7 +517,9 @@ def test_the_runner_gives_searchers_the_time_its_run_started(tmp_path, tiny_dir,
     import miner.search._optuna_run as orun
 
     monkeypatch.setattr(orun, "open_study", st.open_study)
-    monkeypatch.setattr(runner, "load_backend", lambda *a, **k: loads.append(time.time()) or real_load(*a, **k))
+    monkeypatch.setattr(
+        runner, "load_backend", lambda *a, **k: loads.append(time.time()) or real_load(*a, **k)
+    )
     path, cfg = _config(tmp_path, tiny_dir, 2)
     before = time.time()
     assert main(["run", str(path), "--no-progress"]) == 0
@@ -459,11 +545,16 @@ def test_ensemble_of_the_top_trials_is_the_jobs_pick(tmp_path, tiny_dir):
     study = _study(url)
     top = top_trials(study, 3)
     assert ens_row.extra["optuna"]["ensemble_of"] == [t.number for t in top]
-    assert [m["template"] for m in ens_row.prompt["ensemble"]] == [t.user_attrs["prompt"]["template"] for t in top]
+    assert [m["template"] for m in ens_row.prompt["ensemble"]] == [
+        t.user_attrs["prompt"]["template"] for t in top
+    ]
     assert study.user_attrs["ensemble"]["row_id"] == ens_row.id
     # the members are the best trials by (dev, dev log-likelihood, train)
-    singles = sorted((r for r in rows if "ensemble" not in r.prompt), reverse=True,
-                     key=lambda r: (r.dev_score, r.dev_loglik, r.train_score, -r.id))
+    singles = sorted(
+        (r for r in rows if "ensemble" not in r.prompt),
+        reverse=True,
+        key=lambda r: (r.dev_score, r.dev_loglik, r.train_score, -r.id),
+    )
     assert [t.user_attrs["prompt_key"] for t in top] == [r.prompt_key for r in singles[:3]]
     # the pick gets the test score (test_top: 1), not the single trial with the best dev score
     assert ens_row.test_score is not None and all(r.test_score is None for r in singles)
@@ -475,7 +566,9 @@ def test_ensemble_of_the_top_trials_is_the_jobs_pick(tmp_path, tiny_dir):
     from miner.models import load_backend
 
     res = Scorer(load_backend(str(tiny_dir)), progress=False).score(back.prompt, data.test)
-    assert res.metrics["accuracy"] == pytest.approx(ens_row.test_score)  # the exported ensemble re-scores the same
+    assert res.metrics["accuracy"] == pytest.approx(
+        ens_row.test_score
+    )  # the exported ensemble re-scores the same
     assert main(["predict", "--prompt", str(out), "--text", "A gem.", "--text", "A mess."]) == 0
     # resuming the finished job writes nothing new and keeps the ensemble as the pick
     assert main(["run", str(path), "--resume", "--no-progress"]) == 0

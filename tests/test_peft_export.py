@@ -13,7 +13,13 @@ from miner.prompts import Prompt
 from miner.runner import run_searcher
 from miner.scoring import Scorer
 from miner.search.soft import SoftSearcher
-from miner.soft_export import export_soft, is_soft_export, load_soft_export, peft_incompatibility, predict_soft
+from miner.soft_export import (
+    export_soft,
+    is_soft_export,
+    load_soft_export,
+    peft_incompatibility,
+    predict_soft,
+)
 
 VERB = {"negative": ["terrible", "not good"], "positive": ["great"]}  # "not good": a multi-token word
 
@@ -32,9 +38,13 @@ def trained(causal, conformance_data, tmp_path_factory):
     board = Leaderboard(f"sqlite:///{d / 'lb.db'}")
     store = ArtifactStore(d / "artifacts")
     run_id = board.start_run({}, {})
-    searcher = SoftSearcher(n_tokens=3, steps=4, eval_every=2, batch_size=4, lr=0.05, verbalizer=VERB, project=False)
+    searcher = SoftSearcher(
+        n_tokens=3, steps=4, eval_every=2, batch_size=4, lr=0.05, verbalizer=VERB, project=False
+    )
     seed = [Prompt.create("{sentence} It was {answer}", VERB, conformance_data.label_names)]
-    res = run_searcher(searcher, causal, conformance_data, prompts=seed, board=board, run_id=run_id, artifacts=store)
+    res = run_searcher(
+        searcher, causal, conformance_data, prompts=seed, board=board, run_id=run_id, artifacts=store
+    )
     row = board.best(task=conformance_data.name, model=causal.name)
     assert row.prompt["soft"].startswith("soft:") and row.prompt["template"].startswith("{soft:3}")
     return row, store, res
@@ -53,7 +63,10 @@ def _peft_label_scores(peft_model, tokenizer, desc, examples):
             for w in words:
                 wids = tokenizer(w, add_special_tokens=False)["input_ids"]
                 with torch.no_grad():
-                    logits = peft_model(input_ids=torch.tensor([ids + wids]), attention_mask=torch.ones(1, len(ids) + len(wids), dtype=torch.long)).logits[0]
+                    logits = peft_model(
+                        input_ids=torch.tensor([ids + wids]),
+                        attention_mask=torch.ones(1, len(ids) + len(wids), dtype=torch.long),
+                    ).logits[0]
                 lp = torch.log_softmax(logits.float(), -1)
                 start = n_virtual + len(ids) - 1  # the position that predicts the first answer token
                 word_scores.append(sum(lp[start + j, t] for j, t in enumerate(wids)))
@@ -91,7 +104,10 @@ def test_json_safetensors_round_trip_and_predict(trained, causal, conformance_da
     se = load_soft_export(tmp_path / "exp")
     assert torch.equal(se.tensor, store.get_tensor(row.prompt["soft"]))
     assert se.prompt.to_dict() == row.prompt
-    assert se.description["soft"]["nearest"]["nearest_ids"] and len(se.description["soft"]["nearest"]["nearest_tokens"]) == 3
+    assert (
+        se.description["soft"]["nearest"]["nearest_ids"]
+        and len(se.description["soft"]["nearest"]["nearest_tokens"]) == 3
+    )
     # Re-scoring from the export reproduces the leaderboard's dev score exactly.
     dev = Scorer(causal, progress=False, soft_resolver=se.resolver).score(se.prompt, conformance_data.dev)
     assert dev.metrics["accuracy"] == row.dev_score
@@ -108,16 +124,24 @@ def test_other_layouts_export_without_adapter(causal, conformance_data, tmp_path
     labels = conformance_data.label_names
     mid = Prompt.create("{sentence} {soft:2} It was {answer}", VERB, labels, soft=ref)
     assert "prepends" in peft_incompatibility(mid, causal)
-    assert "masked" in peft_incompatibility(Prompt.create("{soft:2}{sentence} It was {answer}", VERB, labels, soft=ref), tiny_masked())
-    ex = ExportedPrompt(mid, "tiny", {"name": "t", "text_fields": ["sentence"], "label_names": list(labels)}, {}, {}, {})
+    assert "masked" in peft_incompatibility(
+        Prompt.create("{soft:2}{sentence} It was {answer}", VERB, labels, soft=ref), tiny_masked()
+    )
+    ex = ExportedPrompt(
+        mid, "tiny", {"name": "t", "text_fields": ["sentence"], "label_names": list(labels)}, {}, {}, {}
+    )
     se = export_soft(ex, store, tmp_path / "mid", backend=causal)
     assert se.peft_dir is None and not (tmp_path / "mid" / "peft").exists()
     assert "prepends" in se.description["peft"]["reason"]
     # ... but miner predict applies it exactly as the scorer does.
     texts = [e.fields["sentence"] for e in conformance_data.dev[:4]]
-    direct = Scorer(causal, progress=False, soft_resolver=store.get_tensor).score(mid, [{"sentence": t} for t in texts])
+    direct = Scorer(causal, progress=False, soft_resolver=store.get_tensor).score(
+        mid, [{"sentence": t} for t in texts]
+    )
     preds = predict_soft(tmp_path / "mid", texts, backend=causal)
-    assert [p["probabilities"][labels[1]] for p in preds] == pytest.approx(torch.softmax(torch.as_tensor(direct.scores), -1)[:, 1].tolist(), abs=1e-6)
+    assert [p["probabilities"][labels[1]] for p in preds] == pytest.approx(
+        torch.softmax(torch.as_tensor(direct.scores), -1)[:, 1].tolist(), abs=1e-6
+    )
 
 
 def test_bad_exports_are_one_line_errors(causal, trained, tmp_path):
@@ -130,7 +154,13 @@ def test_bad_exports_are_one_line_errors(causal, trained, tmp_path):
     save_file({"soft_prompt": torch.zeros(3, 64)}, str(tmp_path / "exp" / "soft_prompt.safetensors"))
     with pytest.raises(MinerError, match="sha256"):
         load_soft_export(tmp_path / "exp")
-    discrete = ExportedPrompt(Prompt.create("{sentence} It was {answer}", VERB, ["negative", "positive"]), "tiny",
-                              {"name": "t", "text_fields": ["sentence"], "label_names": ["negative", "positive"]}, {}, {}, {})
+    discrete = ExportedPrompt(
+        Prompt.create("{sentence} It was {answer}", VERB, ["negative", "positive"]),
+        "tiny",
+        {"name": "t", "text_fields": ["sentence"], "label_names": ["negative", "positive"]},
+        {},
+        {},
+        {},
+    )
     with pytest.raises(MinerError, match="not a soft prompt"):
         export_soft(discrete, store, tmp_path / "d", backend=causal)

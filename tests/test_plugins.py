@@ -5,7 +5,6 @@ with one fixture."""
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -55,8 +54,13 @@ def _install(root: Path, name: str, module: str, body: str, entry: str) -> None:
 def plugin_installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
     _install(root, "miner_echo", "miner_echo", PLUGIN, "echo = miner_echo:EchoSearcher")
-    _install(root, "miner_broken", "miner_broken", "raise ImportError('needs a missing package')\n",
-             "broken = miner_broken:Nothing")
+    _install(
+        root,
+        "miner_broken",
+        "miner_broken",
+        "raise ImportError('needs a missing package')\n",
+        "broken = miner_broken:Nothing",
+    )
     sys.path.insert(0, str(root))
     saved = dict(searchers._items), searchers._plugins_loaded, dict(searchers.broken)
     searchers._plugins_loaded = False  # look the entry points up again, with the new package on the path
@@ -83,7 +87,9 @@ def test_an_installed_plugin_is_listed_and_described(plugin_installed, capsys):
 def test_a_plugin_runs_from_a_config(plugin_installed, make_config, capsys):
     path, cfg = make_config(seeds=[1], searchers=[{"name": "echo", "params": {"rounds": 2}}])
     assert main(["run", str(path)]) == 0
-    assert "4 prompts" in capsys.readouterr().out  # 2 seeds prompts + their swaps; round 2 adds duplicates only
+    assert (
+        "4 prompts" in capsys.readouterr().out
+    )  # 2 seeds prompts + their swaps; round 2 adds duplicates only
     bad, _ = make_config("bad.yaml", searchers=[{"name": "echo", "params": {"rounds": 0}}])
     assert main(["run", str(bad)]) == 2
     assert "searchers[0].params.rounds" in capsys.readouterr().err
@@ -99,5 +105,7 @@ class TestEchoPlugin(SearcherConformance):
 def test_every_builtin_parameter_is_described():
     from miner.search import parameters
 
-    missing = [f"{name}.{p.name}" for name, cls in searchers.items() for p in parameters(cls) if not p.description]
+    missing = [
+        f"{name}.{p.name}" for name, cls in searchers.items() for p in parameters(cls) if not p.description
+    ]
     assert not missing, f"parameters without a description: {missing}"

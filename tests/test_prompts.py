@@ -67,22 +67,34 @@ def test_invalid_verbalizers(mapping, needle):
 
 
 def test_round_trip_and_key():
-    p = Prompt.create("{sentence} It was {answer}", {"positive": "great", "negative": ["terrible", "bad"]}, LABELS)
+    p = Prompt.create(
+        "{sentence} It was {answer}", {"positive": "great", "negative": ["terrible", "bad"]}, LABELS
+    )
     assert p.verbalizer.labels == LABELS  # task label order, not mapping order
     q = Prompt.from_dict(p.to_dict(), LABELS)
     assert q == p and q.key == p.key
     assert p.with_(calibrate=True).key != p.key
-    assert Prompt.create("{sentence} It was {answer}", {"negative": ["terrible", "bad"], "positive": "great"}, LABELS).key == p.key
+    assert (
+        Prompt.create(
+            "{sentence} It was {answer}", {"negative": ["terrible", "bad"], "positive": "great"}, LABELS
+        ).key
+        == p.key
+    )
 
 
 def test_trigger_count_must_match():
     with pytest.raises(PromptError, match="2 trigger slots but 1"):
-        Prompt.create("{trigger:2} {sentence} {answer}", {"negative": "a", "positive": "b"}, LABELS, triggers=(5,))
+        Prompt.create(
+            "{trigger:2} {sentence} {answer}", {"negative": "a", "positive": "b"}, LABELS, triggers=(5,)
+        )
 
 
 def test_unknown_prompt_key():
     with pytest.raises(PromptError, match="unknown key"):
-        Prompt.from_dict({"template": "{sentence} {answer}", "verbalizer": {"negative": "a", "positive": "b"}, "evil": 1}, LABELS)
+        Prompt.from_dict(
+            {"template": "{sentence} {answer}", "verbalizer": {"negative": "a", "positive": "b"}, "evil": 1},
+            LABELS,
+        )
 
 
 def test_prompt_ensemble_round_trips_and_validates():
@@ -90,7 +102,12 @@ def test_prompt_ensemble_round_trips_and_validates():
 
     labels = ["negative", "positive"]
     a = Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "good"}, labels)
-    b = Prompt.create("Review: {sentence}\nSentiment: {answer}", {"negative": ["negative"], "positive": ["positive"]}, labels, calibrate=True)
+    b = Prompt.create(
+        "Review: {sentence}\nSentiment: {answer}",
+        {"negative": ["negative"], "positive": ["positive"]},
+        labels,
+        calibrate=True,
+    )
     ens = PromptEnsemble((a, b), meta={"searcher": "optuna"})
     back = Prompt.from_dict(json.loads(json.dumps(ens.to_dict())), labels)
     assert isinstance(back, PromptEnsemble) and back == ens and back.key == ens.key

@@ -21,7 +21,9 @@ FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)  # a fenced code bl
 SIDECARS = re.compile(r"\.(db-wal|db-shm|db-journal|optuna-lock|tmp)$")
 # A repository path as the docs quote it: a top-level folder, then anything up to a space, quote or
 # bracket; {a,b} alternatives stay part of it.
-QUOTED_PATH = re.compile(r"(?<![\w./:-])(?:results|benchmarks|configs|docs|miner|tests)/(?:[^\s()'\"`;,={}\[\]]|\{[^{}\s]*\})*")
+QUOTED_PATH = re.compile(
+    r"(?<![\w./:-])(?:results|benchmarks|configs|docs|miner|tests)/(?:[^\s()'\"`;,={}\[\]]|\{[^{}\s]*\})*"
+)
 
 
 def _docs() -> list[Path]:
@@ -34,12 +36,19 @@ def _files_under(folder: str) -> list[str]:
     try:
         out = subprocess.run(
             ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", folder],
-            cwd=REPO, capture_output=True, check=True, text=True,
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+            text=True,
         ).stdout
         names = [n for n in out.split("\0") if n]
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: walk the tree
-        names = [str(p.relative_to(REPO)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    rel = [Path(n).relative_to(folder).as_posix() for n in names if (REPO / n).is_file()]  # a deleted file is gone
+        names = [
+            str(p.relative_to(REPO)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+        ]
+    rel = [
+        Path(n).relative_to(folder).as_posix() for n in names if (REPO / n).is_file()
+    ]  # a deleted file is gone
     return sorted(r for r in rel if not SIDECARS.search(r))
 
 
@@ -81,11 +90,16 @@ def _expand(token: str) -> list[str]:
 
 def test_readme_is_a_front_door():
     lines = (REPO / "README.md").read_text().splitlines()
-    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move detail to docs/"
+    assert len(lines) <= README_MAX_LINES, (
+        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move detail to docs/"
+    )
 
 
-@pytest.mark.parametrize("doc", [*_docs(), REPO / "results" / "README.md", REPO / "benchmarks" / "README.md"],
-                         ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize(
+    "doc",
+    [*_docs(), REPO / "results" / "README.md", REPO / "benchmarks" / "README.md"],
+    ids=lambda p: str(p.relative_to(REPO)),
+)
 def test_relative_links_resolve(doc):
     broken = []
     for target in _links(doc.read_text()):
@@ -119,7 +133,9 @@ def test_quoted_repository_paths_exist(doc):
     assert not missing, f"{doc.relative_to(REPO)} names paths that do not exist: {sorted(missing)}"
 
 
-@pytest.mark.parametrize(("folder", "index"), [("results", "results/README.md"), ("benchmarks", "benchmarks/README.md")])
+@pytest.mark.parametrize(
+    ("folder", "index"), [("results", "results/README.md"), ("benchmarks", "benchmarks/README.md")]
+)
 def test_every_file_is_indexed(folder, index):
     text = (REPO / index).read_text()
     files = [f for f in _files_under(folder) if f"{folder}/{f}" != index]
@@ -129,10 +145,16 @@ def test_every_file_is_indexed(folder, index):
 
 
 def test_nothing_points_outside_the_repository():
-    texts = [*_docs(), REPO / "results" / "README.md", REPO / "benchmarks" / "README.md",
-             *sorted(p for p in (REPO / "configs").rglob("*") if p.is_file())]
+    texts = [
+        *_docs(),
+        REPO / "results" / "README.md",
+        REPO / "benchmarks" / "README.md",
+        *sorted(p for p in (REPO / "configs").rglob("*") if p.is_file()),
+    ]
     offenders = [str(p.relative_to(REPO)) for p in texts if "../shared" in p.read_text()]
-    assert not offenders, f"these name ../shared (say 'the shared few-shot data (set $MINER_FEWSHOT_ROOT)'): {offenders}"
+    assert not offenders, (
+        f"these name ../shared (say 'the shared few-shot data (set $MINER_FEWSHOT_ROOT)'): {offenders}"
+    )
 
 
 def test_write_result_writes_the_shared_layout(tmp_path, monkeypatch):
@@ -140,11 +162,20 @@ def test_write_result_writes_the_shared_layout(tmp_path, monkeypatch):
     import _record
 
     out = tmp_path / "sub" / "r.json"
-    record = _record.write_result(out, command="python benchmarks/bench_x.py --n 2", config={"n": 2},
-                                  figures={"examples_per_s": 1.5}, load=[0.5])
+    record = _record.write_result(
+        out,
+        command="python benchmarks/bench_x.py --n 2",
+        config={"n": 2},
+        figures={"examples_per_s": 1.5},
+        load=[0.5],
+    )
     on_disk = json.loads(out.read_text())
     assert on_disk == record
-    assert tuple(on_disk) == _record.KEYS == ("command", "commit", "machine", "date", "load", "config", "figures")
+    assert (
+        tuple(on_disk)
+        == _record.KEYS
+        == ("command", "commit", "machine", "date", "load", "config", "figures")
+    )
     assert on_disk["command"] == "python benchmarks/bench_x.py --n 2"
     assert on_disk["config"] == {"n": 2} and on_disk["figures"] == {"examples_per_s": 1.5}
     assert on_disk["load"] == [0.5]

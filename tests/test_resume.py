@@ -8,18 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from conftest import count_rows
 
 from miner.cli import main
 from miner.leaderboard import Leaderboard
 from miner.leaderboard._schema import job_claims, run_heartbeats
-
-from conftest import count_rows
 
 
 def _dead_pid() -> int:
@@ -55,11 +53,17 @@ def test_a_run_whose_process_died_is_marked_interrupted(tmp_path, make_config):
     now = datetime.now(timezone.utc)
     eng = sa.create_engine(cfg["storage"])
     with eng.begin() as conn:
-        conn.execute(sa.insert(run_heartbeats), [
-            {"run_id": dead, "host": socket.gethostname(), "pid": _dead_pid(), "beat_at": now},
-            {"run_id": gone, "host": "another-host", "pid": 1, "beat_at": now - timedelta(minutes=5)},
-        ])
-        conn.execute(sa.text("update runs set created_at = :t where run_id = :r"), {"t": now - timedelta(hours=1), "r": old})
+        conn.execute(
+            sa.insert(run_heartbeats),
+            [
+                {"run_id": dead, "host": socket.gethostname(), "pid": _dead_pid(), "beat_at": now},
+                {"run_id": gone, "host": "another-host", "pid": 1, "beat_at": now - timedelta(minutes=5)},
+            ],
+        )
+        conn.execute(
+            sa.text("update runs set created_at = :t where run_id = :r"),
+            {"t": now - timedelta(hours=1), "r": old},
+        )
     assert sorted(board.mark_stale_runs()) == sorted([dead, gone, old])
     status = {r.run_id: r.status for r in board.runs()}
     assert status == {dead: "interrupted", gone: "interrupted", alive: "running", old: "interrupted"}
@@ -83,8 +87,11 @@ def test_job_claims_are_exclusive_until_released_or_stale(tmp_path):
         conn.execute(sa.update(job_claims).values(pid=_dead_pid()))
     assert board.claim_job("job1", b) is None
     with eng.begin() as conn:  # or went silent on another host
-        conn.execute(sa.update(job_claims).values(run_id=a, host="elsewhere",
-                                                  beat_at=datetime.now(timezone.utc) - timedelta(minutes=5)))
+        conn.execute(
+            sa.update(job_claims).values(
+                run_id=a, host="elsewhere", beat_at=datetime.now(timezone.utc) - timedelta(minutes=5)
+            )
+        )
     assert board.claim_job("job1", b) is None
     board.release_job("job1", b)
     assert count_rows(tmp_path / "lb.db")["job_claims"] == 0
@@ -93,8 +100,9 @@ def test_job_claims_are_exclusive_until_released_or_stale(tmp_path):
 def _cli(*args) -> subprocess.Popen:
     code = "import sys; from miner.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _evaluations(url) -> list[tuple]:
@@ -113,8 +121,17 @@ def test_two_concurrent_resumes_write_each_evaluation_once(tmp_path, make_config
     assert count_rows(tmp_path / "lb.db")["test_scores"] == 3 * 2  # test_top 2, each once
 
 
-OPTUNA = {"name": "optuna", "params": {"n_trials": 6, "pool_sizes": [2, 3], "max_words": 2, "n_startup_trials": 2,
-                                       "train_shares": [0.5, 1.0], "heartbeat_grace_s": 3}}
+OPTUNA = {
+    "name": "optuna",
+    "params": {
+        "n_trials": 6,
+        "pool_sizes": [2, 3],
+        "max_words": 2,
+        "n_startup_trials": 2,
+        "train_shares": [0.5, 1.0],
+        "heartbeat_grace_s": 3,
+    },
+}
 
 
 @pytest.mark.process
@@ -135,9 +152,14 @@ def test_kill_9_then_resume_gives_the_uninterrupted_rows(tmp_path, make_config, 
     assert main(["run", str(path), "--resume", "--no-progress"]) == 0
 
     def summary(url):
-        return sorted((r.seed, r.prompt_key, r.dev_score, r.train_score, r.test_score) for r in Leaderboard(url).rows())
+        return sorted(
+            (r.seed, r.prompt_key, r.dev_score, r.train_score, r.test_score) for r in Leaderboard(url).rows()
+        )
 
     assert summary(cfg["storage"]) == summary(ref["storage"])
     counts, ref_counts = count_rows(tmp_path / "lb.db"), count_rows(tmp_path / "ref.db")
-    assert counts["evaluations"] == ref_counts["evaluations"] and counts["test_scores"] == ref_counts["test_scores"]
+    assert (
+        counts["evaluations"] == ref_counts["evaluations"]
+        and counts["test_scores"] == ref_counts["test_scores"]
+    )
     assert sorted(r.status for r in Leaderboard(cfg["storage"]).runs()) == ["finished", "interrupted"]

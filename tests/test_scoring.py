@@ -38,7 +38,10 @@ TEMPLATES = [
 ]
 VERBALIZERS = [
     {"negative": ["terrible"], "positive": ["great"]},
-    {"negative": ["terrible", "not good at all"], "positive": ["great", "wonderful film"]},  # multi-token words
+    {
+        "negative": ["terrible", "not good at all"],
+        "positive": ["great", "wonderful film"],
+    },  # multi-token words
 ]
 
 
@@ -56,7 +59,9 @@ def test_batched_equals_one_at_a_time(kind, template, verbalizer, request):
 
 def test_scores_match_a_hand_written_loop(causal):
     """Next-token and teacher-forced multi-token scores equal direct computation without padding."""
-    p = Prompt.create("{sentence} It was {answer}", {"negative": ["not good at all"], "positive": ["great"]}, LABELS)
+    p = Prompt.create(
+        "{sentence} It was {answer}", {"negative": ["not good at all"], "positive": ["great"]}, LABELS
+    )
     res = Scorer(causal, progress=False).score(p, EXAMPLES)
     tok = causal.tokenizer
     for i, ex in enumerate(EXAMPLES):
@@ -72,15 +77,29 @@ def test_scores_match_a_hand_written_loop(causal):
 
 
 def test_multiple_words_sum_probabilities(causal):
-    one = Scorer(causal, progress=False).score(Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS), EXAMPLES)
-    two = Scorer(causal, progress=False).score(Prompt.create("{sentence} It was {answer}", {"negative": ["bad", "awful"], "positive": "great"}, LABELS), EXAMPLES)
-    other = Scorer(causal, progress=False).score(Prompt.create("{sentence} It was {answer}", {"negative": "awful", "positive": "great"}, LABELS), EXAMPLES)
+    one = Scorer(causal, progress=False).score(
+        Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS),
+        EXAMPLES,
+    )
+    two = Scorer(causal, progress=False).score(
+        Prompt.create(
+            "{sentence} It was {answer}", {"negative": ["bad", "awful"], "positive": "great"}, LABELS
+        ),
+        EXAMPLES,
+    )
+    other = Scorer(causal, progress=False).score(
+        Prompt.create("{sentence} It was {answer}", {"negative": "awful", "positive": "great"}, LABELS),
+        EXAMPLES,
+    )
     np.testing.assert_allclose(two.raw[:, 0], np.logaddexp(one.raw[:, 0], other.raw[:, 0]), atol=1e-5)
 
 
 def test_cache_answers_a_new_verbalizer_without_forward_passes(causal):
     s = Scorer(causal, progress=False)
-    a = s.score(Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS), EXAMPLES)
+    a = s.score(
+        Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS),
+        EXAMPLES,
+    )
     p2 = Prompt.create("{sentence} It was {answer}", {"negative": "awful", "positive": "good"}, LABELS)
     assert s.plan(p2, EXAMPLES) == 0
     b = s.score(p2, EXAMPLES)
@@ -111,7 +130,10 @@ def test_calibration_divides_by_content_free_probabilities(causal):
 
 
 def test_metrics_and_loglik(causal):
-    res = Scorer(causal, progress=False).score(Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS), EXAMPLES)
+    res = Scorer(causal, progress=False).score(
+        Prompt.create("{sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS),
+        EXAMPLES,
+    )
     gold = np.array([e.label for e in EXAMPLES])
     assert res.metrics["accuracy"] == pytest.approx((res.preds == gold).mean())
     assert res.loglik == pytest.approx(res.scores[np.arange(len(gold)), gold].mean())
@@ -137,10 +159,17 @@ def test_long_inputs_are_truncated_to_fit(causal):
 
 def test_triggers_and_soft_tokens(causal):
     great = causal.tokenize(" great")[0]
-    p = Prompt.create("{sentence} {trigger:2} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS, triggers=(great, great))
+    p = Prompt.create(
+        "{sentence} {trigger:2} It was {answer}",
+        {"negative": "bad", "positive": "great"},
+        LABELS,
+        triggers=(great, great),
+    )
     res = Scorer(causal, progress=False).score(p, EXAMPLES)
     assert np.isfinite(res.raw).all()
-    soft_p = Prompt.create("{soft:3} {sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS, soft="t")
+    soft_p = Prompt.create(
+        "{soft:3} {sentence} It was {answer}", {"negative": "bad", "positive": "great"}, LABELS, soft="t"
+    )
     soft = torch.zeros(3, causal.input_embeddings().shape[1], requires_grad=True)
     out = Scorer(causal, progress=False).label_logprobs(soft_p, EXAMPLES, soft_embeds=soft)
     out[:, 1].sum().backward()
@@ -206,7 +235,10 @@ def test_stem_cache_reuses_the_text_before_the_triggers(causal, template, verbal
     from miner.prompts import parse_template
 
     n = parse_template(template).n_triggers
-    a, b = Prompt.create(template, verbalizer, LABELS, triggers=(300,) * n), Prompt.create(template, verbalizer, LABELS, triggers=(777,) * n)
+    a, b = (
+        Prompt.create(template, verbalizer, LABELS, triggers=(300,) * n),
+        Prompt.create(template, verbalizer, LABELS, triggers=(777,) * n),
+    )
     cached, plain = Scorer(causal, progress=False), Scorer(causal, progress=False, stem_cache_mb=0)
     assert plain.stems is None and len(cached.stems) == 0
     first = cached.score(a, EXAMPLES)
@@ -221,7 +253,10 @@ def test_stem_cache_reuses_the_text_before_the_triggers(causal, template, verbal
         assert got.cost.forward_passes == ref.cost.forward_passes
     # without a trigger there is no stem: the same passes and tokens with and without the cache
     manual = Prompt.create("{sentence} It was {answer}", verbalizer, LABELS)
-    assert Scorer(causal, progress=False).score(manual, EXAMPLES).cost.tokens == plain.score(manual, EXAMPLES).cost.tokens
+    assert (
+        Scorer(causal, progress=False).score(manual, EXAMPLES).cost.tokens
+        == plain.score(manual, EXAMPLES).cost.tokens
+    )
 
 
 def test_stem_cache_is_bounded_and_causal_only(causal, masked):

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.skipif(not PG_URL, reason="MINER_TEST_POSTGRES_URL not 
 def _miner(*args, cwd):
     code = "import sys; from miner.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout + done.stderr
 
@@ -42,22 +43,64 @@ def test_no_password_in_any_record(tmp_path, make_config):
     password = sa.make_url(PG_URL).password
     assert password and len(password) >= 8 and password not in "miner miner_test localhost postgresql psycopg"
     soft = {"name": "soft", "params": {"n_tokens": 2, "steps": 2, "eval_every": 1, "batch_size": 4}}
-    optuna = {"name": "optuna", "params": {"n_trials": 3, "pool_sizes": [2], "max_words": 2, "n_startup_trials": 2,
-                                           "train_shares": [1.0]}}
-    path, cfg = make_config(seeds=[7], storage=PG_URL, artifacts=str(tmp_path / "art"),
-                            searchers=[{"name": "manual"}, optuna, soft])
+    optuna = {
+        "name": "optuna",
+        "params": {
+            "n_trials": 3,
+            "pool_sizes": [2],
+            "max_words": 2,
+            "n_startup_trials": 2,
+            "train_shares": [1.0],
+        },
+    }
+    path, cfg = make_config(
+        seeds=[7],
+        storage=PG_URL,
+        artifacts=str(tmp_path / "art"),
+        searchers=[{"name": "manual"}, optuna, soft],
+    )
     printed = _miner("-vv", "run", str(path), cwd=tmp_path)
     printed += _miner("-vv", "run", str(path), "--resume", "--storage", PG_URL, cwd=tmp_path)
     printed += _miner("-vv", "leaderboard", "--storage", PG_URL, "--seed", "7", cwd=tmp_path)
     model = ["--model", cfg["model"]["name"]]  # the shared test database holds other tests' models too
-    printed += _miner("-vv", "export", "--storage", PG_URL, "--task", "rotten_tomatoes", "--seed", "7", *model,
-                      "-o", str(tmp_path / "best.json"), cwd=tmp_path)
-    printed += _miner("-vv", "export", "--storage", PG_URL, "--task", "rotten_tomatoes", "--seed", "7", *model,
-                      "--searcher", "soft", "-o", str(tmp_path / "soft.json"), cwd=tmp_path)
-    printed += _miner("-vv", "predict", "--prompt", str(tmp_path / "best.json"), "--text", "A gem.", cwd=tmp_path)
+    printed += _miner(
+        "-vv",
+        "export",
+        "--storage",
+        PG_URL,
+        "--task",
+        "rotten_tomatoes",
+        "--seed",
+        "7",
+        *model,
+        "-o",
+        str(tmp_path / "best.json"),
+        cwd=tmp_path,
+    )
+    printed += _miner(
+        "-vv",
+        "export",
+        "--storage",
+        PG_URL,
+        "--task",
+        "rotten_tomatoes",
+        "--seed",
+        "7",
+        *model,
+        "--searcher",
+        "soft",
+        "-o",
+        str(tmp_path / "soft.json"),
+        cwd=tmp_path,
+    )
+    printed += _miner(
+        "-vv", "predict", "--prompt", str(tmp_path / "best.json"), "--text", "A gem.", cwd=tmp_path
+    )
     assert "rotten_tomatoes" in printed and "***" in printed  # it did print the storage, masked
     assert password not in printed
-    files = [p for p in tmp_path.rglob("*") if p.is_file() and p != path]  # the user's config holds it, of course
+    files = [
+        p for p in tmp_path.rglob("*") if p.is_file() and p != path
+    ]  # the user's config holds it, of course
     assert any(p.suffix == ".json" for p in files) and any(p.suffix == ".safetensors" for p in files)
     for p in files:
         assert password.encode() not in p.read_bytes(), p

@@ -1,9 +1,7 @@
 """``soft`` (prompt tuning / P-tuning): conformance, gradients, resume, NaN, projection."""
 
 import pytest
-import torch
 
-from miner.config import BudgetSpec
 from miner.runner import run_searcher
 from miner.search.soft import SoftSearcher
 from miner.testing.conformance import SearcherConformance, seed_prompts
@@ -27,28 +25,44 @@ def _run(searcher, backend, data, **kw):
 
 
 def test_trains_soft_tokens_only_and_charges_backward(causal, conformance_data):
-    res = _run(SoftSearcher(n_tokens=2, steps=3, eval_every=3, batch_size=4, lr=0.05), causal, conformance_data)
+    res = _run(
+        SoftSearcher(n_tokens=2, steps=3, eval_every=3, batch_size=4, lr=0.05), causal, conformance_data
+    )
     assert res.cost.backward_passes == 3
     assert all(p.grad is None and not p.requires_grad for p in causal.model.parameters())
     soft = [e for e in res.evaluations if e.prompt.soft]
-    assert [e.prompt.template for e in soft] == ["{soft:2}{sentence} It was {answer}"] * 2  # step 0 and step 3
+    assert [e.prompt.template for e in soft] == [
+        "{soft:2}{sentence} It was {answer}"
+    ] * 2  # step 0 and step 3
     assert soft[0].prompt.soft != soft[1].prompt.soft  # training moved the tensor
     proj = [e for e in res.evaluations if e.prompt.triggers]
     assert len(proj) == 1 and proj[0].prompt.template == "{trigger:2}{sentence} It was {answer}"
 
 
 def test_eval_init_off_skips_the_step0_row(causal, conformance_data):
-    res = _run(SoftSearcher(n_tokens=2, steps=3, eval_every=3, batch_size=4, lr=0.05, eval_init=False, project=False),
-               causal, conformance_data)
+    res = _run(
+        SoftSearcher(
+            n_tokens=2, steps=3, eval_every=3, batch_size=4, lr=0.05, eval_init=False, project=False
+        ),
+        causal,
+        conformance_data,
+    )
     soft = [e for e in res.evaluations if e.prompt.soft]
     assert len(soft) == 1  # only the trained state (step 3), no step-0 row
     assert res.cost.backward_passes == 3
 
 
 def test_reparameterisation_starts_at_the_init(causal, conformance_data):
-    plain = _run(SoftSearcher(n_tokens=2, steps=1, eval_every=1, batch_size=4, project=False), causal, conformance_data)
-    mlp = _run(SoftSearcher(n_tokens=2, steps=1, eval_every=1, batch_size=4, project=False, reparam="mlp", reparam_hidden=8),
-               causal, conformance_data)
+    plain = _run(
+        SoftSearcher(n_tokens=2, steps=1, eval_every=1, batch_size=4, project=False), causal, conformance_data
+    )
+    mlp = _run(
+        SoftSearcher(
+            n_tokens=2, steps=1, eval_every=1, batch_size=4, project=False, reparam="mlp", reparam_hidden=8
+        ),
+        causal,
+        conformance_data,
+    )
     assert plain.evaluations[0].prompt.key == mlp.evaluations[0].prompt.key  # zero-initialised head
     assert plain.evaluations[1].prompt.key != mlp.evaluations[1].prompt.key
 
@@ -77,9 +91,30 @@ def test_nan_loss_stops_and_keeps_the_best(causal, conformance_data, monkeypatch
 def _config(tmp_path, name):
     return {
         "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 4},
-        "model": {"name": "tiny"}, "k": 4, "seeds": [13], "progress": False, "test_top": 1,
-        "prompts": [{"template": "{sentence} It was {answer}", "verbalizer": {"negative": "terrible", "positive": "great"}}],
-        "searchers": [{"name": "soft", "params": {"n_tokens": 2, "steps": 6, "eval_every": 2, "batch_size": 4, "lr": 0.05, "patience": 0}}],
+        "model": {"name": "tiny"},
+        "k": 4,
+        "seeds": [13],
+        "progress": False,
+        "test_top": 1,
+        "prompts": [
+            {
+                "template": "{sentence} It was {answer}",
+                "verbalizer": {"negative": "terrible", "positive": "great"},
+            }
+        ],
+        "searchers": [
+            {
+                "name": "soft",
+                "params": {
+                    "n_tokens": 2,
+                    "steps": 6,
+                    "eval_every": 2,
+                    "batch_size": 4,
+                    "lr": 0.05,
+                    "patience": 0,
+                },
+            }
+        ],
         "storage": f"sqlite:///{tmp_path / name}",
     }
 

@@ -33,7 +33,11 @@ def _imports(path: Path):
             for a in node.names:
                 if a.name.split(".")[0] == "miner":
                     yield node.lineno, a.name, ()
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "miner":
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] == "miner"
+        ):
             yield node.lineno, node.module, tuple(a.name for a in node.names)
 
 
@@ -41,7 +45,9 @@ def test_no_import_cycles():
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for m, path in MODULES.items():
         for _, module, names in _imports(path):
-            targets = {_resolve(f"{module}.{n}") if f"{module}.{n}" in MODULES else _resolve(module) for n in names}
+            targets = {
+                _resolve(f"{module}.{n}") if f"{module}.{n}" in MODULES else _resolve(module) for n in names
+            }
             graph[m] |= (targets or {_resolve(module)}) - {m, "miner"}  # the package facade imports lazily
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -86,7 +92,9 @@ def test_no_private_imports_across_packages():
                 theirs = _package(module)
                 private_module = any(part.startswith("_") for part in module.split(".")[1:])
                 private_names = [n for n in names if n.startswith("_") and not n.startswith("__")]
-                top_level = len(module.split(".")) == 2 and root == "miner"  # miner._io, miner._version: shared helpers
+                top_level = (
+                    len(module.split(".")) == 2 and root == "miner"
+                )  # miner._io, miner._version: shared helpers
                 if theirs != mine and ((private_module and not top_level) or private_names):
                     bad.append(f"{path.relative_to(REPO)}:{line}: from {module} import {', '.join(names)}")
     assert not bad, "private names of another package:\n" + "\n".join(bad)
@@ -101,6 +109,7 @@ def test_only_the_scoring_layer_calls_the_model():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 if node.func.attr in ("forward", "forward_cached") or (
-                        node.func.attr == "model" and isinstance(node.func.value, ast.Name)):
+                    node.func.attr == "model" and isinstance(node.func.value, ast.Name)
+                ):
                     bad.append(f"{path.relative_to(REPO)}:{node.lineno}: .{node.func.attr}(...)")
     assert not bad, "model calls outside miner/scoring:\n" + "\n".join(bad)

@@ -101,7 +101,9 @@ def test_kshot_quoted_rows_not_merged(fewshot_root):
     lines = (fewshot_root / "mr" / "test.tsv").read_text(encoding="utf-8").splitlines()
     assert len(data.test) == len(lines) - 1 == 2000
     # CSV-quoted field is unquoted; a field with bare quotes is kept as written
-    assert any(t.startswith('the rock is destined to be the 21st century\'s new " conan "') for t in texts(data.test))
+    assert any(
+        t.startswith('the rock is destined to be the 21st century\'s new " conan "') for t in texts(data.test)
+    )
     assert any(t.startswith(' " brown sugar " admirably') for t in texts(data.train))
 
 
@@ -115,7 +117,9 @@ def test_kshot_errors_and_zero_shot(fewshot_root, monkeypatch):
     zero = load_task(kshot(fewshot_root, "sst-2"), 0, 5)
     assert zero.train == () and zero.dev == () and len(zero.test) == 1821
     small = load_task(kshot(fewshot_root, "sst-2", max_test=100), 16, 42)
-    assert len(small.test) == 100 and set(small.test) <= set(load_task(kshot(fewshot_root, "sst-2"), 0, 0).test)
+    assert len(small.test) == 100 and set(small.test) <= set(
+        load_task(kshot(fewshot_root, "sst-2"), 0, 0).test
+    )
     monkeypatch.delenv("MINER_FEWSHOT_ROOT", raising=False)
     with pytest.raises(ConfigError, match="needs 'root'"):
         load_task(TaskSpec(source="kshot", name="sst-2"), 16, 42)
@@ -170,11 +174,16 @@ def test_seeds_vary_only_the_sample():
 
 def test_files_csv_tsv_jsonl(tmp_path):
     train = balanced_csv(tmp_path / "train.csv")
-    dev = write(tmp_path / "dev.jsonl", "".join(json.dumps({"sentence": f"d{i}", "label": lab}) + "\n"
-                                                 for i in range(5) for lab in ("neg", "pos")))
+    dev = write(
+        tmp_path / "dev.jsonl",
+        "".join(
+            json.dumps({"sentence": f"d{i}", "label": lab}) + "\n" for i in range(5) for lab in ("neg", "pos")
+        ),
+    )
     test = write(tmp_path / "test.tsv", "sentence\tlabel\n" + "".join(f"t{i}\t{i % 2}\n" for i in range(10)))
-    spec = TaskSpec(source="files", name="mine", train=str(train), dev=str(dev), test=str(test),
-                    metric="macro_f1")
+    spec = TaskSpec(
+        source="files", name="mine", train=str(train), dev=str(dev), test=str(test), metric="macro_f1"
+    )
     data = load_task(spec, 4, 0)
     assert data.label_names == ("neg", "pos")  # inferred: sorted unique labels
     assert counts(data.train) == {0: 4, 1: 4} and counts(data.dev) == {0: 4, 1: 4}
@@ -206,25 +215,53 @@ def test_files_multiple_text_fields_and_int_names(tmp_path):
 
 
 def test_tsv_quotes_do_not_merge_rows(tmp_path):
-    body = ['sentence\tlabel', '"quoted ""inner"" text"\t0', ' " bare quote starts\t1', 'a " lone quote\t0',
-            '"unclosed\t1', 'plain\t0', 'last " one\t1']
+    body = [
+        "sentence\tlabel",
+        '"quoted ""inner"" text"\t0',
+        ' " bare quote starts\t1',
+        'a " lone quote\t0',
+        '"unclosed\t1',
+        "plain\t0",
+        'last " one\t1',
+    ]
     path = write(tmp_path / "q.tsv", "\r\n".join(body) + "\r\n")
-    data = load_task(TaskSpec(source="files", train=str(path), test=str(path), dev=str(path),
-                              label_names=["a", "b"]), None, 0)
+    data = load_task(
+        TaskSpec(source="files", train=str(path), test=str(path), dev=str(path), label_names=["a", "b"]),
+        None,
+        0,
+    )
     assert len(data.test) == 6
-    assert texts(data.test)[:4] == ['quoted "inner" text', ' " bare quote starts', 'a " lone quote', '"unclosed']
+    assert texts(data.test)[:4] == [
+        'quoted "inner" text',
+        ' " bare quote starts',
+        'a " lone quote',
+        '"unclosed',
+    ]
 
 
 @pytest.mark.parametrize(
     "name, content, pattern",
     [
-        ("bad.csv", "sentence,label\nfine,neg\nodd,maybe\n",
-         r"label value 'maybe' in .*bad\.csv is not one of the label names \['neg', 'pos'\]"),
-        ("idx.tsv", "sentence\tlabel\nx\t0\ny\t5\n", r"label value '5' in .*idx\.tsv .* \(or an index 0\.\.1\)"),
-        ("nolabel.csv", "sentence,target\nx,neg\n",
-         r"nolabel\.csv has no label column 'label'; columns present: \['sentence', 'target'\]"),
-        ("notext.csv", "a,b,label\nx,y,neg\n",
-         r"notext\.csv has no column 'sentence' \(text field\); columns present: \['a', 'b', 'label'\]"),
+        (
+            "bad.csv",
+            "sentence,label\nfine,neg\nodd,maybe\n",
+            r"label value 'maybe' in .*bad\.csv is not one of the label names \['neg', 'pos'\]",
+        ),
+        (
+            "idx.tsv",
+            "sentence\tlabel\nx\t0\ny\t5\n",
+            r"label value '5' in .*idx\.tsv .* \(or an index 0\.\.1\)",
+        ),
+        (
+            "nolabel.csv",
+            "sentence,target\nx,neg\n",
+            r"nolabel\.csv has no label column 'label'; columns present: \['sentence', 'target'\]",
+        ),
+        (
+            "notext.csv",
+            "a,b,label\nx,y,neg\n",
+            r"notext\.csv has no column 'sentence' \(text field\); columns present: \['a', 'b', 'label'\]",
+        ),
         ("empty.csv", "", r"empty\.csv is empty"),
         ("header.tsv", "sentence\tlabel\n", r"header\.tsv is empty \(a header but no data rows\)"),
         ("ragged.tsv", "sentence\tlabel\nx\tneg\textra\n", r"ragged\.tsv line 2 has 3 tab-separated fields"),
@@ -234,7 +271,9 @@ def test_tsv_quotes_do_not_merge_rows(tmp_path):
 )
 def test_file_errors(tmp_path, name, content, pattern):
     path = write(tmp_path / name, content)
-    spec = TaskSpec(source="files", train=str(path), test=str(path), dev=str(path), label_names=["neg", "pos"])
+    spec = TaskSpec(
+        source="files", train=str(path), test=str(path), dev=str(path), label_names=["neg", "pos"]
+    )
     with pytest.raises(DataError, match=pattern) as info:
         load_task(spec, None, 0)
     assert "\n" not in str(info.value)
@@ -242,7 +281,7 @@ def test_file_errors(tmp_path, name, content, pattern):
 
 def test_file_non_utf8_and_missing(tmp_path):
     path = tmp_path / "latin.csv"
-    path.write_bytes("sentence,label\ncaf".encode() + b"\xe9,neg\n")
+    path.write_bytes(b"sentence,label\ncaf" + b"\xe9,neg\n")
     with pytest.raises(DataError, match=r"latin\.csv is not valid UTF-8: byte offset 18"):
         load_task(TaskSpec(source="files", train=str(path)), None, 0)
     with pytest.raises(DataError, match=r"data file not found: .*absent\.csv"):
@@ -252,7 +291,9 @@ def test_file_non_utf8_and_missing(tmp_path):
 def test_too_few_examples_for_k(tmp_path):
     rows = ["sentence,label"] + [f"n{i},neg" for i in range(40)] + [f"p{i},pos" for i in range(5)]
     path = write(tmp_path / "skew.csv", "\n".join(rows))
-    with pytest.raises(DataError, match=r"class 'pos' has only \d examples in the train split .* fewer than k=8"):
+    with pytest.raises(
+        DataError, match=r"class 'pos' has only \d examples in the train split .* fewer than k=8"
+    ):
         load_task(TaskSpec(source="files", train=str(path)), 8, 0)
 
 
@@ -288,7 +329,9 @@ def test_hub_local_directory_with_class_labels(hf_offline, tmp_path):
     assert counts(data.train) == {0: 2, 1: 2} and counts(data.dev) == {0: 2, 1: 2}
     assert len(data.test) == 8 and not {"u0", "u1"} & set(texts(data.test))  # created from train
     assert all(int(ex.fields["sentence"][1:]) % 2 == ex.label for ex in data.train + data.test)
-    with pytest.raises(DataError, match=r"has no split 'holdout' \(for dev\); available splits: \['train', 'test'\]"):
+    with pytest.raises(
+        DataError, match=r"has no split 'holdout' \(for dev\); available splits: \['train', 'test'\]"
+    ):
         load_task(TaskSpec(source="hub", name=str(folder), hub_splits={"dev": "holdout"}), 4, 0)
 
 
@@ -303,8 +346,11 @@ def test_hub_csv_directory(hf_offline, tmp_path):
 
 
 def test_hub_offline_error(hf_offline):
-    with pytest.raises(DataError, match=r"cannot load dataset 'no-such-user/no-such-dataset' from the Hugging Face hub "
-                                        r"\(offline and not in the local cache\): ") as info:
+    with pytest.raises(
+        DataError,
+        match=r"cannot load dataset 'no-such-user/no-such-dataset' from the Hugging Face hub "
+        r"\(offline and not in the local cache\): ",
+    ) as info:
         load_task(TaskSpec(source="hub", name="no-such-user/no-such-dataset"), 16, 0)
     assert "\n" not in str(info.value)
 

@@ -90,8 +90,10 @@ def normalize_url(url: str) -> URL:
 
 
 def is_sqlite_file(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not (
-        url.database.startswith("file:")
+    return (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not (url.database.startswith("file:"))
     )
 
 
@@ -131,8 +133,10 @@ def open_engine(url: URL, shown: str, *, create: bool = True) -> Engine:
         if is_sqlite_file(url) and not create:
             # is_sqlite_file: the database is a file path
             if not Path(cast(str, url.database)).expanduser().is_file():
-                raise LeaderboardError(f"no leaderboard at {shown!r}: the file does not exist "
-                                       "(run 'miner run CONFIG' first, or name another with --storage)")
+                raise LeaderboardError(
+                    f"no leaderboard at {shown!r}: the file does not exist "
+                    "(run 'miner run CONFIG' first, or name another with --storage)"
+                )
         elif is_sqlite_file(url):
             parent = Path(cast(str, url.database)).expanduser().parent
             try:
@@ -202,8 +206,13 @@ def run_write(
         except DBAPIError as exc:
             if attempt < attempts and _retryable(exc):
                 delay = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (attempt - 1)) * (0.5 + random.random())
-                logger.warning("leaderboard write conflict (%s); retry %d/%d in %.2fs",
-                               one_line(exc), attempt, attempts - 1, delay)
+                logger.warning(
+                    "leaderboard write conflict (%s); retry %d/%d in %.2fs",
+                    one_line(exc),
+                    attempt,
+                    attempts - 1,
+                    delay,
+                )
                 time.sleep(delay)
                 continue
             raise LeaderboardError(f"{failure}: {one_line(exc)}") from None

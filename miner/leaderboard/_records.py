@@ -120,7 +120,9 @@ def to_json_dict(value: Any, what: str) -> dict:
         raise DataError(f"{what} is not JSON-serializable: {exc}") from None
     if len(text) > MAX_JSON_CHARS:
         # a runaway value (an alias bomb, a huge pasted list) must not fill the database
-        raise DataError(f"{what} is {len(text) / 1e6:.1f} MB as JSON; the limit per value is {MAX_JSON_CHARS / 1e6:.0f} MB")
+        raise DataError(
+            f"{what} is {len(text) / 1e6:.1f} MB as JSON; the limit per value is {MAX_JSON_CHARS / 1e6:.0f} MB"
+        )
     # parse_constant sees exactly the tokens NaN, Infinity and -Infinity.
     return json.loads(text, parse_constant=lambda _token: None)
 

@@ -91,7 +91,9 @@ class Leaderboard:
             if create:
                 create_tables(self._engine, metadata, self._shown)
             elif not run_read(self._engine, lambda conn: sa.inspect(conn).has_table(evaluations.name)):
-                raise LeaderboardError(f"{self._shown!r} holds no leaderboard (no '{evaluations.name}' table)")
+                raise LeaderboardError(
+                    f"{self._shown!r} holds no leaderboard (no '{evaluations.name}' table)"
+                )
         except BaseException:
             self._engine.dispose()
             raise
@@ -155,7 +157,10 @@ class Leaderboard:
 
         def work(conn: Connection) -> None:
             hb = run_heartbeats.c
-            if conn.execute(sa.update(run_heartbeats).where(hb.run_id == run_id).values(values)).rowcount == 0:
+            if (
+                conn.execute(sa.update(run_heartbeats).where(hb.run_id == run_id).values(values)).rowcount
+                == 0
+            ):
                 conn.execute(sa.insert(run_heartbeats), {"run_id": run_id, **values})
 
         run_write(self._db, work)
@@ -168,17 +173,27 @@ class Leaderboard:
         older version, counts from its start).
         """
         hb = run_heartbeats.c
-        stmt = (sa.select(runs.c.run_id, runs.c.created_at, hb.host, hb.pid, hb.beat_at)
-                .select_from(runs.outerjoin(run_heartbeats, hb.run_id == runs.c.run_id))
-                .where(runs.c.status == "running"))
+        stmt = (
+            sa.select(runs.c.run_id, runs.c.created_at, hb.host, hb.pid, hb.beat_at)
+            .select_from(runs.outerjoin(run_heartbeats, hb.run_id == runs.c.run_id))
+            .where(runs.c.status == "running")
+        )
         found = run_read(self._db, lambda conn: conn.execute(stmt).mappings().all())
-        dead = [m["run_id"] for m in found
-                if not _alive(m["host"], m["pid"], _utc(m["beat_at"] or m["created_at"]), stale_after_s)]
+        dead = [
+            m["run_id"]
+            for m in found
+            if not _alive(m["host"], m["pid"], _utc(m["beat_at"] or m["created_at"]), stale_after_s)
+        ]
         if dead:
-            upd = (sa.update(runs).where(runs.c.run_id.in_(dead), runs.c.status == "running")
-                   .values(status="interrupted", finished_at=_utc_now()))
+            upd = (
+                sa.update(runs)
+                .where(runs.c.run_id.in_(dead), runs.c.status == "running")
+                .values(status="interrupted", finished_at=_utc_now())
+            )
             run_write(self._db, lambda conn: conn.execute(upd))
-            logger.info("marked %d run(s) whose process is gone as interrupted: %s", len(dead), ", ".join(dead))
+            logger.info(
+                "marked %d run(s) whose process is gone as interrupted: %s", len(dead), ", ".join(dead)
+            )
         return dead
 
     # ----------------------------------------------------------- job claims
@@ -194,7 +209,8 @@ class Leaderboard:
             if held is None:
                 conn.execute(_insert_ignore(conn, job_claims), {"job_key": job_key, **me, "beat_at": now})
             elif (held["run_id"], held["host"], held["pid"]) != tuple(me.values()) and _alive(
-                    held["host"], held["pid"], _utc(held["beat_at"]), stale_after_s):
+                held["host"], held["pid"], _utc(held["beat_at"]), stale_after_s
+            ):
                 return {k: held[k] for k in ("run_id", "host", "pid")}
             else:  # ours, or its holder is gone: take it over
                 conn.execute(sa.update(job_claims).where(jc.job_key == job_key).values(**me, beat_at=now))
@@ -207,7 +223,9 @@ class Leaderboard:
 
     def beat_claim(self, job_key: str, run_id: str) -> None:
         jc = job_claims.c
-        stmt = sa.update(job_claims).where(jc.job_key == job_key, jc.run_id == run_id).values(beat_at=_utc_now())
+        stmt = (
+            sa.update(job_claims).where(jc.job_key == job_key, jc.run_id == run_id).values(beat_at=_utc_now())
+        )
         run_write(self._db, lambda conn: conn.execute(stmt))
 
     def release_job(self, job_key: str, run_id: str) -> None:
@@ -217,9 +235,15 @@ class Leaderboard:
 
     def resolve_run_id(self, prefix: str) -> str:
         """The full id of the one run whose id starts with ``prefix`` (as ``git`` takes commit prefixes)."""
-        if not isinstance(prefix, str) or not prefix.strip() or not all(c in "0123456789abcdef" for c in prefix.lower()):
+        if (
+            not isinstance(prefix, str)
+            or not prefix.strip()
+            or not all(c in "0123456789abcdef" for c in prefix.lower())
+        ):
             raise LeaderboardError(f"run id {prefix!r} is not a hex run id (or a prefix of one)")
-        stmt = sa.select(runs.c.run_id).where(runs.c.run_id.startswith(prefix.lower(), autoescape=True)).limit(2)
+        stmt = (
+            sa.select(runs.c.run_id).where(runs.c.run_id.startswith(prefix.lower(), autoescape=True)).limit(2)
+        )
         found = run_read(self._db, lambda conn: list(conn.execute(stmt).scalars()))
         if not found:
             raise LeaderboardError(f"no run with id {prefix!r} in {self._shown!r}")
@@ -289,7 +313,9 @@ class Leaderboard:
         }
 
         def work(conn: Connection) -> None:
-            exists = conn.execute(sa.select(evaluations.c.id).where(evaluations.c.id == values["evaluation_id"]))
+            exists = conn.execute(
+                sa.select(evaluations.c.id).where(evaluations.c.id == values["evaluation_id"])
+            )
             if exists.first() is None:
                 raise LeaderboardError(f"no evaluation with id {values['evaluation_id']} in the leaderboard")
             conn.execute(sa.insert(test_scores), values)
@@ -330,17 +356,28 @@ class Leaderboard:
         stmt = sa.select(
             evaluations, ts.c.test_score, ts.c.n_test, ts.c.metrics.label("test_metrics")
         ).select_from(
-            evaluations.outerjoin(latest, latest.c.evaluation_id == e.id).outerjoin(ts, ts.c.id == latest.c.latest_id)
+            evaluations.outerjoin(latest, latest.c.evaluation_id == e.id).outerjoin(
+                ts, ts.c.id == latest.c.latest_id
+            )
         )
-        for column, wanted in ((e.task, task), (e.model, model), (e.searcher, searcher), (e.seed, seed),
-                               (e.run_id, run_id)):
+        for column, wanted in (
+            (e.task, task),
+            (e.model, model),
+            (e.searcher, searcher),
+            (e.seed, seed),
+            (e.run_id, run_id),
+        ):
             if wanted is not None:
                 stmt = stmt.where(column == wanted)
         if k is not ...:
             stmt = stmt.where(e.k.is_(None) if k is None else e.k == k)
 
-        by_dev = [*_desc_nulls_last(e.dev_score), *_desc_nulls_last(e.dev_loglik),
-                  *_desc_nulls_last(e.train_score), e.id.asc()]
+        by_dev = [
+            *_desc_nulls_last(e.dev_score),
+            *_desc_nulls_last(e.dev_loglik),
+            *_desc_nulls_last(e.train_score),
+            e.id.asc(),
+        ]
         if order == "dev":
             stmt = stmt.order_by(*by_dev)
         elif order == "test":

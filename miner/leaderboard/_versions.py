@@ -29,7 +29,10 @@ def _miner_version() -> str:
 
 @functools.cache
 def _computed() -> tuple[tuple[str, str | None], ...]:
-    versions: list[tuple[str, str | None]] = [("miner", _miner_version()), ("python", platform.python_version())]
+    versions: list[tuple[str, str | None]] = [
+        ("miner", _miner_version()),
+        ("python", platform.python_version()),
+    ]
     versions += [(name, _dist_version(name)) for name in _LIBRARIES]
     return tuple(versions)
 

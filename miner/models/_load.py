@@ -30,7 +30,13 @@ def _resolve(name: str) -> str:
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # The JSON files transformers reads from a model folder; it indexes into them without checking
 # that they are objects, so a list or a string there surfaces as an arbitrary exception.
-_JSON_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "generation_config.json")
+_JSON_FILES = (
+    "config.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 
 try:  # transformers 5 validates configs with huggingface_hub's strict dataclasses
     from huggingface_hub.errors import StrictDataclassError
@@ -63,7 +69,9 @@ def _check_local_folder(folder: Path, name: str) -> None:
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
             raise ModelLoadError(f"model {name!r}: {fname} is not valid JSON ({_first_line(exc)})") from None
         if not isinstance(data, dict):
-            raise ModelLoadError(f"model {name!r}: {fname} should hold a JSON object, not a {type(data).__name__}")
+            raise ModelLoadError(
+                f"model {name!r}: {fname} should hold a JSON object, not a {type(data).__name__}"
+            )
     files = [f.name for f in folder.iterdir() if f.is_file()]
     pickles = sorted(f for f in files if f.endswith(_PICKLE_SUFFIXES))
     if pickles and not any(f.endswith(".safetensors") for f in files):
@@ -76,15 +84,29 @@ def _check_local_folder(folder: Path, name: str) -> None:
 def _infer_kind(config, name: str) -> ModelKind:
     archs = getattr(config, "architectures", None) or []
     if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
-        raise ModelLoadError(f"model {name!r}: config.json's 'architectures' should be a list of class names, got {archs!r}")
+        raise ModelLoadError(
+            f"model {name!r}: config.json's 'architectures' should be a list of class names, got {archs!r}"
+        )
     if any(h in a for a in archs for h in _MASKED_HINTS):
         return "masked"
     if any(h in a for a in archs for h in _CAUSAL_HINTS):
         return "causal"
     if getattr(config, "is_encoder_decoder", False):
-        raise ModelLoadError(f"model {name!r} is an encoder-decoder model; miner scores causal and masked LMs")
+        raise ModelLoadError(
+            f"model {name!r} is an encoder-decoder model; miner scores causal and masked LMs"
+        )
     model_type = getattr(config, "model_type", "")
-    if model_type in {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta", "modernbert"}:
+    if model_type in {
+        "bert",
+        "roberta",
+        "distilbert",
+        "albert",
+        "electra",
+        "deberta",
+        "deberta-v2",
+        "xlm-roberta",
+        "modernbert",
+    }:
         return "masked"
     return "causal"
 
@@ -128,8 +150,10 @@ def load_backend(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except _TOKENIZER_ERRORS as exc:
-        raise ModelLoadError(f"cannot load the tokenizer of model {name!r} from the {where}: "
-                             f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ModelLoadError(
+            f"cannot load the tokenizer of model {name!r} from the {where}: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
 
     resolved_kind: ModelKind = _infer_kind(config, name) if kind == "auto" else kind  # type: ignore[assignment]
     dev = pick_device(device)
@@ -141,13 +165,19 @@ def load_backend(
     except torch.OutOfMemoryError:
         raise
     except SafetensorError as exc:
-        raise ModelLoadError(f"cannot load model {name!r}: its safetensors weights are unreadable ({_first_line(exc)})") from exc
+        raise ModelLoadError(
+            f"cannot load model {name!r}: its safetensors weights are unreadable ({_first_line(exc)})"
+        ) from exc
     except RuntimeError as exc:
         # transformers' refusal of weights whose shapes differ from what config.json describes
-        raise ModelLoadError(f"cannot load model {name!r} as a {resolved_kind} LM: its weights do not fit its config.json "
-                             f"({_first_line(exc)})") from exc
+        raise ModelLoadError(
+            f"cannot load model {name!r} as a {resolved_kind} LM: its weights do not fit its config.json "
+            f"({_first_line(exc)})"
+        ) from exc
     except _CONFIG_ERRORS as exc:
-        raise ModelLoadError(f"cannot load model {name!r} as a {resolved_kind} LM: {_first_line(exc)}") from exc
+        raise ModelLoadError(
+            f"cannot load model {name!r} as a {resolved_kind} LM: {_first_line(exc)}"
+        ) from exc
     # transformers wraps ``to`` with functools.wraps(nn.Module.to), so mypy sees an unbound signature.
     model.to(dev)  # type: ignore[arg-type]
     logger.info("loaded %s (%s LM) on %s in %s", name, resolved_kind, dev, dt)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from miner.errors import PromptError
 from miner.prompts._template import Template, parse_template
@@ -25,7 +26,7 @@ class Verbalizer:
     @classmethod
     def from_mapping(
         cls, mapping: Mapping[str, Any], label_names: Sequence[str] | None = None, *, distinct: bool = True
-    ) -> "Verbalizer":
+    ) -> Verbalizer:
         """The verbalizer of ``mapping`` (label -> a word or a list of words), in ``label_names`` order.
 
         ``distinct``: two labels with the same words (in any order, ignoring surrounding spaces) are an error, as the
@@ -37,7 +38,9 @@ class Verbalizer:
         labels = tuple(label_names) if label_names is not None else tuple(mapping)
         odd = next((k for k in mapping if not isinstance(k, str)), None)
         if odd is not None:
-            raise PromptError(f"verbalizer label {odd!r} is not a string: labels are names, e.g. {{'positive': 'great'}}")
+            raise PromptError(
+                f"verbalizer label {odd!r} is not a string: labels are names, e.g. {{'positive': 'great'}}"
+            )
         unknown = [k for k in mapping if k not in labels]
         if unknown:
             raise PromptError(f"verbalizer names unknown label {unknown[0]!r}; the labels are {list(labels)}")
@@ -46,7 +49,13 @@ class Verbalizer:
             if label not in mapping:
                 raise PromptError(f"verbalizer has no words for label {label!r}")
             value = mapping[label]
-            ws = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else ()
+            ws = (
+                (value,)
+                if isinstance(value, str)
+                else tuple(value)
+                if isinstance(value, (list, tuple))
+                else ()
+            )
             if not ws or any(not isinstance(w, str) for w in ws):
                 raise PromptError(f"verbalizer label {label!r} needs a list of words, got {value!r}")
             if any(not w.strip() for w in ws):
@@ -92,7 +101,9 @@ class Prompt:
     def __post_init__(self) -> None:
         parsed = self.parsed  # validates
         if not isinstance(self.triggers, tuple):
-            raise PromptError(f"trigger tokens must be a tuple of token ids, got {type(self.triggers).__name__}")
+            raise PromptError(
+                f"trigger tokens must be a tuple of token ids, got {type(self.triggers).__name__}"
+            )
         bad = next((t for t in self.triggers if isinstance(t, bool) or not isinstance(t, int) or t < 0), None)
         if bad is not None:
             raise PromptError(f"trigger token {bad!r} is not a token id (a non-negative integer)")
@@ -116,7 +127,7 @@ class Prompt:
         *,
         distinct: bool = False,
         **kw: Any,
-    ) -> "Prompt":
+    ) -> Prompt:
         """A prompt from a template and a label -> words mapping.
 
         ``distinct=True`` refuses two labels with the same words (see :meth:`Verbalizer.from_mapping`):
@@ -124,7 +135,11 @@ class Prompt:
         :meth:`from_dict` always checks). The default is False because searchers build probe prompts
         whose labels share one placeholder word.
         """
-        return cls(template=template, verbalizer=Verbalizer.from_mapping(verbalizer, label_names, distinct=distinct), **kw)
+        return cls(
+            template=template,
+            verbalizer=Verbalizer.from_mapping(verbalizer, label_names, distinct=distinct),
+            **kw,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"template": self.template, "verbalizer": self.verbalizer.to_dict()}
@@ -141,7 +156,7 @@ class Prompt:
     @classmethod
     def from_dict(
         cls, d: Mapping[str, Any], label_names: Sequence[str] | None = None, *, distinct: bool = False
-    ) -> "Prompt":
+    ) -> Prompt:
         """A prompt from its JSON form; a ``{"ensemble": [...]}`` dict gives a :class:`PromptEnsemble`.
 
         Every value is type-checked (a :class:`PromptError`, never a ``ValueError``). ``distinct=True``
@@ -166,7 +181,9 @@ class Prompt:
             raise PromptError(f"prompt 'calibrate' must be true or false, got {calibrate!r}")
         soft = d.get("soft")
         if soft is not None and not isinstance(soft, str):
-            raise PromptError(f"prompt 'soft' must name a soft-prompt tensor (a string), got {type(soft).__name__}")
+            raise PromptError(
+                f"prompt 'soft' must name a soft-prompt tensor (a string), got {type(soft).__name__}"
+            )
         meta = d.get("meta", {})
         if not isinstance(meta, Mapping):
             raise PromptError(f"prompt 'meta' must be a mapping, got {type(meta).__name__}")
@@ -188,7 +205,7 @@ class Prompt:
         d.pop("meta", None)
         return _digest(d)
 
-    def with_(self, **changes: Any) -> "Prompt":
+    def with_(self, **changes: Any) -> Prompt:
         from dataclasses import replace
 
         return replace(self, **changes)
@@ -223,9 +240,13 @@ class PromptEnsemble:
         labels = self.members[0].verbalizer.labels
         for m in self.members:
             if m.verbalizer.labels != labels:
-                raise PromptError(f"prompt ensemble members disagree on the labels: {list(labels)} vs {list(m.verbalizer.labels)}")
+                raise PromptError(
+                    f"prompt ensemble members disagree on the labels: {list(labels)} vs {list(m.verbalizer.labels)}"
+                )
             if m.soft is not None or m.parsed.n_soft:
-                raise PromptError(f"prompt ensembles take discrete prompts only; {m.template!r} is a soft prompt")
+                raise PromptError(
+                    f"prompt ensembles take discrete prompts only; {m.template!r} is a soft prompt"
+                )
         if len({m.key for m in self.members}) != len(self.members):
             raise PromptError("prompt ensemble repeats a member")
 
@@ -254,10 +275,12 @@ class PromptEnsemble:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], label_names: Sequence[str] | None = None) -> "PromptEnsemble":
+    def from_dict(cls, d: Mapping[str, Any], label_names: Sequence[str] | None = None) -> PromptEnsemble:
         extra = set(d) - {"ensemble", "meta"}
         if extra:
-            raise PromptError(f"prompt ensemble has unknown key {sorted(extra)[0]!r} (known: ['ensemble', 'meta'])")
+            raise PromptError(
+                f"prompt ensemble has unknown key {sorted(extra)[0]!r} (known: ['ensemble', 'meta'])"
+            )
         members = d["ensemble"]
         if not isinstance(members, Sequence) or isinstance(members, str):
             raise PromptError("'ensemble' must be a list of prompts")
@@ -273,7 +296,7 @@ class PromptEnsemble:
             m.pop("meta", None)
         return _digest(d)
 
-    def with_(self, **changes: Any) -> "PromptEnsemble":
+    def with_(self, **changes: Any) -> PromptEnsemble:
         from dataclasses import replace
 
         return replace(self, **changes)

@@ -146,7 +146,9 @@ def parse_template(text: str) -> Template:
             i += 2
             continue
         if ch == "}":
-            raise PromptError(f"template {_short(text)!r} has an unmatched '}}' at character {i} (write '}}}}' for a literal brace)")
+            raise PromptError(
+                f"template {_short(text)!r} has an unmatched '}}' at character {i} (write '}}}}' for a literal brace)"
+            )
         if ch != "{":
             buf.append(ch)
             i += 1
@@ -157,17 +159,23 @@ def parse_template(text: str) -> Template:
         body = text[i + 1 : end].strip()
         m = _SLOT.match(body)
         if not m:
-            raise PromptError(f"template {_short(text)!r} has an invalid slot {{{_short(body)}}}: expected {{name}} or {{trigger:N}}")
+            raise PromptError(
+                f"template {_short(text)!r} has an invalid slot {{{_short(body)}}}: expected {{name}} or {{trigger:N}}"
+            )
         name, count = m.group(1), m.group(2)
         if buf:
             segments.append(Literal("".join(buf)))
             buf = []
         if count is not None and name not in (TRIGGER, SOFT):
-            raise PromptError(f"template {_short(text)!r}: only {{trigger:N}} and {{soft:N}} take a count, not {{{body}}}")
+            raise PromptError(
+                f"template {_short(text)!r}: only {{trigger:N}} and {{soft:N}} take a count, not {{{body}}}"
+            )
         if count is None:
             n = 1
         elif len(count.lstrip("0")) > len(str(MAX_SLOTS)):
-            n = MAX_SLOTS + 1  # compared as digits: a count of thousands of digits is refused, never converted
+            n = (
+                MAX_SLOTS + 1
+            )  # compared as digits: a count of thousands of digits is refused, never converted
         else:
             n = int(count)
         if n < 1:
@@ -191,7 +199,11 @@ def parse_template(text: str) -> Template:
     if buf:
         segments.append(Literal("".join(buf)))
     if n_answer == 0:
-        raise PromptError(f"template {_short(text)!r} has no answer slot: add {{answer}} where the label word goes")
+        raise PromptError(
+            f"template {_short(text)!r} has no answer slot: add {{answer}} where the label word goes"
+        )
     if n_answer > 1:
-        raise PromptError(f"template {_short(text)!r} has {n_answer} answer slots; exactly one {{answer}} is allowed")
+        raise PromptError(
+            f"template {_short(text)!r} has {n_answer} answer slots; exactly one {{answer}} is allowed"
+        )
     return Template(text=text, segments=tuple(segments))

@@ -7,7 +7,20 @@ from miner.scoring._metrics import METRICS, compute_metrics
 from miner.scoring._scorer import CONTENT_FREE, Request, Scorer, ScoreResult, calibrate
 
 __all__ = [
-    "CONTENT_FREE", "CompiledPrompt", "Cost", "CostCounter", "METRICS", "Request", "ScoreResult", "Scorer",
-    "TriggerScorer", "calibrate", "compile_prompt", "compute_metrics", "encode", "gradient_prompt", "soft_template",
+    "CONTENT_FREE",
+    "CompiledPrompt",
+    "Cost",
+    "CostCounter",
+    "METRICS",
+    "Request",
+    "ScoreResult",
+    "Scorer",
+    "TriggerScorer",
+    "calibrate",
+    "compile_prompt",
+    "compute_metrics",
+    "encode",
+    "gradient_prompt",
+    "soft_template",
     "trigger_gradient",
 ]

@@ -33,8 +33,9 @@ cannot pay for.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -66,7 +67,9 @@ def soft_template(tpl: Template) -> str:
         elif isinstance(s, Trigger):
             out.append("{soft}")
         elif isinstance(s, Soft):
-            raise PromptError(f"template {tpl.text!r} already has soft slots; a trigger gradient needs a discrete template")
+            raise PromptError(
+                f"template {tpl.text!r} already has soft slots; a trigger gradient needs a discrete template"
+            )
     return "".join(out)
 
 
@@ -80,7 +83,9 @@ def _trigger_embeddings(backend, triggers: Sequence[int]) -> torch.Tensor:
     return E[torch.as_tensor(tuple(triggers), device=E.device)].detach().clone().requires_grad_(True)
 
 
-def trigger_gradient(scorer: Scorer, prompt: Prompt, examples: Sequence[Any], loss: Loss) -> tuple[torch.Tensor, float]:
+def trigger_gradient(
+    scorer: Scorer, prompt: Prompt, examples: Sequence[Any], loss: Loss
+) -> tuple[torch.Tensor, float]:
     """Gradient ``[n_triggers, hidden]`` of ``loss(raw label scores)`` w.r.t. the trigger embeddings of
     ``prompt``, and the loss, through whole sequences (:meth:`Scorer.label_logprobs`)."""
     soft = _trigger_embeddings(scorer.backend, prompt.triggers)
@@ -113,7 +118,9 @@ class TriggerScorer:
     (default ``4 * scorer.max_batch_tokens``: each row also copies its text's keys and values).
     """
 
-    def __init__(self, scorer: Scorer, prompt: Prompt, *, kv_cache: bool = True, max_tokens: int | None = None) -> None:
+    def __init__(
+        self, scorer: Scorer, prompt: Prompt, *, kv_cache: bool = True, max_tokens: int | None = None
+    ) -> None:
         self.scorer = scorer
         self.backend = scorer.backend
         self.prompt = prompt
@@ -163,7 +170,9 @@ class TriggerScorer:
             return torch.zeros(len(candidates), len(examples), n_labels)
         lays = self._layouts(examples) if self.kv_path else None
         if lays is None:
-            results = self.scorer.score_many([self._candidate(c) for c in candidates], examples, desc="candidates")
+            results = self.scorer.score_many(
+                [self._candidate(c) for c in candidates], examples, desc="candidates"
+            )
             return torch.stack([torch.as_tensor(r.raw) for r in results]).float()
         with torch.inference_mode():
             return self._score_kv(candidates, examples, lays, n_labels)
@@ -175,7 +184,9 @@ class TriggerScorer:
             return self.scorer.plan_label_logprobs(gradient_prompt(self.prompt), examples)
         return sum(1 + int(not self._stems_cached(chunk)) for _, chunk in self._chunks(lays))
 
-    def gradient(self, triggers: Sequence[int], examples: Sequence[Any], loss: Loss) -> tuple[torch.Tensor, float]:
+    def gradient(
+        self, triggers: Sequence[int], examples: Sequence[Any], loss: Loss
+    ) -> tuple[torch.Tensor, float]:
         """Gradient ``[n_triggers, hidden]`` of ``loss(raw [N, L])`` w.r.t. the embeddings of ``triggers``
         on ``examples``, and the loss (one backward pass, charged to the scorer's counter)."""
         triggers = tuple(int(t) for t in triggers)
@@ -190,9 +201,15 @@ class TriggerScorer:
             for idx, chunk in self._chunks(lays):
                 plan = self.scorer.requests(prompt, [examples[i] for i in idx])[1]
                 with torch.no_grad():
-                    run = run_rows(be, counter, [lay.stem for lay in chunk], [()] * len(chunk), self.scorer.stems)
-                rows = [(r, e, r.ids[len(chunk[e].stem):]) for e, blk in enumerate(plan) for r in _block(blk)]
-                parts.append(self.scorer.label_scores(plan, self._run(rows, chunk, run.cache(), run.lens, 0, soft)))
+                    run = run_rows(
+                        be, counter, [lay.stem for lay in chunk], [()] * len(chunk), self.scorer.stems
+                    )
+                rows = [
+                    (r, e, r.ids[len(chunk[e].stem) :]) for e, blk in enumerate(plan) for r in _block(blk)
+                ]
+                parts.append(
+                    self.scorer.label_scores(plan, self._run(rows, chunk, run.cache(), run.lens, 0, soft))
+                )
             value = loss(torch.cat(parts))
             with counter.backward():
                 (grad,) = torch.autograd.grad(value, soft)
@@ -215,7 +232,7 @@ class TriggerScorer:
             if not ra.stem or ra.stem != rb.stem or len(ra.ids) != len(rb.ids):
                 return None
             end = len(ra.ids) - ra.n  # the answer slot
-            a, b = ra.ids[ra.stem:end], rb.ids[ra.stem:end]
+            a, b = ra.ids[ra.stem : end], rb.ids[ra.stem : end]
             diff = tuple(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
             if len(diff) != len(base.triggers) or diff[0] != 0:
                 return None
@@ -251,7 +268,11 @@ class TriggerScorer:
 
     def _row_chunks(self, n_candidates: int, chunk: list[_Layout]) -> list[range]:
         """Candidates per pass: as many as ``max_tokens`` slots of the widest row allow."""
-        width = max(len(lay.stem) for lay in chunk) + max(len(lay.suffix) for lay in chunk) + max(lay.extra for lay in chunk)
+        width = (
+            max(len(lay.stem) for lay in chunk)
+            + max(len(lay.suffix) for lay in chunk)
+            + max(lay.extra for lay in chunk)
+        )
         rows_per_pass = max(1, self.max_tokens // max(1, width))
         per_pass = max(1, rows_per_pass // max(1, sum(lay.rows for lay in chunk)))
         return [range(i, min(i + per_pass, n_candidates)) for i in range(0, n_candidates, per_pass)]
@@ -278,7 +299,7 @@ class TriggerScorer:
             plans = [self.scorer.requests(self._candidate(c), exs)[1] for c in candidates]
             groups = self._groups(candidates, chunk)
             ext = max(groups)  # the current suffix up to the last group's start goes into the cache
-            tails = [blk[0][0][0].ids[len(lay.stem):][:ext] for blk, lay in zip(plans[0], chunk)]
+            tails = [blk[0][0][0].ids[len(lay.stem) :][:ext] for blk, lay in zip(plans[0], chunk)]
             run = run_rows(self.backend, counter, [lay.stem for lay in chunk], tails, self.scorer.stems)
             (layers, pmask), lens = run.cache(), run.lens
             cols = torch.as_tensor(idx)[None, :]
@@ -288,15 +309,30 @@ class TriggerScorer:
                 cache = (sliced, pmask[:, : pmask.shape[1] - cut])
                 for part in self._row_chunks(len(members), chunk):
                     cands = [members[i] for i in part]
-                    rows = [(r, e, r.ids[len(chunk[e].stem) + start:])
-                            for c in cands for e, blk in enumerate(plans[c]) for r in _block(blk)]
+                    rows = [
+                        (r, e, r.ids[len(chunk[e].stem) + start :])
+                        for c in cands
+                        for e, blk in enumerate(plans[c])
+                        for r in _block(blk)
+                    ]
                     answers = self._run(rows, chunk, cache, lens - cut, start)
-                    vals = self.scorer.label_scores([e for c in cands for e in plans[c]], answers)  # one call per pass
-                    out[torch.as_tensor(cands)[:, None], cols] = vals.view(len(cands), len(idx), n_labels).float().cpu()
+                    vals = self.scorer.label_scores(
+                        [e for c in cands for e in plans[c]], answers
+                    )  # one call per pass
+                    out[torch.as_tensor(cands)[:, None], cols] = (
+                        vals.view(len(cands), len(idx), n_labels).float().cpu()
+                    )
         return out
 
-    def _run(self, rows: list[tuple[Request, int, TokenIds]], chunk: list[_Layout], cache, lens: torch.Tensor,
-             start: int, soft: torch.Tensor | None = None) -> dict[Request, torch.Tensor]:
+    def _run(
+        self,
+        rows: list[tuple[Request, int, TokenIds]],
+        chunk: list[_Layout],
+        cache,
+        lens: torch.Tensor,
+        start: int,
+        soft: torch.Tensor | None = None,
+    ) -> dict[Request, torch.Tensor]:
         """One pass of ``rows`` (request, example index in the chunk, its tokens from ``start`` on) on
         top of the chunk's cached keys and values: each request's answer (see :class:`Request`).
 
@@ -330,14 +366,16 @@ class TriggerScorer:
             place = (torch.as_tensor(r_idx, device=emb.device), torch.as_tensor(c_idx, device=emb.device))
             embeds = emb.index_put(place, soft[torch.as_tensor(which, device=soft.device)].to(emb.dtype))
         with counter.forward(n_rows, int(smask.sum()), n_rows * width):
-            logits, _ = be.forward_cached(ids, mask, pos, past=past, logits_to_keep=keep, inputs_embeds=embeds)
+            logits, _ = be.forward_cached(
+                ids, mask, pos, past=past, logits_to_keep=keep, inputs_embeds=embeds
+            )
         lp = torch.log_softmax(logits.float(), dim=-1)  # [R, keep, V]
         answers: dict[Request, torch.Tensor] = {}
         for i, (r, _, _) in enumerate(rows):
             if r.kind == "next":
                 answers[r] = lp[i, -1]
             else:
-                targets = torch.as_tensor(r.ids[-r.n:], device=lp.device)
+                targets = torch.as_tensor(r.ids[-r.n :], device=lp.device)
                 answers[r] = lp[i, keep - r.n - 1 : keep - 1].gather(-1, targets[:, None]).sum()
         return answers
 

@@ -18,13 +18,13 @@ class Cost:
     seconds: float = 0.0  # time spent inside model calls
     cache_hits: int = 0  # requests answered from the cache
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
-    def __sub__(self, other: "Cost") -> "Cost":
+    def __sub__(self, other: Cost) -> Cost:
         return Cost(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
 
-    def copy(self) -> "Cost":
+    def copy(self) -> Cost:
         return Cost(**asdict(self))
 
     def to_dict(self) -> dict:

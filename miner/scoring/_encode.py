@@ -14,8 +14,8 @@ tokens are never cut.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from miner.errors import PromptError
 from miner.models import Backend

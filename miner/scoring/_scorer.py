@@ -24,9 +24,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,9 @@ class Request:
     n: int = 0  # cont: number of scored tokens at the end
     mask_pos: tuple[int, ...] = ()
     soft: tuple[tuple[int, int], ...] = ()  # (position, soft index)
-    stem: int = field(default=0, compare=False)  # leading tokens whose key/value cache may be reused (_stems.py)
+    stem: int = field(
+        default=0, compare=False
+    )  # leading tokens whose key/value cache may be reused (_stems.py)
 
 
 @dataclass
@@ -115,12 +118,16 @@ class Scorer:
         self._compiled: dict[str, CompiledPrompt] = {}
         # Causal LMs: the text before a prompt's first trigger is run once per example, not per prompt.
         self.stem_cache_mb = stem_cache_mb
-        self.stems = StemCache(stem_cache_mb * 2**20) if backend.kind == "causal" and stem_cache_mb > 0 else None
+        self.stems = (
+            StemCache(stem_cache_mb * 2**20) if backend.kind == "causal" and stem_cache_mb > 0 else None
+        )
 
     # ------------------------------------------------------------------ public
     def compile(self, prompt: Prompt) -> CompiledPrompt:
         if isinstance(prompt, PromptEnsemble):
-            raise PromptError("a prompt ensemble has no single compiled form: score it with Scorer.score, or use its members")
+            raise PromptError(
+                "a prompt ensemble has no single compiled form: score it with Scorer.score, or use its members"
+            )
         cp = self._compiled.get(prompt.key)
         if cp is None:
             cp = compile_prompt(prompt, self.backend)
@@ -131,8 +138,9 @@ class Scorer:
         """Forward passes that scoring ``prompt`` on ``examples`` would spend now."""
         return self.plan_many([prompt], examples)
 
-    def plan_many(self, prompts: Sequence[Prompt | PromptEnsemble], examples: Sequence[Any], *,
-                  distinct: bool = False) -> int:
+    def plan_many(
+        self, prompts: Sequence[Prompt | PromptEnsemble], examples: Sequence[Any], *, distinct: bool = False
+    ) -> int:
         """Forward passes that ``score_many(prompts, examples)`` would spend now.
 
         ``distinct``: plan as if no two prompts shared a request and none were cached, the bound for
@@ -140,8 +148,9 @@ class Scorer:
         """
         return len(self.batches_for(prompts, examples, distinct=distinct))
 
-    def batches_for(self, prompts: Sequence[Prompt | PromptEnsemble], examples: Sequence[Any], *,
-                    distinct: bool = False) -> list[list[Request]]:
+    def batches_for(
+        self, prompts: Sequence[Prompt | PromptEnsemble], examples: Sequence[Any], *, distinct: bool = False
+    ) -> list[list[Request]]:
         """The batches of requests that scoring ``prompts`` on ``examples`` together would run now
         (uncached requests, deduplicated and packed as :meth:`score_many` packs them)."""
         reqs: list[Request] = []
@@ -192,10 +201,14 @@ class Scorer:
         if soft_embeds is None and prompt.soft is not None:
             soft_embeds = self._resolve_soft(prompt.soft)
         with torch.inference_mode():
-            raw_all = self._label_scores(cp, self._all_fields(cp, examples), soft_embeds, grad=False, desc=desc)
+            raw_all = self._label_scores(
+                cp, self._all_fields(cp, examples), soft_embeds, grad=False, desc=desc
+            )
         return self._finish(prompt, raw_all.float().cpu(), examples, self.counter.snapshot() - before)
 
-    def score_many(self, prompts: Sequence[Prompt], examples: Sequence[Any], *, desc: str | None = None) -> list[ScoreResult]:
+    def score_many(
+        self, prompts: Sequence[Prompt], examples: Sequence[Any], *, desc: str | None = None
+    ) -> list[ScoreResult]:
         """Score several discrete prompts with their requests pooled into shared batches.
 
         Cheaper than one ``score`` call per prompt when prompts share work (the same
@@ -213,9 +226,14 @@ class Scorer:
             results = self._execute([r for reqs, _ in collected for r in reqs], None, False, desc)
             raws = [self._assemble(plan, results).float().cpu() for _, plan in collected]
         cost = self.counter.snapshot() - before
-        return [self._finish(p, raw, examples, cost if i == 0 else Cost()) for i, (p, raw) in enumerate(zip(prompts, raws))]
+        return [
+            self._finish(p, raw, examples, cost if i == 0 else Cost())
+            for i, (p, raw) in enumerate(zip(prompts, raws))
+        ]
 
-    def distributions(self, prompt: Prompt, examples: Sequence[Any], *, desc: str | None = None) -> torch.Tensor:
+    def distributions(
+        self, prompt: Prompt, examples: Sequence[Any], *, desc: str | None = None
+    ) -> torch.Tensor:
         """Log-probabilities ``[N, V]`` of every vocabulary token as the first answer token.
 
         One forward pass per batch serves every single-token verbalizer at once (causal LM
@@ -224,7 +242,9 @@ class Scorer:
         cp = self.compile(prompt)
         be = self.backend
         if be.kind == "causal" and not cp.answer_at_end:
-            raise PromptError(f"answer-slot distributions need the answer at the end of the template for causal LMs: {prompt.template!r}")
+            raise PromptError(
+                f"answer-slot distributions need the answer at the end of the template for causal LMs: {prompt.template!r}"
+            )
         reqs = []
         for fields in (_fields_of(e) for e in examples):
             enc = encode(cp, be, fields)
@@ -246,9 +266,13 @@ class Scorer:
         parts = self.score_many(ens.members, examples, desc=desc)
         probs = np.mean([np.exp(r.scores) for r in parts], axis=0)
         scores = torch.log(torch.as_tensor(probs, dtype=torch.float32).clamp_min(1e-30))
-        return self._result(scores, scores, examples, len(ens.verbalizer.labels), self.counter.snapshot() - before)
+        return self._result(
+            scores, scores, examples, len(ens.verbalizer.labels), self.counter.snapshot() - before
+        )
 
-    def _finish(self, prompt: Prompt, raw_all: torch.Tensor, examples: Sequence[Any], cost: Cost) -> ScoreResult:
+    def _finish(
+        self, prompt: Prompt, raw_all: torch.Tensor, examples: Sequence[Any], cost: Cost
+    ) -> ScoreResult:
         raw = raw_all[: len(examples)]
         scores = torch.log_softmax(raw, dim=-1)
         if prompt.calibrate:
@@ -256,7 +280,9 @@ class Scorer:
         return self._result(scores, raw, examples, len(prompt.verbalizer.labels), cost)
 
     @staticmethod
-    def _result(scores: torch.Tensor, raw: torch.Tensor, examples: Sequence[Any], n_labels: int, cost: Cost) -> ScoreResult:
+    def _result(
+        scores: torch.Tensor, raw: torch.Tensor, examples: Sequence[Any], n_labels: int, cost: Cost
+    ) -> ScoreResult:
         gold = None
         metrics: dict[str, float] = {}
         loglik = None
@@ -270,10 +296,14 @@ class Scorer:
 
     def _resolve_soft(self, ref: str) -> torch.Tensor:
         if self.soft_resolver is None:
-            raise PromptError(f"prompt refers to soft prompt {ref!r} but no artifact store was given to load it")
+            raise PromptError(
+                f"prompt refers to soft prompt {ref!r} but no artifact store was given to load it"
+            )
         return self.soft_resolver(ref).to(self.backend.device)
 
-    def label_logprobs(self, prompt: Prompt, examples: Sequence[Any], soft_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def label_logprobs(
+        self, prompt: Prompt, examples: Sequence[Any], soft_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Differentiable ``[N, L]`` raw label log-probs (no cache), for gradient searchers."""
         cp = self.compile(prompt)
         return self._label_scores(cp, [dict(_fields_of(e)) for e in examples], soft_embeds, grad=True)
@@ -325,18 +355,26 @@ class Scorer:
             return Request("next", enc.prefix, 0, (), pre_soft, _stem(enc, enc.prefix, 1))
         tail = w if cp.answer_at_end else w + enc.suffix
         off = len(enc.prefix) + len(w)
-        soft = pre_soft + (() if cp.answer_at_end else tuple((p + off, i) for p, i in zip(enc.suffix_soft_pos, enc.suffix_soft)))
+        soft = pre_soft + (
+            ()
+            if cp.answer_at_end
+            else tuple((p + off, i) for p, i in zip(enc.suffix_soft_pos, enc.suffix_soft))
+        )
         ids = enc.prefix + tail
         return Request("cont", ids, len(tail), (), soft, _stem(enc, ids, len(tail) + 1))
 
     def _label_scores(self, cp, rows, soft_embeds, grad: bool, desc: str | None = None) -> torch.Tensor:
         reqs, plan = self._requests(cp, rows)
         if any(r.soft for r in reqs) and soft_embeds is None:
-            raise PromptError(f"template {cp.prompt.template!r} has soft tokens but no soft embeddings were given")
+            raise PromptError(
+                f"template {cp.prompt.template!r} has soft tokens but no soft embeddings were given"
+            )
         results = self._execute(reqs, soft_embeds, grad, desc)
         return self._assemble(plan, results)
 
-    def _execute(self, reqs: Sequence[Request], soft_embeds, grad: bool, desc: str | None = None) -> dict[Request, Any]:
+    def _execute(
+        self, reqs: Sequence[Request], soft_embeds, grad: bool, desc: str | None = None
+    ) -> dict[Request, Any]:
         """Answer requests: from the cache where possible, the rest in length-sorted batches."""
         use_cache = not grad and soft_embeds is None
         results: dict[Request, Any] = {}
@@ -405,7 +443,9 @@ class Scorer:
         self._cache_size += size + 64
         while self._cache_size > self.cache_bytes and self._cache:
             old_r, old_v = self._cache.popitem(last=False)
-            self._cache_size -= (old_v.numel() * old_v.element_size() if isinstance(old_v, torch.Tensor) else 8) + 64
+            self._cache_size -= (
+                old_v.numel() * old_v.element_size() if isinstance(old_v, torch.Tensor) else 8
+            ) + 64
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -441,8 +481,13 @@ class Scorer:
         elif kind == "cont":
             keep = max(r.n for r in batch) + 1
         has_soft = any(r.soft for r in batch)
-        stemmed = (self.stems is not None and not grad and not has_soft and kind in ("next", "cont")
-                   and any(r.stem for r in batch))
+        stemmed = (
+            self.stems is not None
+            and not grad
+            and not has_soft
+            and kind in ("next", "cont")
+            and any(r.stem for r in batch)
+        )
         charge: AbstractContextManager[Any]
         if stemmed:  # run_rows pads and charges its own pass (a cached stem's tokens are not run)
             padded, charge = None, nullcontext()
@@ -453,8 +498,14 @@ class Scorer:
             charge = self.counter.forward(len(batch), int(padded.attention_mask.sum()), width * len(batch))
         with charge:
             if stemmed:
-                logits = run_rows(be, self.counter, [r.ids[: r.stem] for r in batch], [r.ids[r.stem :] for r in batch],
-                                  self.stems, logits_to_keep=keep).logits
+                logits = run_rows(
+                    be,
+                    self.counter,
+                    [r.ids[: r.stem] for r in batch],
+                    [r.ids[r.stem :] for r in batch],
+                    self.stems,
+                    logits_to_keep=keep,
+                ).logits
                 assert logits is not None  # _stem leaves every tail at least ``keep`` tokens, so the rows ran
             else:
                 assert padded is not None  # padded whenever not stemmed, above

@@ -18,8 +18,8 @@ kept; only rows whose stems are *all* cached run on top of them.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -90,7 +90,7 @@ class StemCache:
         width = max(len(s) for s in stems)
         mask = torch.zeros((len(stems), width), dtype=torch.long, device=device)
         for r, s in enumerate(stems):
-            mask[r, width - len(s):] = 1
+            mask[r, width - len(s) :] = 1
         layers = []
         for li in range(len(entries[0])):
             k0, v0 = entries[0][li]
@@ -98,8 +98,8 @@ class StemCache:
             v = v0.new_zeros((len(stems), v0.shape[0], width, v0.shape[2]))
             for r, e in enumerate(entries):
                 n = e[li][0].shape[1]
-                k[r, :, width - n:] = e[li][0]
-                v[r, :, width - n:] = e[li][1]
+                k[r, :, width - n :] = e[li][0]
+                v[r, :, width - n :] = e[li][1]
             layers.append((k, v))
         return layers, mask
 
@@ -108,8 +108,15 @@ def _nbytes(layers: Layers) -> int:
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
 
 
-def run_rows(backend, counter, stems: Sequence[TokenIds], tails: Sequence[TokenIds], cache: StemCache | None, *,
-             logits_to_keep: int = 1) -> StemRun:
+def run_rows(
+    backend,
+    counter,
+    stems: Sequence[TokenIds],
+    tails: Sequence[TokenIds],
+    cache: StemCache | None,
+    *,
+    logits_to_keep: int = 1,
+) -> StemRun:
     """Forward rows ``stem + tail`` of a causal LM, with their key/value cache.
 
     When every stem is in ``cache``, only the tails run, on top of the cached stems (and when
@@ -126,24 +133,32 @@ def run_rows(backend, counter, stems: Sequence[TokenIds], tails: Sequence[TokenI
         pos = smask.sum(-1)[:, None] + tb.position_ids
         mask = torch.cat([smask, tb.attention_mask], dim=1)
         with counter.forward(n, int(tb.attention_mask.sum()), tb.input_ids.numel()):
-            logits, out = backend.forward_cached(tb.input_ids, mask, pos, past=layers, logits_to_keep=logits_to_keep)
+            logits, out = backend.forward_cached(
+                tb.input_ids, mask, pos, past=layers, logits_to_keep=logits_to_keep
+            )
         return StemRun(logits, out, mask, mask.sum(-1))
     rows = [tuple(s) + tuple(t) for s, t in zip(stems, tails)]
     batch = backend.pad(rows)
     width = batch.input_ids.shape[1]
     with counter.forward(n, int(batch.attention_mask.sum()), width * n):
-        logits, out = backend.forward_cached(batch.input_ids, batch.attention_mask, batch.position_ids,
-                                             logits_to_keep=logits_to_keep)
+        logits, out = backend.forward_cached(
+            batch.input_ids, batch.attention_mask, batch.position_ids, logits_to_keep=logits_to_keep
+        )
     if cache is not None:
         store(cache, stems, rows, width, out)
     return StemRun(logits, out, batch.attention_mask, batch.attention_mask.sum(-1))
 
 
-def store(cache: StemCache, stems: Sequence[TokenIds], rows: Sequence[Sequence[int]], width: int, layers: Layers) -> None:
+def store(
+    cache: StemCache, stems: Sequence[TokenIds], rows: Sequence[Sequence[int]], width: int, layers: Layers
+) -> None:
     """Keep each row's stem slice of a left-padded pass's key/value cache (rows of ``width`` tokens)."""
     # Cloned outside inference mode: a stem stored while scoring serves gradient passes later.
     with torch.inference_mode(False), torch.no_grad():
         for r, (s, row) in enumerate(zip(stems, rows)):
             if s and tuple(s) not in cache:
                 a = width - len(row)
-                cache.put(tuple(s), [(k[r, :, a:a + len(s)].clone(), v[r, :, a:a + len(s)].clone()) for k, v in layers])
+                cache.put(
+                    tuple(s),
+                    [(k[r, :, a : a + len(s)].clone(), v[r, :, a : a + len(s)].clone()) for k, v in layers],
+                )

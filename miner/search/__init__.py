@@ -2,7 +2,16 @@
 
 import importlib
 
-from miner.search._base import BudgetView, Capabilities, Evaluate, Evaluation, SearchContext, Searcher, SplitScore, rank_key
+from miner.search._base import (
+    BudgetView,
+    Capabilities,
+    Evaluate,
+    Evaluation,
+    SearchContext,
+    Searcher,
+    SplitScore,
+    rank_key,
+)
 from miner.search._registry import Parameter, Registry, parameters, register_searcher, searchers
 
 # Built-in plugins register themselves on import. Adding a searcher = one module + its name here;
@@ -14,9 +23,12 @@ for _name in _BUILTIN:
 # Helpers of particular searchers that benchmarks and exports use, loaded on first use (they import
 # optuna or torch-heavy code that ``import miner.search`` should not pay for).
 _LAZY = {
-    "candidate_pool": "miner.search._labelwords", "decoded_vocab": "miner.search._labelwords",
-    "search_verbalizers": "miner.search._labelwords", "word_mask": "miner.search._labelwords",
-    "top_trials": "miner.search._optuna_run", "optuna_storage": "miner.search._optuna_study",
+    "candidate_pool": "miner.search._labelwords",
+    "decoded_vocab": "miner.search._labelwords",
+    "search_verbalizers": "miner.search._labelwords",
+    "word_mask": "miner.search._labelwords",
+    "top_trials": "miner.search._optuna_run",
+    "optuna_storage": "miner.search._optuna_study",
     "nearest_report": "miner.search._soft_common",
 }
 
@@ -29,7 +41,24 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BudgetView", "Capabilities", "Evaluate", "Evaluation", "Parameter", "Registry", "SearchContext", "Searcher",
-    "SplitScore", "candidate_pool", "decoded_vocab", "nearest_report", "optuna_storage", "parameters", "rank_key",
-    "register_searcher", "search_verbalizers", "searchers", "top_trials", "word_mask",
+    "BudgetView",
+    "Capabilities",
+    "Evaluate",
+    "Evaluation",
+    "Parameter",
+    "Registry",
+    "SearchContext",
+    "Searcher",
+    "SplitScore",
+    "candidate_pool",
+    "decoded_vocab",
+    "nearest_report",
+    "optuna_storage",
+    "parameters",
+    "rank_key",
+    "register_searcher",
+    "search_verbalizers",
+    "searchers",
+    "top_trials",
+    "word_mask",
 ]

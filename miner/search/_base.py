@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 import pydantic
 from pydantic import ConfigDict
 
-from miner.errors import ConfigError
-
 from miner.artifacts import ArtifactStore
+from miner.errors import ConfigError
 from miner.models import Backend
 from miner.prompts import Prompt, PromptEnsemble
 from miner.scoring import Cost, Scorer
@@ -61,17 +61,25 @@ class Evaluation:
     def rank_key(self) -> tuple[float, float, float]:
         """Higher is better: dev metric, then dev log-likelihood, then train metric."""
         dev, train = self.dev, self.train
-        return rank_key(dev.score if dev else None, dev.loglik if dev else None, train.score if train else None)
+        return rank_key(
+            dev.score if dev else None, dev.loglik if dev else None, train.score if train else None
+        )
 
 
 def rank_key(dev: float | None, dev_loglik: float | None, train: float | None) -> tuple[float, float, float]:
     """How the runner ranks prompts, higher first: dev metric, dev log-likelihood, train metric (missing: last)."""
     neg = float("-inf")
-    return (neg if dev is None else dev, neg if dev_loglik is None else dev_loglik, neg if train is None else train)
+    return (
+        neg if dev is None else dev,
+        neg if dev_loglik is None else dev_loglik,
+        neg if train is None else train,
+    )
 
 
 class Evaluate(Protocol):
-    def __call__(self, prompts: Sequence[Prompt | PromptEnsemble], *, extra: dict[str, Any] | None = None) -> list[Evaluation]:
+    def __call__(
+        self, prompts: Sequence[Prompt | PromptEnsemble], *, extra: dict[str, Any] | None = None
+    ) -> list[Evaluation]:
         """Score prompts (train and dev), record them, and return their evaluations.
 
         Raises :class:`miner.errors.BudgetExhausted` when the next prompt would exceed the
@@ -121,9 +129,13 @@ class SearchContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("miner.search"))
     progress: bool = True
     artifacts: ArtifactStore | None = None  # tensors that do not belong in a row (soft prompts)
-    storage_url: str | None = None  # the leaderboard's database URL (searchers may keep state there, e.g. an Optuna study)
+    storage_url: str | None = (
+        None  # the leaderboard's database URL (searchers may keep state there, e.g. an Optuna study)
+    )
     job_key: str = ""  # stable identity of this job (same config -> same key), for resumable searcher state
-    started_at: float | None = None  # time.time() when the run that launched this job started (before loading)
+    started_at: float | None = (
+        None  # time.time() when the run that launched this job started (before loading)
+    )
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -156,7 +168,9 @@ class Searcher:
             try:
                 adapter.validate_python(getattr(self, name), strict=False)
             except pydantic.ValidationError as exc:
-                raise ConfigError(f"{self.name}.{name}: {exc.errors()[0]['msg']} (got {getattr(self, name)!r})") from None
+                raise ConfigError(
+                    f"{self.name}.{name}: {exc.errors()[0]['msg']} (got {getattr(self, name)!r})"
+                ) from None
 
     def brings_prompts(self) -> bool:
         """Whether the searcher's own parameters hold prompts (so a config needs none of its own)."""

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ def round_trips(backend, ids: Sequence[int]) -> bool:
 
 
 # --------------------------------------------------------------------------- vocabulary
-_TOKEN_INFO: "weakref.WeakKeyDictionary[Any, tuple[list[str], np.ndarray]]" = weakref.WeakKeyDictionary()
+_TOKEN_INFO: weakref.WeakKeyDictionary[Any, tuple[list[str], np.ndarray]] = weakref.WeakKeyDictionary()
 
 
 def _token_info(backend) -> tuple[list[str], np.ndarray]:
@@ -62,8 +63,14 @@ def label_token_ids(backend, prompt: Prompt) -> set[int]:
     return ids
 
 
-def allowed_tokens(backend, prompt: Prompt, *, words_only: bool = True, allow_capitalized: bool = False,
-                   exclude: Sequence[int] = ()) -> torch.Tensor:
+def allowed_tokens(
+    backend,
+    prompt: Prompt,
+    *,
+    words_only: bool = True,
+    allow_capitalized: bool = False,
+    exclude: Sequence[int] = (),
+) -> torch.Tensor:
     """Boolean mask ``[V]`` of the tokens a trigger may use."""
     texts, ok = _token_info(backend)
     mask = ok.copy()
@@ -98,14 +105,16 @@ def objective_loss(examples: Sequence[Any], objective: str):
     return lambda raw: -objective_from_raw(raw.float(), gold.to(raw.device), objective).mean()
 
 
-def objective_gradient(scorer: TriggerScorer, triggers: Sequence[int], examples: Sequence[Any],
-                       objective: str) -> tuple[torch.Tensor, float]:
+def objective_gradient(
+    scorer: TriggerScorer, triggers: Sequence[int], examples: Sequence[Any], objective: str
+) -> tuple[torch.Tensor, float]:
     """Gradient ``[n_triggers, hidden]`` of the loss w.r.t. the trigger embeddings, and the loss."""
     return scorer.gradient(triggers, examples, objective_loss(examples, objective))
 
 
-def candidate_objectives(scorer: TriggerScorer, candidates: Sequence[Sequence[int]], examples: Sequence[Any],
-                         objective: str) -> np.ndarray:
+def candidate_objectives(
+    scorer: TriggerScorer, candidates: Sequence[Sequence[int]], examples: Sequence[Any], objective: str
+) -> np.ndarray:
     """Gold objective summed over ``examples`` for each candidate trigger tuple: ``[C]`` (the
     current trigger first, as :meth:`TriggerScorer.score` wants it)."""
     raw = scorer.score(candidates, examples)
@@ -121,8 +130,14 @@ def hotflip_topk(grad: torch.Tensor, embeddings: torch.Tensor, allowed: torch.Te
     return scores.topk(k, dim=-1).indices.cpu()
 
 
-def sample_candidates(triggers: Sequence[int], topk: torch.Tensor, n: int, rng: np.random.Generator,
-                      backend=None, tries: int = 4) -> list[tuple[int, ...]]:
+def sample_candidates(
+    triggers: Sequence[int],
+    topk: torch.Tensor,
+    n: int,
+    rng: np.random.Generator,
+    backend=None,
+    tries: int = 4,
+) -> list[tuple[int, ...]]:
     """Up to ``n`` distinct single-swap candidates, positions spread evenly over the triggers (as
     GCG does) and tokens drawn from each position's top-k; candidates that do not survive
     decode -> re-encode are rejected and redrawn."""

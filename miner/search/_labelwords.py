@@ -20,12 +20,12 @@ import itertools
 import math
 import re
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
-_DECODED: "weakref.WeakKeyDictionary[object, list[str]]" = weakref.WeakKeyDictionary()
+_DECODED: weakref.WeakKeyDictionary[object, list[str]] = weakref.WeakKeyDictionary()
 
 
 def decoded_vocab(backend) -> list[str]:
@@ -35,8 +35,11 @@ def decoded_vocab(backend) -> list[str]:
         return _DECODED[tok]
     except (KeyError, TypeError):
         pass
-    out = tok.batch_decode([[i] for i in range(backend.vocab_size)], skip_special_tokens=False,
-                           clean_up_tokenization_spaces=False)
+    out = tok.batch_decode(
+        [[i] for i in range(backend.vocab_size)],
+        skip_special_tokens=False,
+        clean_up_tokenization_spaces=False,
+    )
     try:
         _DECODED[tok] = out
     except TypeError:  # not weak-referenceable: just don't memoise
@@ -75,7 +78,9 @@ class Pool:
 
     words: list[list[str]]  # [label][j]
     columns: list[list[int]]  # [label][j] -> column of the word-score matrix
-    scores: list[list[float]] = field(default_factory=list)  # contrast score of each auto candidate (nan: user word)
+    scores: list[list[float]] = field(
+        default_factory=list
+    )  # contrast score of each auto candidate (nan: user word)
 
     def describe(self, top: int = 10) -> dict[str, list[str]]:
         return {str(i): ws[:top] for i, ws in enumerate(self.words)}
@@ -100,9 +105,12 @@ def candidate_pool(
     rejects words that would not tokenize back to that single token. ``user`` words
     (``(word, column)`` per label) are always in their label's pool, first.
     """
-    means = torch.stack([
-        logp[gold == c].mean(0) if bool((gold == c).any()) else torch.full((logp.shape[1],), -1e4) for c in range(n_labels)
-    ])  # [L, V]
+    means = torch.stack(
+        [
+            logp[gold == c].mean(0) if bool((gold == c).any()) else torch.full((logp.shape[1],), -1e4)
+            for c in range(n_labels)
+        ]
+    )  # [L, V]
     means = torch.where(allowed[None, :], means, torch.full_like(means, -1e9))
     taken: set[int] = set()
     words: list[list[str]] = []
@@ -230,8 +238,11 @@ def search_verbalizers(
         last_raw, last_cf = last[1], last[2]  # [B, N], [B, C]
         B = sizes[-1]
         # Every assignment of the other labels' word sets, as an index grid [G, L-1].
-        grid = torch.cartesian_prod(*[torch.arange(n) for n in sizes[:-1]]) if len(head) > 1 else (
-            torch.arange(sizes[0])[:, None] if head else torch.zeros(1, 0, dtype=torch.long))
+        grid = (
+            torch.cartesian_prod(*[torch.arange(n) for n in sizes[:-1]])
+            if len(head) > 1
+            else (torch.arange(sizes[0])[:, None] if head else torch.zeros(1, 0, dtype=torch.long))
+        )
         per = max(1, chunk_elems // max(1, B * W.shape[0] * len(sets)))
         best: tuple[float, tuple[int, ...] | None, float | None, float | None] = (-math.inf, None, None, None)
         for start in range(0, grid.shape[0], per):
@@ -239,13 +250,15 @@ def search_verbalizers(
             a = part.shape[0]
             raw = torch.stack(
                 [sets[l][1][part[:, l]][:, None, :].expand(a, B, -1) for l in range(len(head))]
-                + [last_raw[None].expand(a, -1, -1)], dim=2
+                + [last_raw[None].expand(a, -1, -1)],
+                dim=2,
             ).reshape(a * B, len(sets), -1)
             raw_cf = None
             if Wcf is not None:
                 raw_cf = torch.stack(
                     [sets[l][2][part[:, l]][:, None, :].expand(a, B, -1) for l in range(len(head))]
-                    + [last_cf[None].expand(a, -1, -1)], dim=2
+                    + [last_cf[None].expand(a, -1, -1)],
+                    dim=2,
                 ).reshape(a * B, len(sets), -1)
             value, loglik = _evaluate(raw, raw_cf, gold, metric)
             examined += raw.shape[0]
@@ -270,11 +283,17 @@ def _coordinate_ascent(sets, sizes, gold, metric, key, rounds: int = 4):
     for _ in range(rounds):
         changed = False
         for l in range(len(sets)):
-            raws = [sets[m][1][combo[m]][None].expand(sizes[l], -1) if m != l else sets[l][1] for m in range(len(sets))]
+            raws = [
+                sets[m][1][combo[m]][None].expand(sizes[l], -1) if m != l else sets[l][1]
+                for m in range(len(sets))
+            ]
             raw = torch.stack(raws, dim=1)
             raw_cf = None
             if sets[0][2] is not None:
-                cfs = [sets[m][2][combo[m]][None].expand(sizes[l], -1) if m != l else sets[l][2] for m in range(len(sets))]
+                cfs = [
+                    sets[m][2][combo[m]][None].expand(sizes[l], -1) if m != l else sets[l][2]
+                    for m in range(len(sets))
+                ]
                 raw_cf = torch.stack(cfs, dim=1)
             v, ll = _evaluate(raw, raw_cf, gold, metric)
             examined += sizes[l]

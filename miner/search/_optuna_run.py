@@ -6,9 +6,10 @@ import math
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 import optuna
 import torch
@@ -20,7 +21,14 @@ from miner.prompts import Prompt, PromptEnsemble
 from miner.search._base import Evaluate, SearchContext, rank_key
 from miner.search._labelwords import candidate_pool, decoded_vocab, search_verbalizers, word_mask
 from miner.search._optuna_space import TemplateSpace, build_space
-from miner.search._optuna_study import FINISHED, SharedStudy, known_dead, make_pruner, make_sampler, open_study
+from miner.search._optuna_study import (
+    FINISHED,
+    SharedStudy,
+    known_dead,
+    make_pruner,
+    make_sampler,
+    open_study,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -41,7 +49,9 @@ class _Job:
     user_words: list[list[str]]  # per label
     vocabulary: frozenset[str] | None = None
     masks: dict[bool, torch.Tensor] = field(default_factory=dict)
-    multi: dict[tuple[str, str, bool], torch.Tensor] = field(default_factory=dict)  # (template, word, content_free) -> [N_all] scores
+    multi: dict[tuple[str, str, bool], torch.Tensor] = field(
+        default_factory=dict
+    )  # (template, word, content_free) -> [N_all] scores
     multi_objective: bool = False
     seed: int = 0  # of the sampler and of the demonstration draws
 
@@ -94,7 +104,9 @@ def check_job(s, ctx: SearchContext) -> JobSetup:
     space = build_space(s, ctx.backend.kind, ctx.text_fields, ctx.prompts, ctx.logger)
     unknown = [k for k in s.label_words if k not in labels]
     if unknown:
-        raise ConfigError(f"optuna searcher: label_words names unknown label {unknown[0]!r}; the labels are {list(labels)}")
+        raise ConfigError(
+            f"optuna searcher: label_words names unknown label {unknown[0]!r}; the labels are {list(labels)}"
+        )
     vocabulary = _vocabulary(s.vocabulary)
     if not ctx.task.train:
         raise ConfigError("optuna searcher: the task has no training examples to find label words with")
@@ -111,23 +123,53 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
     be = ctx.backend
     setup = check_job(s, ctx)
     seed = s.seed if s.seed is not None else ctx.seed
-    job = _Job(s, ctx, evaluate, setup.space, _stratified(ctx.task.train, len(labels), seed), setup.user_words,
-               vocabulary=setup.vocabulary, multi_objective=s.sampler == "nsga2", seed=seed)
+    job = _Job(
+        s,
+        ctx,
+        evaluate,
+        setup.space,
+        _stratified(ctx.task.train, len(labels), seed),
+        setup.user_words,
+        vocabulary=setup.vocabulary,
+        multi_objective=s.sampler == "nsga2",
+        seed=seed,
+    )
 
     persistent = ctx.storage_url is not None and bool(ctx.job_key or s.study_name)
     name = s.study_name or f"miner-{ctx.job_key}"
     resumed = ctx.budget is not None and ctx.budget.evaluations > 0
     directions = ["maximize", "minimize"] if job.multi_objective else ["maximize"]
-    shared = open_study(ctx.storage_url if persistent else None, name, directions,
-                        make_sampler(s.sampler, seed, s.n_startup_trials), make_pruner(s.pruner, s.n_startup_trials),
-                        s.n_trials, resumed, ctx.started_at, s.heartbeat_grace_s,
-                        sampler_for=lambda offset: make_sampler(s.sampler, (seed + 7919 * offset) % 2**32,
-                                                                s.n_startup_trials))
+    shared = open_study(
+        ctx.storage_url if persistent else None,
+        name,
+        directions,
+        make_sampler(s.sampler, seed, s.n_startup_trials),
+        make_pruner(s.pruner, s.n_startup_trials),
+        s.n_trials,
+        resumed,
+        ctx.started_at,
+        s.heartbeat_grace_s,
+        sampler_for=lambda offset: make_sampler(
+            s.sampler, (seed + 7919 * offset) % 2**32, s.n_startup_trials
+        ),
+    )
     study = shared.study
-    study.set_user_attr("miner", {"job_key": ctx.job_key, "task": ctx.task.name, "model": be.name,
-                                  "objective": "dev score + tie_weight * exp(dev loglik)", "tie_weight": s.tie_weight})
-    ctx.logger.info("optuna: study %r (%s), %d finished trials", study.study_name,
-                    "in the leaderboard database" if persistent else "in memory", shared.finished())
+    study.set_user_attr(
+        "miner",
+        {
+            "job_key": ctx.job_key,
+            "task": ctx.task.name,
+            "model": be.name,
+            "objective": "dev score + tie_weight * exp(dev loglik)",
+            "tie_weight": s.tie_weight,
+        },
+    )
+    ctx.logger.info(
+        "optuna: study %r (%s), %d finished trials",
+        study.study_name,
+        "in the leaderboard database" if persistent else "in memory",
+        shared.finished(),
+    )
     mine: set[int] = set()  # trials this call finished
     arrived_done = None  # the study needed nothing from this call when it started
     waiting_logged = False
@@ -137,14 +179,20 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
         counts = shared.counts()
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         running, queued = counts[TrialState.RUNNING], counts[TrialState.WAITING]
-        dead = [t for t in shared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if known_dead(t)]
+        dead = [
+            t for t in shared.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if known_dead(t)
+        ]
         if not settled and dead and shared.storage is not None:
             # A killed run's trial stays RUNNING until its heartbeat goes stale: wait for it to be failed
             # and queued again, so that every new trial is drawn from the same history as in an
             # uninterrupted run (see SharedStudy.sampler_for). Live workers' trials are not waited for.
             if not waiting_logged:
-                ctx.logger.info("optuna: %d trial(s) of a killed worker in flight; waiting up to %d s for them "
-                                "to turn stale and be queued again", len(dead), shared.grace)
+                ctx.logger.info(
+                    "optuna: %d trial(s) of a killed worker in flight; waiting up to %d s for them "
+                    "to turn stale and be queued again",
+                    len(dead),
+                    shared.grace,
+                )
                 waiting_logged = True
             time.sleep(min(1.0, shared.interval))
             continue
@@ -158,7 +206,10 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
             if not running or shared.storage is None:
                 break
             if not waiting_logged:
-                ctx.logger.info("optuna: waiting for %d trial(s) of other workers (re-run here if their worker died)", running)
+                ctx.logger.info(
+                    "optuna: waiting for %d trial(s) of other workers (re-run here if their worker died)",
+                    running,
+                )
                 waiting_logged = True
             time.sleep(min(1.0, shared.interval))
             continue
@@ -171,8 +222,12 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
         except UpdateFinishedTrialError:
             # Another worker failed the trial: no heartbeat of it reached the database within the grace period.
             _stop(beat)
-            ctx.logger.warning("optuna: trial %d was failed by another worker (no heartbeat within %d s); "
-                               "its parameters were queued again", trial.number, shared.grace)
+            ctx.logger.warning(
+                "optuna: trial %d was failed by another worker (no heartbeat within %d s); "
+                "its parameters were queued again",
+                trial.number,
+                shared.grace,
+            )
             continue
         except BaseException:
             # Budget exhausted, interrupted or a real error: the trial did not finish.
@@ -197,7 +252,10 @@ def _tell(shared: SharedStudy, trial: optuna.Trial, beat, mine: set[int], log, *
     if frozen.state != wanted:
         log.warning(
             "optuna: trial %d had been failed by another worker (no heartbeat within %d s); its result is not in the "
-            "study", trial.number, shared.grace)
+            "study",
+            trial.number,
+            shared.grace,
+        )
 
 
 def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
@@ -206,11 +264,14 @@ def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     Ranked by the runner's own ``rank_key`` (dev score, dev log-likelihood, train score; the
     earlier trial on a tie); trials without a scored prompt are skipped.
     """
+
     def rank(t):
         a = t.user_attrs
         return (*rank_key(a.get("dev_score"), a.get("dev_loglik"), a.get("train_score")), -t.number)
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "prompt" in t.user_attrs]
+    done = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "prompt" in t.user_attrs
+    ]
     out, keys = [], set()
     for t in sorted(done, key=rank, reverse=True):
         if t.user_attrs.get("prompt_key") not in keys:
@@ -234,11 +295,15 @@ def _propose_ensemble(job: _Job, shared: SharedStudy, mine: set[int], arrived_do
         done = study.get_trials(deepcopy=False, states=FINISHED)
         last = max(done, key=lambda t: (t.datetime_complete or datetime.min, t.number))
         if last.number not in mine:
-            job.ctx.logger.info("optuna: trial %d of another worker finished the study; that worker proposes the ensemble",
-                                last.number)
+            job.ctx.logger.info(
+                "optuna: trial %d of another worker finished the study; that worker proposes the ensemble",
+                last.number,
+            )
             return
     elif not arrived_done:
-        job.ctx.logger.info("optuna: other workers finished the study; the last one to finish proposes the ensemble")
+        job.ctx.logger.info(
+            "optuna: other workers finished the study; the last one to finish proposes the ensemble"
+        )
         return
     elif (study.user_attrs.get("ensemble") or {}).get("trials") == [t.number for t in top]:
         job.ctx.logger.info("optuna: the study already has the ensemble of its top trials")
@@ -247,16 +312,33 @@ def _propose_ensemble(job: _Job, shared: SharedStudy, mine: set[int], arrived_do
         job.ctx.logger.info("optuna: fewer than 2 finished trials, no ensemble")
         return
     ens = PromptEnsemble(tuple(Prompt.from_dict(t.user_attrs["prompt"], labels) for t in top))
-    extra = {"pick": True, "optuna": {"study": study.study_name, "ensemble_of": [t.number for t in top],
-                                      "members_dev": [t.user_attrs.get("dev_score") for t in top]}}
+    extra = {
+        "pick": True,
+        "optuna": {
+            "study": study.study_name,
+            "ensemble_of": [t.number for t in top],
+            "members_dev": [t.user_attrs.get("dev_score") for t in top],
+        },
+    }
     # The runner scores an ensemble like a prompt (key, plan, score); Evaluate is typed for Prompt only.
     ev = job.evaluate([ens], extra=extra)[0]
-    study.set_user_attr("ensemble", {"trials": [t.number for t in top], "row_id": ev.row_id, "prompt_key": ens.key,
-                                     "dev_score": ev.dev.score if ev.dev else None})
+    study.set_user_attr(
+        "ensemble",
+        {
+            "trials": [t.number for t in top],
+            "row_id": ev.row_id,
+            "prompt_key": ens.key,
+            "dev_score": ev.dev.score if ev.dev else None,
+        },
+    )
     split = ev.dev or ev.train
     assert split is not None  # the runner always scores dev
-    job.ctx.logger.info("optuna: ensemble of trials %s: dev %.3f (loglik %.3f), the job's pick",
-                        [t.number for t in top], split.score, split.loglik)
+    job.ctx.logger.info(
+        "optuna: ensemble of trials %s: dev %.3f (loglik %.3f), the job's pick",
+        [t.number for t in top],
+        split.score,
+        split.loglik,
+    )
 
 
 def _vocabulary(value) -> frozenset[str] | None:
@@ -286,6 +368,7 @@ def _choose(s, trial: optuna.Trial):
         if s.sampler == "cmaes":  # CMA-ES models integers, not categories
             return options[trial.suggest_int(name, 0, len(options) - 1)]
         return trial.suggest_categorical(name, options)
+
     return choose
 
 
@@ -308,8 +391,10 @@ def _demonstrations(job: _Job, template: str, n_per_label: int, draw: int) -> tu
     parsed = Prompt.create(template, {lab: ["x"] for lab in labels}, labels).parsed
     words = [job.user_words[c][0] if job.user_words[c] else labels[c] for c in range(len(labels))]
     sep = job.s.demo_separator
-    text = "".join(parsed.render({f: str(e.fields[f]).strip() for f in parsed.fields}, answer=words[e.label]) + sep
-                   for e in shown)
+    text = "".join(
+        parsed.render({f: str(e.fields[f]).strip() for f in parsed.fields}, answer=words[e.label]) + sep
+        for e in shown
+    )
     return text.replace("{", "{{").replace("}", "}}") + template, shown
 
 
@@ -350,9 +435,11 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
         planned += scorer.plan(mp, order) + (scorer.plan(mp, cf_rows) if calibrate else 0)
     budget = ctx.budget
     if budget is not None and not budget.can_afford(forward_passes=planned, evaluations=1):
-        raise BudgetExhausted(f"the next optuna trial needs {planned} forward passes and an evaluation; left: "
-                              f"{budget.forward_passes_left:g} passes, {budget.evaluations_left:g} evaluations, "
-                              f"{max(0.0, budget.seconds_left):g} s")
+        raise BudgetExhausted(
+            f"the next optuna trial needs {planned} forward passes and an evaluation; left: "
+            f"{budget.forward_passes_left:g} passes, {budget.evaluations_left:g} evaluations, "
+            f"{max(0.0, budget.seconds_left):g} s"
+        )
 
     if space not in job.masks:
         job.masks[space] = word_mask(be, s.word_pattern, space, job.vocabulary)
@@ -368,23 +455,45 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
         D = torch.cat(dists)  # [seen, V]
         gold = gold_all[:seen]
         X, user_cols = _with_multi(job, template, D, multi, space, seen, order)
-        pool = candidate_pool(D, gold, len(labels), allowed, pool_size, s.likely_top,
-                              lambda w: _single_token(be, w, space), vocab, _user_pool(job, be, space, user_cols))
+        pool = candidate_pool(
+            D,
+            gold,
+            len(labels),
+            allowed,
+            pool_size,
+            s.likely_top,
+            lambda w: _single_token(be, w, space),
+            vocab,
+            _user_pool(job, be, space, user_cols),
+        )
         if any(not ws for ws in pool.words):
-            ctx.logger.info("optuna: trial %d has a label without candidate words (pool_size=%d, no user words); pruned",
-                            trial.number, pool_size)
+            ctx.logger.info(
+                "optuna: trial %d has a label without candidate words (pool_size=%d, no user words); pruned",
+                trial.number,
+                pool_size,
+            )
             raise _Pruned()
         Xcf = None
         if calibrate:
             Dcf = scorer.distributions(plan_prompt, cf_rows)
             Xcf, _ = _with_multi(job, template, Dcf, multi, space, None, cf_rows, content_free=True)
-        res = search_verbalizers(X, gold, pool, n_words, Wcf=Xcf, metric=ctx.task.metric, select=select,
-                                 max_verbalizers=s.max_verbalizers)
+        res = search_verbalizers(
+            X,
+            gold,
+            pool,
+            n_words,
+            Wcf=Xcf,
+            metric=ctx.task.metric,
+            select=select,
+            max_verbalizers=s.max_verbalizers,
+        )
         trial.set_user_attr(f"examined_step{step}", res.examined)
         if not multiobj and step < len(chunks) - 1:
             trial.report(res.metric + s.tie_weight * math.exp(min(0.0, res.loglik)), step)
             if trial.should_prune():
-                ctx.logger.info("optuna: trial %d pruned at %d/%d train examples: %r", trial.number, seen, n, template)
+                ctx.logger.info(
+                    "optuna: trial %d pruned at %d/%d train examples: %r", trial.number, seen, n, template
+                )
                 raise _Pruned()
 
     assert pool is not None and res is not None  # chunks is never empty, so the loop ran
@@ -392,10 +501,15 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
     prompt = Prompt.create(template, words, labels, calibrate=calibrate)
     examined = sum(v for k, v in trial.user_attrs.items() if k.startswith("examined_step"))
     extra = {
-        "optuna": {"study": study.study_name, "trial": trial.number, "params": dict(trial.params),
-                   "demonstrations": len(shown),
-                   "verbalizers_examined": examined, "train_fit": {"metric": res.metric, "loglik": res.loglik},
-                   "pool": {lab: pool.words[c] for c, lab in enumerate(labels)}},
+        "optuna": {
+            "study": study.study_name,
+            "trial": trial.number,
+            "params": dict(trial.params),
+            "demonstrations": len(shown),
+            "verbalizers_examined": examined,
+            "train_fit": {"metric": res.metric, "loglik": res.loglik},
+            "pool": {lab: pool.words[c] for c, lab in enumerate(labels)},
+        },
     }
     ev = job.evaluate([prompt], extra=extra)[0]
     split = ev.dev or ev.train
@@ -411,10 +525,19 @@ def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):
     trial.set_user_attr("verbalizers_examined", examined)
     trial.set_user_attr("forward_passes", ev.cost.forward_passes)
     trial.set_user_attr("pool", {lab: pool.words[c][:20] for c, lab in enumerate(labels)})
-    ctx.logger.info("optuna: trial %d dev %.3f (loglik %.3f) %d verbalizers examined: %s", trial.number, split.score,
-                    split.loglik, examined, prompt.describe())
+    ctx.logger.info(
+        "optuna: trial %d dev %.3f (loglik %.3f) %d verbalizers examined: %s",
+        trial.number,
+        split.score,
+        split.loglik,
+        examined,
+        prompt.describe(),
+    )
     if multiobj:
-        return [value, float(len(be.tokenize(prompt.parsed.render({f: "" for f in prompt.parsed.fields}, answer=""))))]
+        return [
+            value,
+            float(len(be.tokenize(prompt.parsed.render({f: "" for f in prompt.parsed.fields}, answer="")))),
+        ]
     return value
 
 
@@ -422,8 +545,16 @@ def _multi_prompt(template: str, labels, c: int, word: str, ph: str) -> Prompt:
     return Prompt.create(template, {lab: [word if i == c else ph] for i, lab in enumerate(labels)}, labels)
 
 
-def _with_multi(job: _Job, template: str, D: torch.Tensor, multi, space: bool, seen: int | None, examples,
-                content_free: bool = False):
+def _with_multi(
+    job: _Job,
+    template: str,
+    D: torch.Tensor,
+    multi,
+    space: bool,
+    seen: int | None,
+    examples,
+    content_free: bool = False,
+):
     """Append columns for multi-token user words, scored on ``examples`` (the rows of ``D``: the
     trial's training order, or the content-free rows) once by the scorer, then cached."""
     if not multi:

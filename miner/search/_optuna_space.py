@@ -9,12 +9,11 @@ can learn which prefix or infix helps independently of the others.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from miner.errors import ConfigError, PromptError
-from miner.prompts import Prompt
-from miner.prompts import parse_template
+from miner.prompts import Prompt, parse_template
 
 PARTS = "<parts>"  # the value of the "template" parameter that means "assemble from parts"
 
@@ -57,7 +56,9 @@ class TemplateSpace:
         )
 
 
-def build_space(searcher, kind: str, text_fields: Sequence[str], seed_prompts: Sequence[Prompt], log) -> TemplateSpace:
+def build_space(
+    searcher, kind: str, text_fields: Sequence[str], seed_prompts: Sequence[Prompt], log
+) -> TemplateSpace:
     """Validate the configured parts and templates; a bad user template is a one-line error."""
     full: list[str] = []
     for i, t in enumerate(searcher.templates):
@@ -67,20 +68,34 @@ def build_space(searcher, kind: str, text_fields: Sequence[str], seed_prompts: S
         except PromptError as exc:
             raise ConfigError(f"optuna searcher: templates[{i}]: {exc}") from None
         if tpl.n_triggers or tpl.n_soft:
-            raise ConfigError(f"optuna searcher: templates[{i}] has trigger or soft slots; give plain templates")
+            raise ConfigError(
+                f"optuna searcher: templates[{i}] has trigger or soft slots; give plain templates"
+            )
         if kind == "causal" and not tpl.answer_at_end:
-            raise ConfigError(f"optuna searcher: templates[{i}] {t!r} needs {{answer}} at the end for a causal LM")
+            raise ConfigError(
+                f"optuna searcher: templates[{i}] {t!r} needs {{answer}} at the end for a causal LM"
+            )
         full.append(t)
     if searcher.use_seed_templates:
         for p in seed_prompts:
             tpl = p.parsed
             if tpl.n_triggers or tpl.n_soft or (kind == "causal" and not tpl.answer_at_end):
-                log.info("optuna: seed template %r skipped (answer not at the end, or trigger/soft slots)", p.template)
+                log.info(
+                    "optuna: seed template %r skipped (answer not at the end, or trigger/soft slots)",
+                    p.template,
+                )
                 continue
             full.append(p.template)
     full = list(dict.fromkeys(full))
     positions = ["end"] + (["start"] if kind == "masked" and searcher.answer_first else [])
     if not searcher.infixes and not full:
         raise ConfigError("optuna searcher: give 'infixes' or 'templates' (there is no template to search)")
-    return TemplateSpace(tuple(full), tuple(searcher.prefixes), tuple(searcher.separators),
-                         tuple(searcher.punctuations), tuple(searcher.infixes), tuple(positions), tuple(text_fields))
+    return TemplateSpace(
+        tuple(full),
+        tuple(searcher.prefixes),
+        tuple(searcher.separators),
+        tuple(searcher.punctuations),
+        tuple(searcher.infixes),
+        tuple(positions),
+        tuple(text_fields),
+    )

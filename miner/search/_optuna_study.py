@@ -63,14 +63,20 @@ def make_sampler(name: str, seed: int, n_startup: int) -> optuna.samplers.BaseSa
         # and conditional parameters (full template vs assembled parts) get their own groups.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup)
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=True, n_startup_trials=n_startup
+            )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         # CMA-ES models the integer-coded choices; anything it cannot (conditional) falls back to TPE.
         fallback = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=n_startup, independent_sampler=fallback,
-                                            warn_independent_sampling=False)
+        return optuna.samplers.CmaEsSampler(
+            seed=seed,
+            n_startup_trials=n_startup,
+            independent_sampler=fallback,
+            warn_independent_sampling=False,
+        )
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
     raise ConfigError(f"optuna searcher: unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
@@ -106,10 +112,15 @@ def _retry_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         given_up = len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= MAX_RETRY
         _RETRY(study, trial)
     if given_up:
-        logger.warning("optuna: trial %d was left running by a dead worker %d times; not retried again",
-                       trial.number, MAX_RETRY + 1)
+        logger.warning(
+            "optuna: trial %d was left running by a dead worker %d times; not retried again",
+            trial.number,
+            MAX_RETRY + 1,
+        )
     else:
-        logger.info("optuna: trial %d was left running by a dead worker; failed and re-enqueued", trial.number)
+        logger.info(
+            "optuna: trial %d was left running by a dead worker; failed and re-enqueued", trial.number
+        )
 
 
 def make_storage(url: str | None, grace_s: float | None = None) -> optuna.storages.BaseStorage:
@@ -127,7 +138,11 @@ def _rdb_storage(url: str, grace_s: float | None) -> optuna.storages.RDBStorage:
     beats: dict[str, Any] = {}
     if grace_s is not None:
         interval, grace = heartbeat_settings(grace_s)
-        beats = {"heartbeat_interval": interval, "grace_period": grace, "heartbeat_stale_trial_callback": _retry_stale}
+        beats = {
+            "heartbeat_interval": interval,
+            "grace_period": grace,
+            "heartbeat_stale_trial_callback": _retry_stale,
+        }
     # Two workers opening a new database at once race to create Optuna's tables and version rows
     # ("table studies already exists", a duplicate version row); the loser retries: the winner's
     # tables are complete once its transaction commits.
@@ -138,7 +153,9 @@ def _rdb_storage(url: str, grace_s: float | None) -> optuna.storages.RDBStorage:
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beats)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             text = str(exc).lower()
-            if attempt == 7 or not any(k in text for k in ("already exists", "locked", "unique", "integrity")):
+            if attempt == 7 or not any(
+                k in text for k in ("already exists", "locked", "unique", "integrity")
+            ):
                 raise
             logger.debug("optuna storage creation raced another worker (%s); retrying", exc)
             time.sleep(0.2 * (attempt + 1))
@@ -197,7 +214,9 @@ class SharedStudy:
     study: optuna.Study
     storage: optuna.storages.RDBStorage | None  # None: in memory, private to this call (nothing to recover)
     study_id: int = -1  # in ``storage``
-    created: bool = True  # this worker created the study (else it joined one that others, or a killed run, started)
+    created: bool = (
+        True  # this worker created the study (else it joined one that others, or a killed run, started)
+    )
     interval: int = 15  # seconds between heartbeats
     grace: int = 60  # seconds without one after which a trial is dead
     # A fresh sampler for each new trial, seeded by the number of trials finished or in flight when it
@@ -243,10 +262,14 @@ class SharedStudy:
         """``study.ask()`` (an enqueued trial first), then the heartbeat, then the owner record."""
         with warnings.catch_warnings():
             # Optuna warns that its own heartbeat thread runs only in optimize(); ours runs here.
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            warnings.filterwarnings(
+                "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
+            )
             if self.sampler_for is not None:
                 c = self.counts()
-                self.study.sampler = self.sampler_for(c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING])
+                self.study.sampler = self.sampler_for(
+                    c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING]
+                )
             trial = self.study.ask()
         if self.storage is None:
             return trial, None
@@ -263,9 +286,18 @@ def _done(study: optuna.Study, n_trials: int) -> bool:
     return not busy and sum(t.state in FINISHED for t in trials) >= n_trials
 
 
-def open_study(url: str | None, base_name: str, directions: list[str], sampler, pruner, n_trials: int,
-               resumed: bool, started_at: float | None = None, grace_s: float = 60.0,
-               sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> SharedStudy:
+def open_study(
+    url: str | None,
+    base_name: str,
+    directions: list[str],
+    sampler,
+    pruner,
+    n_trials: int,
+    resumed: bool,
+    started_at: float | None = None,
+    grace_s: float = 60.0,
+    sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None,
+) -> SharedStudy:
     """Load or create the job's study.
 
     A study that is done (``n_trials`` finished trials, none running or queued) is reused only
@@ -280,25 +312,34 @@ def open_study(url: str | None, base_name: str, directions: list[str], sampler, 
     """
     wanted = [optuna.study.StudyDirection[d.upper()] for d in directions]
     if url is None:
-        study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), study_name=base_name, directions=wanted,
-                                    sampler=sampler, pruner=pruner)
+        study = optuna.create_study(
+            storage=optuna.storages.InMemoryStorage(),
+            study_name=base_name,
+            directions=wanted,
+            sampler=sampler,
+            pruner=pruner,
+        )
         return SharedStudy(study, None, sampler_for=sampler_for)
     storage = _rdb_storage(url, grace_s)
     interval, grace = heartbeat_settings(grace_s)
     for attempt in range(1, 1000):
         name = base_name if attempt == 1 else f"{base_name}-{attempt}"
         try:
-            study = optuna.create_study(storage=storage, study_name=name, directions=wanted, sampler=sampler,
-                                        pruner=pruner)
+            study = optuna.create_study(
+                storage=storage, study_name=name, directions=wanted, sampler=sampler, pruner=pruner
+            )
             created = True
         except DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
             created = False
         if list(study.directions) != wanted:
-            raise ConfigError(f"optuna study {name!r} exists with other objectives; set 'study_name' to start another")
+            raise ConfigError(
+                f"optuna study {name!r} exists with other objectives; set 'study_name' to start another"
+            )
         if created or resumed or not _done(study, n_trials) or _finished_since(study, started_at):
-            return SharedStudy(study, storage, storage.get_study_id_from_name(name), created, interval, grace,
-                               sampler_for)
+            return SharedStudy(
+                study, storage, storage.get_study_id_from_name(name), created, interval, grace, sampler_for
+            )
     raise ConfigError(f"optuna study {base_name!r}: too many finished re-runs in this database")
 
 

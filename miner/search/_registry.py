@@ -83,15 +83,22 @@ class Registry(Generic[T]):
                 self.register(cls)
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not break miner
                 self.broken[ep.name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                logger.warning("%s plugin %r (%s) could not be loaded: %s", self.kind, ep.name, ep.value,
-                               self.broken[ep.name])
+                logger.warning(
+                    "%s plugin %r (%s) could not be loaded: %s",
+                    self.kind,
+                    ep.name,
+                    ep.value,
+                    self.broken[ep.name],
+                )
 
     def register(self, cls: type[T]) -> type[T]:
         name = getattr(cls, "name", "")
         if not name:
             raise MinerError(f"{self.kind} class {cls.__name__} has no 'name'")
         if name in self._items and self._items[name] is not cls:
-            raise MinerError(f"{self.kind} {name!r} is already registered (by {self._items[name].__module__})")
+            raise MinerError(
+                f"{self.kind} {name!r} is already registered (by {self._items[name].__module__})"
+            )
         self._items[name] = cls
         return cls
 
@@ -104,7 +111,9 @@ class Registry(Generic[T]):
             hint = f"did you mean {close[0]!r}? " if close else ""
             if name in self.broken:
                 hint = f"its plugin failed to load ({self.broken[name]}); "
-            raise ConfigError(f"unknown {self.kind} {name!r}; {hint}known: {', '.join(sorted(self._items))}") from None
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; {hint}known: {', '.join(sorted(self._items))}"
+            ) from None
 
     def names(self) -> list[str]:
         self._load_plugins()

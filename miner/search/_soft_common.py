@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -44,7 +45,9 @@ def check_template(template: str | None, what: str = "template") -> None:
         raise ConfigError(f"{what} {template!r} has no soft-token slot: add {{soft:N}} (e.g. at the start)")
 
 
-def build_layout(context: Any, template: str | None, n_tokens: int, verbalizer: Mapping[str, Any] | None) -> Prompt:
+def build_layout(
+    context: Any, template: str | None, n_tokens: int, verbalizer: Mapping[str, Any] | None
+) -> Prompt:
     """The training prompt: where the soft tokens go and how labels are read.
 
     Default: ``{soft:N}`` at the very start of the config's first hand-written prompt (or of
@@ -54,7 +57,11 @@ def build_layout(context: Any, template: str | None, n_tokens: int, verbalizer: 
     labels = context.label_names
     seed = context.prompts[0] if context.prompts else None
     if template is None:
-        base = seed.template if seed is not None else " ".join("{" + f + "}" for f in context.text_fields) + DEFAULT_SUFFIX
+        base = (
+            seed.template
+            if seed is not None
+            else " ".join("{" + f + "}" for f in context.text_fields) + DEFAULT_SUFFIX
+        )
         template = f"{{soft:{n_tokens}}}{base}"
     if verbalizer is not None:
         verb = Verbalizer.from_mapping(verbalizer, labels)
@@ -65,7 +72,9 @@ def build_layout(context: Any, template: str | None, n_tokens: int, verbalizer: 
     prompt = Prompt(template=template, verbalizer=verb, soft=PENDING)
     prompt.parsed.check_fields(context.text_fields)
     if prompt.parsed.n_triggers:
-        raise PromptError(f"template {template!r} mixes {{trigger}} and {{soft}} slots; the continuous searchers need soft slots only")
+        raise PromptError(
+            f"template {template!r} mixes {{trigger}} and {{soft}} slots; the continuous searchers need soft slots only"
+        )
     return prompt
 
 
@@ -99,7 +108,9 @@ def eval_passes(scorer: Any, prompt: Prompt, task: Any) -> int:
 def can_afford(context: Any, forward_passes: int = 0, backward_passes: int = 0, evaluations: int = 0) -> bool:
     """Whether the job's budget can pay for this work (always, outside the runner: no budget)."""
     b = context.budget
-    return b is None or b.can_afford(forward_passes=forward_passes, backward_passes=backward_passes, evaluations=evaluations)
+    return b is None or b.can_afford(
+        forward_passes=forward_passes, backward_passes=backward_passes, evaluations=evaluations
+    )
 
 
 def check_init_text(backend: Any, init: str, text: str, what: str = "") -> None:
@@ -128,7 +139,8 @@ def nearest_report(backend: Any, soft: torch.Tensor, k: int = 3) -> dict[str, An
         "nearest_ids": ids[:, 0].tolist(),
         "nearest_text": backend.decode(ids[:, 0].tolist()),
         "nearest_tokens": [
-            [[backend.decode([int(t)]), round(float(c), 4)] for t, c in zip(row_ids, row_cos)] for row_ids, row_cos in zip(ids, cos)
+            [[backend.decode([int(t)]), round(float(c), 4)] for t, c in zip(row_ids, row_cos)]
+            for row_ids, row_cos in zip(ids, cos)
         ],
     }
 
@@ -146,14 +158,21 @@ def discrete_projection(layout: Prompt, token_ids: Sequence[int]) -> Prompt:
         elif isinstance(seg, (Soft, Trigger)):
             parts.append("{trigger}")
     template = _merge_runs("".join(parts))
-    return Prompt(template=template, verbalizer=layout.verbalizer, triggers=tuple(int(t) for t in token_ids), calibrate=layout.calibrate)
+    return Prompt(
+        template=template,
+        verbalizer=layout.verbalizer,
+        triggers=tuple(int(t) for t in token_ids),
+        calibrate=layout.calibrate,
+    )
 
 
 def _merge_runs(text: str) -> str:
     """``{trigger}{trigger}{trigger}`` -> ``{trigger:3}`` (shorter, same meaning)."""
     import re
 
-    return re.sub(r"(?:\{trigger\}){2,}", lambda m: f"{{trigger:{len(m.group(0)) // len('{trigger}')}}}", text)
+    return re.sub(
+        r"(?:\{trigger\}){2,}", lambda m: f"{{trigger:{len(m.group(0)) // len('{trigger}')}}}", text
+    )
 
 
 # --------------------------------------------------------------------------- recording
@@ -166,7 +185,14 @@ class Recorded:
     tensor: torch.Tensor  # float32, CPU
 
 
-def record_soft(context: Any, evaluate: Any, layout: Prompt, tensor: torch.Tensor, meta: dict[str, Any], extra: dict[str, Any]) -> Recorded:
+def record_soft(
+    context: Any,
+    evaluate: Any,
+    layout: Prompt,
+    tensor: torch.Tensor,
+    meta: dict[str, Any],
+    extra: dict[str, Any],
+) -> Recorded:
     """Store the tensor, propose the prompt that refers to it, return the evaluation."""
     if context.artifacts is None:
         raise PromptError("soft prompts need an artifact store (context.artifacts) to keep their tensors")
@@ -174,7 +200,9 @@ def record_soft(context: Any, evaluate: Any, layout: Prompt, tensor: torch.Tenso
     t = tensor.detach().to("cpu", torch.float32).clone().contiguous()
     ref = context.artifacts.put_tensor(t, {"template": layout.template, **meta})
     report = nearest_report(context.backend, t)
-    ev = evaluate([layout.with_(soft=ref)], extra={**extra, "soft_ref": ref, "soft_shape": list(t.shape), **report})[0]
+    ev = evaluate(
+        [layout.with_(soft=ref)], extra={**extra, "soft_ref": ref, "soft_shape": list(t.shape), **report}
+    )[0]
     return Recorded(ref, ev, t)
 
 
@@ -193,7 +221,10 @@ def record_projection(context: Any, evaluate: Any, layout: Prompt, best: Recorde
     ev = evaluate([projection], extra=extra)[0]
     context.logger.info(
         "%s: nearest discrete prompt of the best soft prompt reads %r: dev %s (soft prompt: dev %s)",
-        searcher, extra["nearest_text"], _fmt(ev.dev.score if ev.dev else None), _fmt(soft_dev),
+        searcher,
+        extra["nearest_text"],
+        _fmt(ev.dev.score if ev.dev else None),
+        _fmt(soft_dev),
     )
     return ev
 

@@ -34,7 +34,12 @@ from miner.prompts import Prompt, Verbalizer
 from miner.scoring import Scorer, TriggerScorer
 from miner.search._base import Capabilities, Evaluate, Evaluation, SearchContext, Searcher
 from miner.search._hotflip import (
-    allowed_tokens, candidate_objectives, hotflip_topk, objective_gradient, round_trips, sample_candidates,
+    allowed_tokens,
+    candidate_objectives,
+    hotflip_topk,
+    objective_gradient,
+    round_trips,
+    sample_candidates,
 )
 from miner.search._registry import register_searcher
 
@@ -45,46 +50,78 @@ class AutoPromptSearcher(Searcher):
     """Gradient-guided search for trigger tokens in a template with ``{trigger:N}`` slots."""
 
     name = "autoprompt"
-    summary = "gradient-guided trigger-token search (HotFlip + GCG-style sampling, batched, KV-cached re-scoring)"
+    summary = (
+        "gradient-guided trigger-token search (HotFlip + GCG-style sampling, batched, KV-cached re-scoring)"
+    )
     capabilities = Capabilities(needs_gradients=True)
 
-    template: Annotated[str | None, Field(description="template with {trigger:N} slots; default "
-                                                      "'<text fields> {trigger:n_triggers} {answer}'")] = None
+    template: Annotated[
+        str | None,
+        Field(
+            description="template with {trigger:N} slots; default "
+            "'<text fields> {trigger:n_triggers} {answer}'"
+        ),
+    ] = None
     n_triggers: Annotated[int, Field(ge=1, description="trigger tokens of the default template")] = 5
-    verbalizer: Annotated[dict[str, list[str] | str] | None, Field(
-        description="label -> answer words; default: the config's first prompt's, else the label names")] = None
-    init: Annotated[str, Field(description="initial triggers: 'random', one token (repeated), or a text of "
-                                           "exactly N tokens")] = " the"
+    verbalizer: Annotated[
+        dict[str, list[str] | str] | None,
+        Field(
+            description="label -> answer words; default: the config's first prompt's, else the label names"
+        ),
+    ] = None
+    init: Annotated[
+        str,
+        Field(description="initial triggers: 'random', one token (repeated), or a text of exactly N tokens"),
+    ] = " the"
     steps: Annotated[int, Field(ge=0, description="search iterations, at most")] = 40
-    batch_size: Annotated[int, Field(ge=1, description="training examples per gradient step and per candidate "
-                                                       "re-scoring")] = 16
+    batch_size: Annotated[
+        int, Field(ge=1, description="training examples per gradient step and per candidate re-scoring")
+    ] = 16
     top_k: Annotated[int, Field(ge=1, description="HotFlip tokens kept per trigger position")] = 32
     n_candidates: Annotated[int, Field(ge=1, description="single-swap candidates re-scored per step")] = 32
-    objective: Annotated[Literal["vocab", "label"], Field(
-        description="label: log p(gold words) normalised over the labels (the classifier's log-likelihood); "
-                    "vocab: over the whole vocabulary (AutoPrompt's loss), which also rewards triggers that "
-                    "make every label word likely (see results/archive/autoprompt_bench*.md)")] = "label"
+    objective: Annotated[
+        Literal["vocab", "label"],
+        Field(
+            description="label: log p(gold words) normalised over the labels (the classifier's log-likelihood); "
+            "vocab: over the whole vocabulary (AutoPrompt's loss), which also rewards triggers that "
+            "make every label word likely (see results/archive/autoprompt_bench*.md)"
+        ),
+    ] = "label"
     words_only: Annotated[bool, Field(description="trigger tokens must decode to alphabetic words")] = True
     allow_capitalized: Annotated[bool, Field(description="let capitalised words become triggers")] = False
     exclude_tokens: Annotated[list[str], Field(description="words that may not become triggers")] = field(
-        default_factory=list)
-    eval_every: Annotated[int, Field(ge=1, description="steps between dev evaluations (only when the trigger "
-                                                       "changed; one reuses the dev texts' key/value cache)")] = 2
-    patience: Annotated[int, Field(ge=0, description="dev evaluations without improvement before stopping "
-                                                     "(0: never)")] = 8
-    kv_cache: Annotated[bool, Field(description="reuse the example text's key/value cache across candidates "
-                                                "(causal LMs)")] = True
-    screen_dtype: Annotated[Literal["auto", "model", "float32", "bfloat16", "float16"], Field(
-        description="dtype of the model copy that computes the gradient and re-scores candidates; dev scores "
-                    "(every leaderboard number) use the model as loaded. auto: bfloat16 on a CPU with native "
-                    "bfloat16 instructions (AVX512-BF16, AMX), else the model's own dtype")] = "auto"
+        default_factory=list
+    )
+    eval_every: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="steps between dev evaluations (only when the trigger "
+            "changed; one reuses the dev texts' key/value cache)",
+        ),
+    ] = 2
+    patience: Annotated[
+        int, Field(ge=0, description="dev evaluations without improvement before stopping (0: never)")
+    ] = 8
+    kv_cache: Annotated[
+        bool, Field(description="reuse the example text's key/value cache across candidates (causal LMs)")
+    ] = True
+    screen_dtype: Annotated[
+        Literal["auto", "model", "float32", "bfloat16", "float16"],
+        Field(
+            description="dtype of the model copy that computes the gradient and re-scores candidates; dev scores "
+            "(every leaderboard number) use the model as loaded. auto: bfloat16 on a CPU with native "
+            "bfloat16 instructions (AVX512-BF16, AMX), else the model's own dtype"
+        ),
+    ] = "auto"
 
     # ------------------------------------------------------------------ setup
     def initial_prompt(self, context: SearchContext, rng: np.random.Generator | None = None) -> Prompt:
         """The template with its verbalizer and the initial trigger tokens."""
         labels = context.label_names
         template = self.template or (
-            " ".join("{" + f + "}" for f in context.text_fields) + f" {{trigger:{self.n_triggers}}} {{answer}}"
+            " ".join("{" + f + "}" for f in context.text_fields)
+            + f" {{trigger:{self.n_triggers}}} {{answer}}"
         )
         if self.verbalizer is not None:
             verb = Verbalizer.from_mapping(self.verbalizer, labels)
@@ -109,7 +146,9 @@ class AutoPromptSearcher(Searcher):
             elif len(toks) == n:
                 ids = toks
             else:
-                raise ConfigError(f"autoprompt.init {self.init!r} is {len(toks)} tokens; give one token or exactly {n}")
+                raise ConfigError(
+                    f"autoprompt.init {self.init!r} is {len(toks)} tokens; give one token or exactly {n}"
+                )
         if not round_trips(be, ids):
             context.logger.warning("initial trigger %r does not survive decode/re-encode", be.decode(ids))
         return probe.with_(triggers=tuple(ids), meta={"trigger_text": be.decode(ids)})
@@ -128,14 +167,21 @@ class AutoPromptSearcher(Searcher):
                 return backend
             name = "bfloat16"
         if name == "float16" and backend.device.type == "cpu":
-            raise ConfigError("autoprompt.screen_dtype float16 is for GPUs (slow or unsupported on a CPU); use bfloat16")
+            raise ConfigError(
+                "autoprompt.screen_dtype float16 is for GPUs (slow or unsupported on a CPU); use bfloat16"
+            )
         return backend.as_dtype(getattr(torch, name))
 
     def allowed_tokens(self, backend, prompt: Prompt):
         """Boolean mask ``[V]`` of the tokens this searcher's triggers may use (its vocabulary filter)."""
         exclude = [t for w in self.exclude_tokens for v in (w, " " + w) for t in backend.tokenize(v)]
-        return allowed_tokens(backend, prompt, words_only=self.words_only, allow_capitalized=self.allow_capitalized,
-                              exclude=exclude)
+        return allowed_tokens(
+            backend,
+            prompt,
+            words_only=self.words_only,
+            allow_capitalized=self.allow_capitalized,
+            exclude=exclude,
+        )
 
     # ------------------------------------------------------------------ search
     def validate(self, context: SearchContext) -> None:
@@ -152,10 +198,17 @@ class AutoPromptSearcher(Searcher):
         embeddings = be.input_embeddings()
         screen = self.screen_backend(be)
         if screen is not be:
-            log.info("autoprompt: gradient and candidates in %s, dev evaluations in %s", screen.dtype, be.dtype)
-            scorer = Scorer(screen, batch_size=scorer.batch_size, max_batch_tokens=scorer.max_batch_tokens,
-                            stem_cache_mb=scorer.stem_cache_mb, progress=False,
-                            counter=scorer.counter)  # charged to the job like every pass
+            log.info(
+                "autoprompt: gradient and candidates in %s, dev evaluations in %s", screen.dtype, be.dtype
+            )
+            scorer = Scorer(
+                screen,
+                batch_size=scorer.batch_size,
+                max_batch_tokens=scorer.max_batch_tokens,
+                stem_cache_mb=scorer.stem_cache_mb,
+                progress=False,
+                counter=scorer.counter,
+            )  # charged to the job like every pass
         screen_name = str(screen.dtype).replace("torch.", "")  # recorded with every dev evaluation
         cand_scorer = TriggerScorer(scorer, current, kv_cache=self.kv_cache)
         batches = _BatchStream(list(context.task.train), self.batch_size, rng)
@@ -163,8 +216,15 @@ class AutoPromptSearcher(Searcher):
         state: dict[str, Any] = {"best": None, "stale": 0, "evaluated": None}
 
         def dev_eval(prompt: Prompt, step: int, objective: float | None) -> Evaluation:
-            ev = evaluate([prompt], extra={"step": step, "train_objective": objective, "screen_dtype": screen_name,
-                                           "trigger_text": prompt.meta.get("trigger_text")})[0]
+            ev = evaluate(
+                [prompt],
+                extra={
+                    "step": step,
+                    "train_objective": objective,
+                    "screen_dtype": screen_name,
+                    "trigger_text": prompt.meta.get("trigger_text"),
+                },
+            )[0]
             state["evaluated"] = prompt.triggers
             best = state["best"]
             if best is None or ev.rank_key > best.rank_key:
@@ -206,11 +266,18 @@ class AutoPromptSearcher(Searcher):
             if step % self.eval_every == 0 and current.triggers != state["evaluated"]:
                 dev_eval(current, step, objective)
                 if self.patience and state["stale"] >= self.patience:
-                    log.info("autoprompt: no dev improvement in %d evaluations; stopping at step %d", self.patience, step)
+                    log.info(
+                        "autoprompt: no dev improvement in %d evaluations; stopping at step %d",
+                        self.patience,
+                        step,
+                    )
                     break
             best = state["best"]
-            bar.set_postfix(best_dev=f"{best.dev.score:.3f}" if best and best.dev else "-",
-                            loss=f"{loss:.3f}", accepted=accepted)
+            bar.set_postfix(
+                best_dev=f"{best.dev.score:.3f}" if best and best.dev else "-",
+                loss=f"{loss:.3f}",
+                accepted=accepted,
+            )
         if current.triggers != state["evaluated"]:
             dev_eval(current, done, objective)
 

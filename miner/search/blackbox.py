@@ -28,7 +28,15 @@ from miner.errors import MinerError
 from miner.search._base import Capabilities, Evaluate, SearchContext, Searcher
 from miner.search._registry import register_searcher
 from miner.search._soft_common import (
-    Recorded, autocast, build_layout, can_afford, check_template, eval_passes, initial_embeddings, record_projection, record_soft,
+    Recorded,
+    autocast,
+    build_layout,
+    can_afford,
+    check_template,
+    eval_passes,
+    initial_embeddings,
+    record_projection,
+    record_soft,
 )
 
 
@@ -41,7 +49,9 @@ def _cma(mean: np.ndarray, sigma: float, popsize: int | None, seed: int, bound: 
     return CMA(mean=mean, sigma=sigma, population_size=popsize, seed=seed, bounds=bounds)
 
 
-def projection_matrix(n_soft: int, hidden: int, dim: int, embed_std: float, sigma: float, seed: int) -> torch.Tensor:
+def projection_matrix(
+    n_soft: int, hidden: int, dim: int, embed_std: float, sigma: float, seed: int
+) -> torch.Tensor:
     """The fixed random map ``R^dim -> R^(n_soft * hidden)`` (float32, CPU)."""
     g = torch.Generator().manual_seed(seed * 7919 + 17)
     std = embed_std / (math.sqrt(dim) * sigma)
@@ -58,25 +68,48 @@ class BlackboxSearcher(Searcher):
     capabilities = Capabilities(prompt_kind="soft")
 
     n_tokens: Annotated[int, Field(ge=1, description="virtual tokens (used when template is not given)")] = 8
-    template: Annotated[str | None, Field(description="template with {soft:N} slots; default '{soft:N}' + the "
-                                                      "first seed prompt's template")] = None
-    verbalizer: Annotated[dict[str, list[str] | str] | None, Field(
-        description="label -> answer words; default: the first seed prompt's, else the label names")] = None
-    init: Annotated[Lit["vocab", "text", "random"], Field(
-        description="starting point p0: sampled vocabulary embeddings, init_text's embeddings, or random")] = "vocab"
-    init_text: Annotated[str, Field(description="text whose embeddings start the soft prompt (init: text)")] = (
-        "Read the text and choose the best answer.")
+    template: Annotated[
+        str | None,
+        Field(
+            description="template with {soft:N} slots; default '{soft:N}' + the first seed prompt's template"
+        ),
+    ] = None
+    verbalizer: Annotated[
+        dict[str, list[str] | str] | None,
+        Field(description="label -> answer words; default: the first seed prompt's, else the label names"),
+    ] = None
+    init: Annotated[
+        Lit["vocab", "text", "random"],
+        Field(
+            description="starting point p0: sampled vocabulary embeddings, init_text's embeddings, or random"
+        ),
+    ] = "vocab"
+    init_text: Annotated[
+        str, Field(description="text whose embeddings start the soft prompt (init: text)")
+    ] = "Read the text and choose the best answer."
     intrinsic_dim: Annotated[int, Field(ge=1, description="size d of the space CMA-ES searches")] = 200
-    sigma: Annotated[float, Field(gt=0, allow_inf_nan=False, description="CMA-ES initial step size in z space")] = 1.0
+    sigma: Annotated[
+        float, Field(gt=0, allow_inf_nan=False, description="CMA-ES initial step size in z space")
+    ] = 1.0
     popsize: Annotated[int | None, Field(ge=2, description="CMA-ES population (default: 4 + 3 ln d)")] = None
-    bound: Annotated[float | None, Field(gt=0, allow_inf_nan=False,
-                                         description="box constraint on |z_i| (default: unbounded)")] = None
+    bound: Annotated[
+        float | None,
+        Field(gt=0, allow_inf_nan=False, description="box constraint on |z_i| (default: unbounded)"),
+    ] = None
     generations: Annotated[int, Field(ge=1, description="CMA-ES generations, at most")] = 50
-    max_fit_examples: Annotated[int | None, Field(ge=1, description="fitness on a seeded subset of train of this "
-                                                                     "size (default: all of train)")] = None
-    eval_every: Annotated[int, Field(ge=1, description="generations between evaluations of the best candidate")] = 2
-    mixed_precision: Annotated[bool, Field(description="bfloat16/float16 autocast for fitness passes on a GPU")] = True
-    project: Annotated[bool, Field(description="also score the nearest discrete prompt of the best soft prompt")] = True
+    max_fit_examples: Annotated[
+        int | None,
+        Field(ge=1, description="fitness on a seeded subset of train of this size (default: all of train)"),
+    ] = None
+    eval_every: Annotated[
+        int, Field(ge=1, description="generations between evaluations of the best candidate")
+    ] = 2
+    mixed_precision: Annotated[
+        bool, Field(description="bfloat16/float16 autocast for fitness passes on a GPU")
+    ] = True
+    project: Annotated[
+        bool, Field(description="also score the nearest discrete prompt of the best soft prompt")
+    ] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,11 +126,15 @@ class BlackboxSearcher(Searcher):
         p0 = initial_embeddings(be, n, self.init, self.init_text, gen).cpu()
         hidden = p0.shape[1]
         embed_std = float(be.input_embeddings().detach().float().std())
-        A = projection_matrix(n, hidden, self.intrinsic_dim, embed_std, self.sigma, context.seed).to(be.device)
+        A = projection_matrix(n, hidden, self.intrinsic_dim, embed_std, self.sigma, context.seed).to(
+            be.device
+        )
         p0_dev = p0.to(be.device)
         fit_data = list(context.task.train)
         if self.max_fit_examples and len(fit_data) > self.max_fit_examples:
-            pick = torch.randperm(len(fit_data), generator=torch.Generator().manual_seed(context.seed))[: self.max_fit_examples]
+            pick = torch.randperm(len(fit_data), generator=torch.Generator().manual_seed(context.seed))[
+                : self.max_fit_examples
+            ]
             fit_data = [fit_data[int(i)] for i in sorted(pick.tolist())]
         if not fit_data:
             log.warning("blackbox: no training examples; nothing to search")
@@ -115,8 +152,14 @@ class BlackboxSearcher(Searcher):
 
         def propose(z: np.ndarray, generation: int, fitness: float | None) -> None:
             nonlocal best
-            rec = record_soft(context, evaluate, layout, soft_of(z), {"searcher": self.name, "generation": generation},
-                              {"generation": generation, "train_fitness": fitness, "intrinsic_dim": self.intrinsic_dim})
+            rec = record_soft(
+                context,
+                evaluate,
+                layout,
+                soft_of(z),
+                {"searcher": self.name, "generation": generation},
+                {"generation": generation, "train_fitness": fitness, "intrinsic_dim": self.intrinsic_dim},
+            )
             if best is None or rec.evaluation.rank_key > best.evaluation.rank_key:
                 best = rec
 
@@ -127,7 +170,11 @@ class BlackboxSearcher(Searcher):
         stopped = None
         for g in range(self.generations):
             # evaluations: room for this generation's proposal besides the reserved ones
-            if not can_afford(context, forward_passes=per_candidate * cma.population_size + reserve, evaluations=reserved + 1):
+            if not can_afford(
+                context,
+                forward_passes=per_candidate * cma.population_size + reserve,
+                evaluations=reserved + 1,
+            ):
                 stopped = "budget"  # a generation is told to CMA-ES only when complete
                 break
             solutions = []
@@ -153,4 +200,3 @@ class BlackboxSearcher(Searcher):
             log.info("blackbox: stopped: %s", stopped)
         if self.project and best is not None:
             record_projection(context, evaluate, layout, best, self.name)
-

@@ -22,11 +22,15 @@ class ManualSearcher(Searcher):
     summary = "evaluate the config's hand-written prompts as they are"
     capabilities = Capabilities(needs_seed_prompts=True)
 
-    prompts: Annotated[list[dict[str, Any]], Field(
-        description="extra prompts beside the config's, as exported: {template, verbalizer, calibrate, triggers}")] = (
-        field(default_factory=list))
-    with_calibration: Annotated[bool, Field(
-        description="also score every prompt with content-free calibration flipped")] = False
+    prompts: Annotated[
+        list[dict[str, Any]],
+        Field(
+            description="extra prompts beside the config's, as exported: {template, verbalizer, calibrate, triggers}"
+        ),
+    ] = field(default_factory=list)
+    with_calibration: Annotated[
+        bool, Field(description="also score every prompt with content-free calibration flipped")
+    ] = False
 
     def brings_prompts(self) -> bool:
         return bool(self.prompts)

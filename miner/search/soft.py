@@ -71,7 +71,9 @@ class SoftEncoder(torch.nn.Module):
             self.lstm = torch.nn.LSTM(dim, hidden // 2, num_layers=2, bidirectional=True, batch_first=True)
         if kind in ("mlp", "lstm"):
             first = hidden if kind == "lstm" else dim
-            self.head = torch.nn.Sequential(torch.nn.Linear(first, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, dim))
+            self.head = torch.nn.Sequential(
+                torch.nn.Linear(first, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, dim)
+            )
             out = cast(torch.nn.Linear, self.head[2])  # Sequential indexing is typed as a bare Module
             torch.nn.init.zeros_(out.weight)
             torch.nn.init.zeros_(out.bias)
@@ -112,45 +114,83 @@ class SoftSearcher(Searcher):
     capabilities = Capabilities(needs_gradients=True, prompt_kind="soft")
 
     n_tokens: Annotated[int, Field(ge=1, description="virtual tokens (used when template is not given)")] = 8
-    template: Annotated[str | None, Field(description="template with {soft:N} slots; default '{soft:N}' + the "
-                                                      "first seed prompt's template")] = None
-    verbalizer: Annotated[dict[str, list[str] | str] | None, Field(
-        description="label -> answer words; default: the first seed prompt's, else the label names")] = None
-    init: Annotated[Lit["vocab", "text", "random"], Field(
-        description="starting point: tokens sampled from the 5,000 most common, init_text's embeddings (repeated or "
-                    "cut to N), or random at the embedding scale")] = "vocab"
-    init_text: Annotated[str, Field(description="text whose embeddings start the soft prompt (init: text)")] = (
-        "Read the text and choose the best answer.")
-    reparam: Annotated[Lit["none", "mlp", "lstm"], Field(
-        description="P-tuning encoder: none (train the vectors themselves), mlp or lstm (vectors + a "
-                    "zero-initialised head)")] = "none"
-    reparam_hidden: Annotated[int, Field(ge=1, description="hidden size of the P-tuning encoder (even for lstm)")] = 256
+    template: Annotated[
+        str | None,
+        Field(
+            description="template with {soft:N} slots; default '{soft:N}' + the first seed prompt's template"
+        ),
+    ] = None
+    verbalizer: Annotated[
+        dict[str, list[str] | str] | None,
+        Field(description="label -> answer words; default: the first seed prompt's, else the label names"),
+    ] = None
+    init: Annotated[
+        Lit["vocab", "text", "random"],
+        Field(
+            description="starting point: tokens sampled from the 5,000 most common, init_text's embeddings (repeated or "
+            "cut to N), or random at the embedding scale"
+        ),
+    ] = "vocab"
+    init_text: Annotated[
+        str, Field(description="text whose embeddings start the soft prompt (init: text)")
+    ] = "Read the text and choose the best answer."
+    reparam: Annotated[
+        Lit["none", "mlp", "lstm"],
+        Field(
+            description="P-tuning encoder: none (train the vectors themselves), mlp or lstm (vectors + a "
+            "zero-initialised head)"
+        ),
+    ] = "none"
+    reparam_hidden: Annotated[
+        int, Field(ge=1, description="hidden size of the P-tuning encoder (even for lstm)")
+    ] = 256
     steps: Annotated[int, Field(ge=1, description="optimiser steps, at most")] = 100
     batch_size: Annotated[int, Field(ge=1, description="training examples per step")] = 8
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False, description="AdamW peak learning rate")] = 1e-2
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False, description="AdamW weight decay")] = 0.0
-    warmup: Annotated[float, Field(allow_inf_nan=False, description="fraction of steps with linear warm-up")] = 0.1
-    schedule: Annotated[Lit["linear", "cosine", "constant"], Field(
-        description="learning rate after the warm-up: linear or cosine decay to 0, or constant")] = "linear"
-    max_grad_norm: Annotated[float | None, Field(allow_inf_nan=False,
-                                                 description="gradient clipping norm (0 or null: off)")] = 1.0
-    loss: Annotated[Lit["ce", "lm"], Field(
-        description="ce: cross-entropy over the labels; lm: -log P(gold words)")] = "ce"
-    eval_every: Annotated[int, Field(ge=1, description="steps between evaluations (dev score, leaderboard row)")] = 10
-    eval_init: Annotated[bool, Field(
-        description="also evaluate the initialisation (a baseline row) before the first step")] = True
-    patience: Annotated[int, Field(description="evaluations without dev improvement before stopping (0: never)")] = 4
-    mixed_precision: Annotated[bool, Field(description="bfloat16 autocast for the training steps on a GPU")] = True
-    checkpoints: Annotated[bool, Field(
-        description="keep resumable state under <artifacts>/checkpoints/ (miner run --resume continues it)")] = True
-    project: Annotated[bool, Field(description="also score the nearest discrete prompt of the best soft prompt")] = True
+    warmup: Annotated[
+        float, Field(allow_inf_nan=False, description="fraction of steps with linear warm-up")
+    ] = 0.1
+    schedule: Annotated[
+        Lit["linear", "cosine", "constant"],
+        Field(description="learning rate after the warm-up: linear or cosine decay to 0, or constant"),
+    ] = "linear"
+    max_grad_norm: Annotated[
+        float | None, Field(allow_inf_nan=False, description="gradient clipping norm (0 or null: off)")
+    ] = 1.0
+    loss: Annotated[
+        Lit["ce", "lm"], Field(description="ce: cross-entropy over the labels; lm: -log P(gold words)")
+    ] = "ce"
+    eval_every: Annotated[
+        int, Field(ge=1, description="steps between evaluations (dev score, leaderboard row)")
+    ] = 10
+    eval_init: Annotated[
+        bool, Field(description="also evaluate the initialisation (a baseline row) before the first step")
+    ] = True
+    patience: Annotated[
+        int, Field(description="evaluations without dev improvement before stopping (0: never)")
+    ] = 4
+    mixed_precision: Annotated[
+        bool, Field(description="bfloat16 autocast for the training steps on a GPU")
+    ] = True
+    checkpoints: Annotated[
+        bool,
+        Field(
+            description="keep resumable state under <artifacts>/checkpoints/ (miner run --resume continues it)"
+        ),
+    ] = True
+    project: Annotated[
+        bool, Field(description="also score the nearest discrete prompt of the best soft prompt")
+    ] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_template(self.template)
         if self.reparam == "lstm" and self.reparam_hidden % 2:
             # a bidirectional LSTM of reparam_hidden / 2 per direction feeds a head of width reparam_hidden
-            raise ConfigError(f"soft.reparam_hidden must be even with reparam: lstm, got {self.reparam_hidden}")
+            raise ConfigError(
+                f"soft.reparam_hidden must be even with reparam: lstm, got {self.reparam_hidden}"
+            )
 
     def validate(self, context: SearchContext) -> None:
         layout = build_layout(context, self.template, self.n_tokens, self.verbalizer)
@@ -179,7 +219,14 @@ class SoftSearcher(Searcher):
         best_step = state["best_step"]
         best: Recorded | None = None
         if best_ref is not None:  # re-proposed: a duplicate of the resumed row, no new cost
-            best = record_soft(context, evaluate, layout, state["best_tensor"], {"searcher": self.name}, {"step": state["best_step"]})
+            best = record_soft(
+                context,
+                evaluate,
+                layout,
+                state["best_tensor"],
+                {"searcher": self.name},
+                {"step": state["best_step"]},
+            )
             log.info("soft: resumed at step %d (best so far from step %d)", step, state["best_step"])
 
         per_eval = eval_passes(scorer, layout, context.task)
@@ -192,12 +239,28 @@ class SoftSearcher(Searcher):
             nonlocal best, best_step, bad, last_eval_step
             with torch.no_grad(), autocast(be, self.mixed_precision):
                 tensor = encoder().float()
-            rec = record_soft(context, evaluate, layout, tensor, {"searcher": self.name, "step": step},
-                              {"step": step, "train_loss": loss_value, "lr": self.lr, "init": self.init, "reparam": self.reparam})
+            rec = record_soft(
+                context,
+                evaluate,
+                layout,
+                tensor,
+                {"searcher": self.name, "step": step},
+                {
+                    "step": step,
+                    "train_loss": loss_value,
+                    "lr": self.lr,
+                    "init": self.init,
+                    "reparam": self.reparam,
+                },
+            )
             last_eval_step = step
             dev = rec.evaluation.dev
-            log.info("soft: step %d: train loss %s, dev %s", step, "-" if loss_value is None else f"{loss_value:.4f}",
-                     "-" if dev is None else f"{100 * dev.score:.1f} (loglik {dev.loglik:.3f})")
+            log.info(
+                "soft: step %d: train loss %s, dev %s",
+                step,
+                "-" if loss_value is None else f"{loss_value:.4f}",
+                "-" if dev is None else f"{100 * dev.score:.1f} (loglik {dev.loglik:.3f})",
+            )
             if best is None or rec.evaluation.rank_key > best.evaluation.rank_key:
                 best, best_step, bad = rec, step, 0
             else:
@@ -213,8 +276,12 @@ class SoftSearcher(Searcher):
             idx = batch_indices(step, len(train), self.batch_size, context.seed)
             batch = [train[i] for i in idx]
             # A step is started only when it, a periodic evaluation and the reserved ones can all be paid for.
-            if not can_afford(context, forward_passes=scorer.plan(layout, batch) + reserve, backward_passes=1,
-                              evaluations=reserved + 1):
+            if not can_afford(
+                context,
+                forward_passes=scorer.plan(layout, batch) + reserve,
+                backward_passes=1,
+                evaluations=reserved + 1,
+            ):
                 stopped = "budget"
                 break
             t0 = time.perf_counter()
@@ -224,9 +291,19 @@ class SoftSearcher(Searcher):
             if not torch.isfinite(loss):
                 stopped = f"non-finite loss ({float(loss.detach())}) at step {step}"
                 where = f"; checkpoint {ckdir / CKPT_NAME}" if ckdir else ""
-                kept = f"dev {best.evaluation.dev.score:.3f}, {best.ref}" if best and best.evaluation.dev else "none"
-                log.error("soft: training loss became %s at step %d (lr %g); stopping and keeping the best soft prompt (%s)%s",
-                          float(loss.detach()), step, self.lr, kept, where)
+                kept = (
+                    f"dev {best.evaluation.dev.score:.3f}, {best.ref}"
+                    if best and best.evaluation.dev
+                    else "none"
+                )
+                log.error(
+                    "soft: training loss became %s at step %d (lr %g); stopping and keeping the best soft prompt (%s)%s",
+                    float(loss.detach()),
+                    step,
+                    self.lr,
+                    kept,
+                    where,
+                )
                 self._save(ckdir, None, None, step, bad, best, best_step, stopped, loss_value)
                 break
             with scorer.counter.backward():
@@ -247,7 +324,17 @@ class SoftSearcher(Searcher):
                 evaluate_now()  # the last state, unless just evaluated
         if stopped:
             log.info("soft: stopped at step %d: %s", step, stopped)
-            self._save(ckdir, encoder if not stopped.startswith("non-finite") else None, opt, step, bad, best, best_step, stopped, loss_value)
+            self._save(
+                ckdir,
+                encoder if not stopped.startswith("non-finite") else None,
+                opt,
+                step,
+                bad,
+                best,
+                best_step,
+                stopped,
+                loss_value,
+            )
         if self.project and best is not None:
             record_projection(context, evaluate, layout, best, self.name)
 
@@ -260,7 +347,15 @@ class SoftSearcher(Searcher):
         only the time the checkpoint would have saved is lost. A checkpoint is only trusted once
         it has passed every check, so a corrupt one never reaches the encoder or a stored row.
         """
-        fresh = {"step": 0, "bad": 0, "best_ref": None, "best_step": 0, "stopped": None, "loss": None, "best_tensor": None}
+        fresh = {
+            "step": 0,
+            "bad": 0,
+            "best_ref": None,
+            "best_step": 0,
+            "stopped": None,
+            "loss": None,
+            "best_tensor": None,
+        }
         path = ckdir / CKPT_NAME if ckdir else None
         # Only continue when the runner resumed this job's rows too (``--resume``): a fresh run
         # with the same config must train afresh, not reuse an old state.
@@ -282,7 +377,9 @@ class SoftSearcher(Searcher):
             err = exc.errors(include_url=False)[0]
             raise _BadCheckpoint(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
         if st.step > self.steps or st.best_step > st.step:
-            raise _BadCheckpoint(f"step {st.step} (best {st.best_step}) does not fit a {self.steps}-step training")
+            raise _BadCheckpoint(
+                f"step {st.step} (best {st.best_step}) does not fit a {self.steps}-step training"
+            )
         best_tensor = None
         if st.best_ref is not None:
             best_tensor = self._stored_best(context, st.best_ref, layout, encoder)
@@ -298,7 +395,9 @@ class SoftSearcher(Searcher):
             except (RuntimeError, ValueError, KeyError, TypeError, _BadCheckpoint) as exc:
                 encoder.load_state_dict(before_enc)
                 opt.load_state_dict(before_opt)
-                raise _BadCheckpoint(f"optimizer state does not fit the soft prompt ({type(exc).__name__}: {exc})") from None
+                raise _BadCheckpoint(
+                    f"optimizer state does not fit the soft prompt ({type(exc).__name__}: {exc})"
+                ) from None
         return {**st.model_dump(), "best_tensor": best_tensor}
 
     @staticmethod
@@ -315,7 +414,9 @@ class SoftSearcher(Searcher):
             raise _BadCheckpoint(f"its best soft prompt {ref} cannot be read: {exc}") from None
         want = (layout.parsed.n_soft, int(encoder.base.shape[1]))
         if tuple(tensor.shape) != want or not tensor.dtype.is_floating_point:
-            raise _BadCheckpoint(f"its best soft prompt {ref} has shape {tuple(tensor.shape)}, this layout needs {want}")
+            raise _BadCheckpoint(
+                f"its best soft prompt {ref} has shape {tuple(tensor.shape)}, this layout needs {want}"
+            )
         return tensor
 
     @staticmethod
@@ -332,10 +433,18 @@ class SoftSearcher(Searcher):
             except _BadCheckpoint:
                 prev = None  # unreadable: the state below records no weights
         if encoder is None and prev is not None:
-            state.update(encoder=prev.get("encoder"), optimizer=prev.get("optimizer"), step=prev.get("step", step))
+            state.update(
+                encoder=prev.get("encoder"), optimizer=prev.get("optimizer"), step=prev.get("step", step)
+            )
         else:
-            state.update(encoder=encoder.state_dict() if encoder else None, optimizer=opt.state_dict() if opt else None, step=step)
-        state.update(bad=bad, best_ref=best.ref if best else None, best_step=best_step, stopped=stopped, loss=loss)
+            state.update(
+                encoder=encoder.state_dict() if encoder else None,
+                optimizer=opt.state_dict() if opt else None,
+                step=step,
+            )
+        state.update(
+            bad=bad, best_ref=best.ref if best else None, best_step=best_step, stopped=stopped, loss=loss
+        )
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=ckdir)
         os.close(fd)
         try:
@@ -398,7 +507,9 @@ def _check_optimizer_state(opt: torch.optim.Optimizer, fresh_groups: list[dict[s
             for name, value in opt.state.get(p, {}).items():
                 if name != "step" and (not isinstance(value, torch.Tensor) or value.shape != p.shape):
                     got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                    raise _BadCheckpoint(f"optimizer {name} is {got} for a parameter of shape {tuple(p.shape)}")
+                    raise _BadCheckpoint(
+                        f"optimizer {name} is {got} for a parameter of shape {tuple(p.shape)}"
+                    )
 
 
 def _same_kind(a: Any, b: Any) -> bool:
@@ -416,4 +527,3 @@ def _loss(raw: torch.Tensor, gold: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "lm":
         return -raw[rows, gold].mean()
     return -torch.log_softmax(raw, dim=-1)[rows, gold].mean()
-

@@ -46,7 +46,9 @@ def _rotten_tomatoes(path: str) -> tuple[tuple[str, int], ...]:
         text = decode_utf8(fh.read(), path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if not {"category", "text"} <= set(reader.fieldnames or ()):
-        raise DataError(f"{path} lacks the 'category' and 'text' columns; columns present: {reader.fieldnames}")
+        raise DataError(
+            f"{path} lacks the 'category' and 'text' columns; columns present: {reader.fieldnames}"
+        )
     seen: set[str] = set()
     pairs = []
     for row in reader:

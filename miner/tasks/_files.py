@@ -28,15 +28,21 @@ def _size(n: int) -> str:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
 
 
-def read_bytes_bounded(path: str | Path, where: str, limit_bytes: int, *, setting: str | None = None) -> bytes:
+def read_bytes_bounded(
+    path: str | Path, where: str, limit_bytes: int, *, setting: str | None = None
+) -> bytes:
     """The bytes of the regular file at ``path`` (symlinks followed), at most ``limit_bytes`` of them.
 
     Raises :class:`DataError` naming ``where`` when the path does not exist, is not a regular
@@ -55,7 +61,9 @@ def read_bytes_bounded(path: str | Path, where: str, limit_bytes: int, *, settin
         raise DataError(f"{where}: cannot read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
         raise DataError(f"{where} is {_kind(st.st_mode)}, not a regular file")
-    too_big = f"{where} is larger than the {_size(limit_bytes)} limit" + (f" (raise {setting})" if setting else "")
+    too_big = f"{where} is larger than the {_size(limit_bytes)} limit" + (
+        f" (raise {setting})" if setting else ""
+    )
     if st.st_size > limit_bytes:
         raise DataError(too_big)
     try:
@@ -137,7 +145,9 @@ def _read_tsv(text: str, where: str) -> RawSplit:
     for n, line in lines[1:]:
         cells = line.split("\t")
         if len(cells) != len(header):
-            raise DataError(f"{where} line {n} has {len(cells)} tab-separated fields, the header has {len(header)}")
+            raise DataError(
+                f"{where} line {n} has {len(cells)} tab-separated fields, the header has {len(header)}"
+            )
         rows.append(dict(zip(header, (_unquote(c) for c in cells), strict=True)))
         numbers.append(n)
     return RawSplit(where, tuple(header), tuple(rows), tuple(numbers))
@@ -154,7 +164,9 @@ def _read_csv(text: str, where: str) -> RawSplit:
     rows, numbers = [], []
     for n, row in records[1:]:
         if len(row) != len(header):
-            raise DataError(f"{where} line {n} has {len(row)} comma-separated fields, the header has {len(header)}")
+            raise DataError(
+                f"{where} line {n} has {len(row)} comma-separated fields, the header has {len(header)}"
+            )
         rows.append(dict(zip(header, row, strict=True)))
         numbers.append(n)
     return RawSplit(where, tuple(header), tuple(rows), tuple(numbers))
@@ -168,7 +180,10 @@ def _read_json_lines(text: str, where: str) -> RawSplit:
             records = list(enumerate(json.loads(stripped), start=1))
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
-        except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting past the stack
+        except (
+            ValueError,
+            RecursionError,
+        ) as exc:  # an integer of thousands of digits; nesting past the stack
             raise DataError(f"{where}: unreadable JSON ({_first_line(exc)})") from None
         ref = "item"
     else:
@@ -180,7 +195,10 @@ def _read_json_lines(text: str, where: str) -> RawSplit:
                 records.append((n, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where} line {n}: invalid JSON ({exc.msg})") from exc
-            except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting past the stack
+            except (
+                ValueError,
+                RecursionError,
+            ) as exc:  # an integer of thousands of digits; nesting past the stack
                 raise DataError(f"{where} line {n}: unreadable JSON ({_first_line(exc)})") from None
         ref = "line"
     columns: dict[str, None] = {}  # ordered union of keys

@@ -54,7 +54,9 @@ def read_hub(
     for ours, theirs in mapping.items():
         if theirs not in loaded:
             if ours == "train" or ours in hub_splits:
-                raise DataError(f"dataset '{name}' has no split '{theirs}' (for {ours}); available splits: {available}")
+                raise DataError(
+                    f"dataset '{name}' has no split '{theirs}' (for {ours}); available splits: {available}"
+                )
             splits[ours] = None
             continue
         dataset = loaded[theirs]

@@ -63,6 +63,8 @@ def read_kshot(
         return {"train": None, "dev": None, "test": test}
     folder = task_dir / f"{k}-{seed}"
     if not folder.is_dir():
-        raise DataError(f"no k-shot folder '{k}-{seed}' for task '{name}' in {task_dir}; available: {folders}")
+        raise DataError(
+            f"no k-shot folder '{k}-{seed}' for task '{name}' in {task_dir}; available: {folders}"
+        )
     train, dev = read_table(folder / "train.tsv", max_bytes), read_table(folder / "dev.tsv", max_bytes)
     return {"train": train, "dev": dev, "test": test}

@@ -21,12 +21,16 @@ logger = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # k-shot tasks already warned about (one warning per task, not per job)
 
 
-def _read_raw(spec: TaskSpec, k: int | None, seed: int) -> tuple[dict[str, RawSplit | None], tuple[str, ...] | None]:
+def _read_raw(
+    spec: TaskSpec, k: int | None, seed: int
+) -> tuple[dict[str, RawSplit | None], tuple[str, ...] | None]:
     if spec.source == "kshot":
         return read_kshot(spec.root, spec.name, k, seed, spec.max_file_bytes), None
     if spec.source == "files":
         paths = {"train": spec.train, "dev": spec.dev, "test": spec.test}
-        return {split: read_table(path, spec.max_file_bytes) if path else None for split, path in paths.items()}, None
+        return {
+            split: read_table(path, spec.max_file_bytes) if path else None for split, path in paths.items()
+        }, None
     if spec.source == "hub":
         return read_hub(spec.name, spec.hub_config, spec.hub_splits, spec.label_column)
     return {"train": read_builtin(spec.name, spec.label_column), "dev": None, "test": None}, None
@@ -46,7 +50,9 @@ def load_task(spec: TaskSpec, k: int | None, seed: int) -> TaskData:
     named = spec.source in ("builtin", "kshot") or "name" in spec.model_fields_set
     known = known_task(spec.name) if named else None
     name = spec.name if named or not spec.train else Path(spec.train).stem
-    text_fields = tuple(spec.text_fields) if spec.text_fields else (known.text_fields if known else ("sentence",))
+    text_fields = (
+        tuple(spec.text_fields) if spec.text_fields else (known.text_fields if known else ("sentence",))
+    )
     label_base = known.label_base if known else 0
 
     raw, declared_names = _read_raw(spec, k, seed)
@@ -59,21 +65,29 @@ def load_task(spec: TaskSpec, k: int | None, seed: int) -> TaskData:
         label_names = declared_names
     else:
         label_names = infer_label_names(present, spec.label_column)
-        if spec.source == "kshot" and all(n.lstrip("-").isdigit() for n in label_names) and name not in _WARNED:
+        if (
+            spec.source == "kshot"
+            and all(n.lstrip("-").isdigit() for n in label_names)
+            and name not in _WARNED
+        ):
             _WARNED.add(name)
             # LM-BFF folders store class indices; outside the known-task table nothing says what they mean,
             # and verbalizers keyed by "0", "1", ... are easy to get wrong.
             logger.warning(
                 "k-shot task '%s' is not in the known-task table: its labels are the bare integers %s; "
-                "set task.label_names to name them", name, list(label_names),
+                "set task.label_names to name them",
+                name,
+                list(label_names),
             )
     if len(label_names) < 2:
-        raise DataError(f"task '{name}' has a single label {list(label_names)}; classification needs two or more")
+        raise DataError(
+            f"task '{name}' has a single label {list(label_names)}; classification needs two or more"
+        )
 
     splits = {
-        split_name: None if split is None else to_examples(
-            split, text_fields, spec.label_column, label_names, label_base
-        )
+        split_name: None
+        if split is None
+        else to_examples(split, text_fields, spec.label_column, label_names, label_base)
         for split_name, split in raw.items()
     }
     where = raw["train"].where if raw["train"] is not None else name
@@ -104,7 +118,12 @@ def load_task(spec: TaskSpec, k: int | None, seed: int) -> TaskData:
         raise DataError(f"task '{name}' has an empty test split")
     logger.debug(
         "task %s (k=%s, seed=%d): %d train, %d dev, %d test",
-        name, k, seed, len(train), len(dev), len(test),
+        name,
+        k,
+        seed,
+        len(train),
+        len(dev),
+        len(test),
     )
     return TaskData(
         name=name,
@@ -117,4 +136,3 @@ def load_task(spec: TaskSpec, k: int | None, seed: int) -> TaskData:
         k=k,
         seed=seed,
     )
-

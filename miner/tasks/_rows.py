@@ -59,7 +59,9 @@ def infer_label_names(splits: Sequence[RawSplit], label_column: str) -> tuple[st
         for i, row in enumerate(split.rows):
             value = row.get(label_column)
             if value is None or (isinstance(value, str) and not value.strip()):
-                raise DataError(f"{split.where} has an empty label in column '{label_column}' at {split.row_ref(i)}")
+                raise DataError(
+                    f"{split.where} has an empty label in column '{label_column}' at {split.row_ref(i)}"
+                )
             as_int = _as_int(value)
             if as_int is None:
                 words.add(str(value).strip())
@@ -148,7 +150,11 @@ def _label_index(value: Any, index_of: dict[str, int], label_base: int, split: R
     if by_index and as_int is not None and 0 <= as_int - label_base < len(index_of):
         return as_int - label_base
     shown = value.strip() if isinstance(value, str) else value
-    hint = f" (or an index {label_base}..{label_base + len(names) - 1})" if by_index and as_int is not None else ""
+    hint = (
+        f" (or an index {label_base}..{label_base + len(names) - 1})"
+        if by_index and as_int is not None
+        else ""
+    )
     raise DataError(
         f"label value '{shown}' in {split.where} is not one of the label names {names}{hint}; at {split.row_ref(i)}"
     )

@@ -26,7 +26,9 @@ SEED_MAX = 2**32 - 1
 
 def _seed_in_range(value: int) -> int:
     if not 0 <= value <= SEED_MAX:
-        raise ValueError(f"a seed must be an integer in 0..{SEED_MAX} (2**32 - 1, what numpy accepts), got {value}")
+        raise ValueError(
+            f"a seed must be an integer in 0..{SEED_MAX} (2**32 - 1, what numpy accepts), got {value}"
+        )
     return value
 
 
@@ -69,7 +71,9 @@ class TaskSpec(BaseModel):
     label_names: list[str] | None = None
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
     max_test: StrictInt | None = None
-    split_seed: Seed = Field(default=0, description=f"seed of the created dev/test splits and the test subsample (0..{SEED_MAX})")
+    split_seed: Seed = Field(
+        default=0, description=f"seed of the created dev/test splits and the test subsample (0..{SEED_MAX})"
+    )
     dev_fraction: float = 0.1
     test_fraction: float = 0.2
     max_file_mb: PositiveStrictInt = Field(
@@ -96,7 +100,9 @@ class TaskSpec(BaseModel):
         if self.source == "files" and not self.train:
             raise ValueError("source 'files' needs a 'train' path")
         if self.source != "files" and (self.train or self.dev or self.test):
-            raise ValueError(f"'train'/'dev'/'test' paths are only used with source 'files', not '{self.source}'")
+            raise ValueError(
+                f"'train'/'dev'/'test' paths are only used with source 'files', not '{self.source}'"
+            )
         unknown = sorted(set(self.hub_splits) - set(SPLIT_NAMES))
         if unknown:
             raise ValueError(f"hub_splits keys must be among {list(SPLIT_NAMES)}, got {unknown}")

@@ -34,8 +34,16 @@ from miner.search import Searcher
 
 def seed_prompts(label_names):
     return [
-        Prompt.create("{sentence} It was {answer}", {label_names[0]: ["terrible"], label_names[1]: ["great"]}, label_names),
-        Prompt.create("Review: {sentence}\nSentiment: {answer}", {label_names[0]: ["negative"], label_names[1]: ["positive"]}, label_names),
+        Prompt.create(
+            "{sentence} It was {answer}",
+            {label_names[0]: ["terrible"], label_names[1]: ["great"]},
+            label_names,
+        ),
+        Prompt.create(
+            "Review: {sentence}\nSentiment: {answer}",
+            {label_names[0]: ["negative"], label_names[1]: ["positive"]},
+            label_names,
+        ),
     ]
 
 
@@ -59,7 +67,9 @@ class SearcherConformance:
         return conformance_backend
 
     def _run(self, searcher, backend, data, budget=None):
-        return run_searcher(searcher, backend, data, prompts=seed_prompts(data.label_names), budget=budget or self.budget)
+        return run_searcher(
+            searcher, backend, data, prompts=seed_prompts(data.label_names), budget=budget or self.budget
+        )
 
     def _observed(self, searcher, backend, data) -> _Observed:
         """One run at ``self.budget`` with its model calls counted, shared by the checks that only read it
@@ -81,7 +91,9 @@ class SearcherConformance:
 
     def test_budget_respected(self, searcher, backend, conformance_data):
         res = self._observed(searcher, backend, conformance_data).result
-        assert len(res.evaluations) >= 1, "a searcher must evaluate at least one prompt within a modest budget"
+        assert len(res.evaluations) >= 1, (
+            "a searcher must evaluate at least one prompt within a modest budget"
+        )
         assert len(res.evaluations) <= self.budget.max_evaluations
         assert res.cost.forward_passes <= self.budget.max_forward_passes
 
@@ -138,7 +150,11 @@ _RUNS: dict[tuple, _Observed] = {}
 
 
 def _state(searcher) -> Any:
-    return copy.deepcopy(dataclasses.asdict(searcher) if dataclasses.is_dataclass(searcher) and not isinstance(searcher, type) else vars(searcher))
+    return copy.deepcopy(
+        dataclasses.asdict(searcher)
+        if dataclasses.is_dataclass(searcher) and not isinstance(searcher, type)
+        else vars(searcher)
+    )
 
 
 @contextlib.contextmanager

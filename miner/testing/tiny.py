@@ -16,7 +16,6 @@ import torch
 
 from miner.models import Backend
 
-
 TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "smollm2_tokenizer"
 
 
@@ -42,9 +41,17 @@ def tiny_causal(seed: int = 0, hidden: int = 64, layers: int = 2) -> Backend:
 
     tok = default_tokenizer()
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
@@ -56,8 +63,13 @@ def tiny_masked(seed: int = 0, hidden: int = 64, layers: int = 2) -> Backend:
 
     tok = masked_tokenizer()
     cfg = BertConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
     model = BertForMaskedLM(cfg)
