@@ -393,7 +393,7 @@ def main(argv=None) -> int:
         )
     load.append(os.getloadavg())
     del ours, alt_step
-    be.__dict__.pop("_dtype_copies", None)  # each full run below makes (and is charged) its own model copy
+    be.clear_caches()  # each full run below makes (and is charged) its own model copy
 
     # 2. time to the reference's final dev objective, full runs
     ref_run = run_reference(be, prompt, allowed, data, args)
@@ -403,7 +403,7 @@ def main(argv=None) -> int:
     searcher.steps = 10**6  # stop on the targets or the time cap, not on the reference's iteration count
     ours_run = run_ours(be, searcher, data, manual, args.seed, max_seconds=cap, targets=(target, target_ll))
     load.append(os.getloadavg())
-    be.__dict__.pop("_dtype_copies", None)
+    be.clear_caches()
     alt_result = None
     if alt is not None:
         alt.steps = 10**6

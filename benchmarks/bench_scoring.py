@@ -103,8 +103,7 @@ def scorer_call(backend, prompt, examples, batch_size):
     """A zero-argument call to a fresh Scorer (the untimed setup is done here)."""
     # The tokenizer memo lives on the backend and would outlive a fresh Scorer; clear it so
     # every repeat pays for tokenization, as a first call would.
-    if hasattr(backend, "_tokenize") and hasattr(backend._tokenize, "cache_clear"):
-        backend._tokenize.cache_clear()
+    backend.clear_caches()
     scorer = Scorer(backend, batch_size=batch_size, progress=False)
     return lambda: scorer.score(prompt, examples).preds
 

@@ -188,6 +188,13 @@ class Backend:
         """Token ids of ``text`` without special tokens (memoised)."""
         return self._tokenize(text)
 
+    def clear_caches(self) -> None:
+        """Forget the memoised tokenizations and the model copies made by ``as_dtype`` (benchmarks that
+        time a cold start, or pay for their own copy, call this between runs)."""
+        self._tokenize.cache_clear()
+        with _COPY_LOCK:
+            self.__dict__.pop("_dtype_copies", None)
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 

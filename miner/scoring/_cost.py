@@ -73,8 +73,3 @@ class CostCounter:
         finally:
             self.total.backward_passes += 1
             self.total.seconds += time.perf_counter() - start
-
-    def charge_backward(self, seconds: float = 0.0) -> None:
-        """Deprecated spelling of ``with counter.backward():`` for a pass already made (not guarded)."""
-        self.total.backward_passes += 1
-        self.total.seconds += seconds
