@@ -7,10 +7,11 @@ duplicates, and with every killed run marked interrupted?
 For each of three searchers (manual with calibration, optuna, soft) on the tiny causal LM built from a
 config (random weights, SmolLM2's tokenizer), the script first runs the config once without interruption
 (the reference), then ``--kills`` times: starts it in a fresh database, kills the process at a uniformly
-random moment of its work (after its startup wrote the run's row), resumes with ``--resume`` to the end,
+random moment of its work (between the run's row and its "finished" status, as timed on the reference; a
+kill that finds the run finished is drawn again), resumes with ``--resume`` to the end,
 and compares (seed, prompt key, train, dev and test score) of every row with the reference, counts
 duplicate evaluations (same job and prompt) and duplicate test scores, and reads both runs' statuses
-(the killed one must be "interrupted"). A draw that came after the run had finished is not a kill.
+(the killed one must be "interrupted").
 
     python benchmarks/bench_kill_resume.py                       # 7 kills per searcher, 21 in all
     python benchmarks/bench_kill_resume.py --kills 2 --out /tmp/k  # a quick look
@@ -141,23 +142,38 @@ def _run_row_appears(proc: subprocess.Popen, db: Path, runs_before: int, timeout
     return proc.poll() is None
 
 
+def _statuses(db: Path) -> list[str]:
+    try:
+        with sqlite3.connect(db) as con:
+            return [st for (st,) in con.execute("select status from runs order by created_at")]
+    except sqlite3.Error:
+        return []
+
+
+def _until_not_running(proc: subprocess.Popen, db: Path) -> None:
+    while proc.poll() is None and _statuses(db)[-1:] == ["running"]:
+        time.sleep(0.01)
+
+
 def one_searcher(name: str, model_dir: Path, work: Path, kills: int, rng: random.Random) -> dict:
     """``kills`` experiments, each on a fresh database: start the run, kill it at a uniformly random moment
-    of its work (after its startup, within the reference run's working time), resume to the end, compare."""
+    of its work (between the run's row being written and the run being marked finished, as timed on the
+    reference run), resume to the end, compare. A kill that found the run already finished is drawn again."""
     ref_db, ref_cfg = work / f"{name}-ref.db", work / f"{name}-ref.yaml"
     ref_cfg.write_text(yaml.safe_dump(config(model_dir, ref_db, name)))
     t0 = time.perf_counter()
     proc = cli(["run", str(ref_cfg)])
     _run_row_appears(proc, ref_db, 0)
     startup = time.perf_counter() - t0
+    _until_not_running(proc, ref_db)
+    busy = time.perf_counter() - t0 - startup  # the run's work: where kills land
     if proc.wait() != 0:
         raise SystemExit(f"reference run failed: {proc.stderr.read().decode()[-2000:]}")
-    busy = time.perf_counter() - t0 - startup  # from the run's row to the end: where kills land
     reference = summary(ref_db)
     out = {
         "searcher": name,
         "reference_startup_s": round(startup, 1),
-        "reference_work_s": round(busy, 1),
+        "reference_work_s": round(busy, 2),
         "kills": 0,
         "finished_before_the_kill": 0,
         "kill_moments_fraction_of_work": [],
@@ -177,13 +193,12 @@ def one_searcher(name: str, model_dir: Path, work: Path, kills: int, rng: random
         if not _run_row_appears(proc, db, 0):
             raise SystemExit(f"run exited during startup: {proc.stderr.read().decode()[-2000:]}")
         fraction = rng.random()
-        try:
-            proc.wait(timeout=fraction * busy)
-            out["finished_before_the_kill"] += 1  # not a kill: draw again on a fresh database
+        time.sleep(fraction * busy)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if _statuses(db) != ["running"]:  # it had finished its work already: not a kill mid-run
+            out["finished_before_the_kill"] += 1
             continue
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
         out["kills"] += 1
         out["kill_moments_fraction_of_work"].append(round(fraction, 3))
         run_to_end(["run", str(cfg), "--resume"])
@@ -263,11 +278,13 @@ def main() -> None:
     lines += [
         "",
         "Each kill is its own experiment on a fresh database: the run is killed at a uniformly random "
-        "moment of its work (after its startup wrote the run's row, within the reference run's working time), "
-        "then `--resume` runs to the end and its rows are compared with the reference's. Kill moments "
+        "moment of its work (between its run row being written and its being marked finished, as timed on "
+        "the reference run: "
+        + ", ".join(f"{r['searcher']} {r['reference_work_s']} s" for r in results)
+        + "), then `--resume` runs to the end and its rows are compared with the reference's. Kill moments "
         "(fraction of the working time): "
         + "; ".join(f"{r['searcher']}: {r['kill_moments_fraction_of_work']}" for r in results)
-        + ". Draws that came after the run had finished are not kills and were drawn again: "
+        + ". Draws that found the run finished already (not kills, drawn again): "
         + ", ".join(f"{r['searcher']} {r['finished_before_the_kill']}" for r in results)
         + ".",
         "",
