@@ -83,38 +83,42 @@ def clean_failure(capsys):
     return check
 
 
-@pytest.fixture
-def make_config(tmp_path, tiny_model_dir):
-    """Write a small manual-run config on the tiny model; keyword arguments replace top-level keys.
-
-    Returns ``(path, cfg)``; the storage is ``tmp_path / "lb.db"``.
-    """
+def write_config(directory: Path, model_dir: Path, name: str = "config.yaml", **over):
+    """Write a small manual-run config on the tiny model into ``directory``; keyword arguments replace
+    top-level keys. Returns ``(path, cfg)``; the storage is ``directory / "lb.db"``."""
     import yaml
 
+    cfg = {
+        "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 40},
+        "model": {"name": str(model_dir)},
+        "prompts": [
+            {
+                "template": "{sentence} It was {answer}",
+                "verbalizer": {"negative": ["terrible"], "positive": ["great"]},
+            },
+            {
+                "template": "Review: {sentence}\nSentiment: {answer}",
+                "verbalizer": {"negative": "negative", "positive": "positive"},
+            },
+        ],
+        "searchers": [{"name": "manual", "params": {"with_calibration": True}}],
+        "seeds": [1, 2],
+        "k": 4,
+        "storage": f"sqlite:///{directory / 'lb.db'}",
+        "test_top": 2,
+        "progress": False,
+    }
+    cfg.update(over)
+    path = directory / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path, cfg
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model_dir):
+    """``write_config`` into the test's ``tmp_path``: ``make_config(name="config.yaml", **over)``."""
+
     def make(name: str = "config.yaml", **over):
-        cfg = {
-            "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 40},
-            "model": {"name": str(tiny_model_dir)},
-            "prompts": [
-                {
-                    "template": "{sentence} It was {answer}",
-                    "verbalizer": {"negative": ["terrible"], "positive": ["great"]},
-                },
-                {
-                    "template": "Review: {sentence}\nSentiment: {answer}",
-                    "verbalizer": {"negative": "negative", "positive": "positive"},
-                },
-            ],
-            "searchers": [{"name": "manual", "params": {"with_calibration": True}}],
-            "seeds": [1, 2],
-            "k": 4,
-            "storage": f"sqlite:///{tmp_path / 'lb.db'}",
-            "test_top": 2,
-            "progress": False,
-        }
-        cfg.update(over)
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(cfg))
-        return path, cfg
+        return write_config(tmp_path, tiny_model_dir, name, **over)
 
     return make

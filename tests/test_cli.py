@@ -4,7 +4,7 @@ import json
 import sqlite3
 
 import pytest
-import yaml
+from conftest import write_config
 
 from miner.cli import main
 from miner.errors import ConfigError
@@ -21,30 +21,7 @@ def tiny_dir(tiny_model_dir):
 
 
 def _config(tmp_path, tiny_dir, **over):
-    cfg = {
-        "task": {"source": "builtin", "name": "rotten_tomatoes", "max_test": 40},
-        "model": {"name": str(tiny_dir)},
-        "prompts": [
-            {
-                "template": "{sentence} It was {answer}",
-                "verbalizer": {"negative": ["terrible"], "positive": ["great"]},
-            },
-            {
-                "template": "Review: {sentence}\nSentiment: {answer}",
-                "verbalizer": {"negative": "negative", "positive": "positive"},
-            },
-        ],
-        "searchers": [{"name": "manual", "params": {"with_calibration": True}}],
-        "seeds": [1, 2],
-        "k": 4,
-        "storage": f"sqlite:///{tmp_path / 'lb.db'}",
-        "test_top": 2,
-        "progress": False,
-    }
-    cfg.update(over)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path, cfg
+    return write_config(tmp_path, tiny_dir, **over)
 
 
 def test_run_leaderboard_export_predict(tmp_path, tiny_dir, capsys):
