@@ -32,3 +32,19 @@ def read_format_json(path: Path, fmt: str, what: str) -> dict:
     if not isinstance(d, dict) or d.get("format") != fmt:
         raise MinerError(f"{what} {str(path)!r} is not a miner export (expected format {fmt!r})")
     return d
+
+
+def process_gone(host: object, pid: object) -> bool:
+    """Whether a process recorded as ``(host, pid)`` certainly no longer exists: it ran on this host and
+    its pid is gone. False when that cannot be told (another host, no pid, a pid owned by someone else)."""
+    import socket
+
+    if host != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the pid exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, not ours to signal
+        return False
+    return False

@@ -1,10 +1,9 @@
 """End-to-end CLI tests on a tiny model saved to disk (so it loads by local path, like any model)."""
 
 import json
-import sqlite3
 
 import pytest
-from conftest import write_config
+from conftest import count_rows, write_config
 
 from miner.cli import main
 from miner.errors import ConfigError
@@ -114,16 +113,6 @@ def test_searchers_lists_every_registered_searcher(capsys):
     assert {"manual", "optuna", "autoprompt", "soft", "blackbox"} <= set(searchers.names())
 
 
-def _rows_in(db):
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as con:
-        try:
-            return con.execute("select count(*) from evaluations").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
-
-
 def _bad_files(tmp_path):
     d = tmp_path / "data"
     d.mkdir()
@@ -222,7 +211,7 @@ def test_bad_input_is_one_line_error_and_writes_nothing(
     assert code == 2
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
     assert needle in err
-    assert _rows_in(tmp_path / "lb.db") == 0
+    assert count_rows(tmp_path / "lb.db").get("evaluations", 0) == 0
 
 
 def test_unparsable_yaml(tmp_path, capsys):

@@ -13,6 +13,7 @@ from typing import Any, overload
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
+from miner._io import process_gone
 from miner.errors import ConfigError, DataError
 from miner.leaderboard._engine import (
     LeaderboardError,
@@ -434,14 +435,7 @@ def _alive(host: str | None, pid: int | None, beat_at: datetime | None, stale_af
     """Whether the process that wrote a heartbeat may still be running."""
     if beat_at is None or (_utc_now() - beat_at).total_seconds() > stale_after_s:
         return False
-    if host == socket.gethostname() and pid:
-        try:
-            os.kill(pid, 0)  # signal 0: only asks whether the pid exists
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # exists, owned by someone else
-            return True
-    return True
+    return not process_gone(host, pid)
 
 
 def _job_of(row: LeaderboardRow) -> tuple:

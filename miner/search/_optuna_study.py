@@ -45,6 +45,7 @@ from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateF
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from miner._io import process_gone
 from miner.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -196,15 +197,7 @@ def known_dead(t: optuna.trial.FrozenTrial) -> bool:
     if not _owned(t):
         return True
     owner: dict[str, Any] = t.user_attrs[OWNER]  # _owned: a dict
-    if owner.get("host") != _HOST or not isinstance(owner.get("pid"), int):
-        return False
-    try:
-        os.kill(owner["pid"], 0)  # signal 0 only asks whether the pid exists
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, not ours to signal
-        return False
-    return False
+    return process_gone(owner.get("host"), owner.get("pid"))
 
 
 @dataclass
