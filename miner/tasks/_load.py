@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from miner.errors import ConfigError, DataError
 from miner.tasks._builtin import read_builtin
+from miner.tasks._facts import load_facts
 from miner.tasks._files import read_table
 from miner.tasks._hub import read_hub
 from miner.tasks._known import known_task
@@ -36,15 +38,23 @@ def _read_raw(
     return {"train": read_builtin(spec.name, spec.label_column), "dev": None, "test": None}, None
 
 
-def load_task(spec: TaskSpec, k: int | None, seed: int) -> TaskData:
+def load_task(
+    spec: TaskSpec, k: int | None, seed: int, *, tokenize: Callable[[str], Sequence[int]] | None = None
+) -> TaskData:
     """Materialise one job's data.
 
     ``k`` is shots per class for train and for dev (the LM-BFF convention);
     None means all data and 0 means zero-shot (no train, no dev). The test
     split depends only on the spec (``split_seed``), never on ``seed``.
+
+    Fact tasks (source ``facts``) differ: ``k`` is the number of training pairs (and as many dev
+    pairs), drawn with ``seed``, and the test split is every other pair of the relation.
+    ``tokenize`` (the model's, e.g. ``Backend.tokenize``) is needed only by ``single_token``.
     """
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
         raise ConfigError(f"k must be a non-negative integer or None, got {k!r}")
+    if spec.source == "facts":
+        return load_facts(spec, k, seed, tokenize)
     # The default name "rotten_tomatoes" belongs to the builtin source; a files or
     # hub spec only takes known-task defaults when it names the task on purpose.
     named = spec.source in ("builtin", "kshot") or "name" in spec.model_fields_set

@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from miner.tasks._facts import SUBJECT_FIELD, fact_relations
 from miner.tasks._files import DEFAULT_MAX_FILE_MB
 
 # Our split names; hub_splits maps these to the hub dataset's split names.
@@ -52,9 +53,9 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    source: Literal["builtin", "files", "kshot", "hub"] = "builtin"
+    source: Literal["builtin", "files", "kshot", "hub", "facts"] = "builtin"
     # builtin: task name; kshot: sub-folder of root; hub: load_dataset path (or a
-    # local directory of data files); files: a free name.
+    # local directory of data files); files: a free name; facts: a relation (fact_relations()).
     name: str = "rotten_tomatoes"
     root: str | None = Field(
         default=None,
@@ -69,13 +70,25 @@ class TaskSpec(BaseModel):
     text_fields: list[str] | None = None
     label_column: str = "label"
     label_names: list[str] | None = None
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    metric: Literal["accuracy", "macro_f1", "p_at_1", "mrr"] = Field(
+        default="accuracy",
+        description="the score a job's prompts are ranked by: accuracy, macro_f1, p_at_1 (precision at 1: the gold "
+        "label ranked first, the default of fact tasks) or mrr (mean reciprocal rank of the gold label)",
+    )
     max_test: StrictInt | None = None
     split_seed: Seed = Field(
         default=0, description=f"seed of the created dev/test splits and the test subsample (0..{SEED_MAX})"
     )
     dev_fraction: float = 0.1
     test_fraction: float = 0.2
+    path: str | None = Field(
+        default=None,
+        description="facts: a TSV file of subject<TAB>object pairs, instead of a built-in relation",
+    )
+    single_token: bool = Field(
+        default=False,
+        description="facts: keep only the candidate objects that are one token for the run's model",
+    )
     max_file_mb: PositiveStrictInt = Field(
         default=DEFAULT_MAX_FILE_MB,
         description="largest data file read, in MB (2**20 bytes); a larger file, or a path that is not a regular "
@@ -91,12 +104,20 @@ class TaskSpec(BaseModel):
         # max_file_mb bounds reading, never results: left out at its default, so that the job keys
         # hashed from a dump stay those of the runs recorded before the field existed.
         data = handler(self)
-        if isinstance(data, dict) and self.max_file_mb == DEFAULT_MAX_FILE_MB:
-            data.pop("max_file_mb", None)
+        if isinstance(data, dict):
+            # the same for the fact-task fields at their defaults (tasks of the other sources never set them)
+            for key, default in (
+                ("max_file_mb", DEFAULT_MAX_FILE_MB),
+                ("path", None),
+                ("single_token", False),
+            ):
+                if getattr(self, key) == default:
+                    data.pop(key, None)
         return data
 
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
+        self._check_facts()
         if self.source == "files" and not self.train:
             raise ValueError("source 'files' needs a 'train' path")
         if self.source != "files" and (self.train or self.dev or self.test):
@@ -124,3 +145,28 @@ class TaskSpec(BaseModel):
         if self.dev_fraction + self.test_fraction >= 1.0:
             raise ValueError("dev_fraction + test_fraction must be below 1")
         return self
+
+    def _check_facts(self) -> None:
+        if self.source != "facts":
+            for key in ("path", "single_token"):
+                if key in self.model_fields_set and getattr(self, key):
+                    raise ValueError(f"'{key}' is only used with source 'facts', not '{self.source}'")
+            return
+        if self.path is None:
+            if "name" not in self.model_fields_set:
+                raise ValueError(
+                    f"source 'facts' needs a relation 'name' (one of {list(fact_relations())}) or a 'path' to a TSV of pairs"
+                )
+            if self.name not in fact_relations():
+                raise ValueError(
+                    f"unknown fact relation '{self.name}'; built-in relations: {list(fact_relations())} "
+                    "(or give 'path' to a TSV file of subject<TAB>object pairs)"
+                )
+        if self.text_fields is not None and list(self.text_fields) != [SUBJECT_FIELD]:
+            raise ValueError(
+                f"a fact task has one text field, '{SUBJECT_FIELD}'; got text_fields {self.text_fields}"
+            )
+        if self.label_names is not None:
+            raise ValueError("a fact task's labels are its relation's objects: leave out label_names")
+        if "metric" not in self.model_fields_set:
+            self.metric = "p_at_1"
