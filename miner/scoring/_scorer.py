@@ -17,6 +17,11 @@ cached across calls (a byte-bounded LRU), so re-scoring a template with another
 verbalizer costs no forward pass. Uncached requests are sorted by length and packed
 into batches bounded by ``batch_size`` sequences and ``max_batch_tokens`` padded tokens.
 A label's score is the log of the summed probability of its words.
+
+Causal LMs: a token prefix that many requests of a prompt share runs once (``_prefix.py``): the
+demonstrations before every example's text, or one example's prompt before its many candidate
+words. Its pass is charged once, with its tokens, and its key/values are kept for later calls
+(``prefix_cache_mb``); the requests' tails run on top of them, charged per batch.
 """
 
 from __future__ import annotations
@@ -39,27 +44,13 @@ from miner.prompts import Prompt, PromptEnsemble
 from miner.scoring._cost import Cost, CostCounter
 from miner.scoring._encode import CompiledPrompt, Encoded, compile_prompt, encode
 from miner.scoring._metrics import compute_metrics
-from miner.scoring._stems import StemCache, run_rows
+from miner.scoring._prefix import PREFIX, mark, pack, run_prefixes, run_tails
+from miner.scoring._request import Request
+from miner.scoring._stems import Layers, StemCache, TokenIds, run_rows
 
 logger = logging.getLogger(__name__)
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021
-
-
-@dataclass(frozen=True)
-class Request:
-    """One question to the model. Its *answer* (what :meth:`Scorer.label_scores` reads): ``next``, the
-    log-probabilities ``[V]`` of the token after ``ids``; ``cont``, the summed log-probability of the
-    last ``n`` tokens of ``ids``; ``mask``, the log-probabilities ``[len(mask_pos), V]`` at the masks."""
-
-    kind: str  # "next" | "cont" | "mask"
-    ids: tuple[int, ...]
-    n: int = 0  # cont: number of scored tokens at the end
-    mask_pos: tuple[int, ...] = ()
-    soft: tuple[tuple[int, int], ...] = ()  # (position, soft index)
-    stem: int = field(
-        default=0, compare=False
-    )  # leading tokens whose key/value cache may be reused (_stems.py)
 
 
 @dataclass
@@ -104,6 +95,9 @@ class Scorer:
         counter: CostCounter | None = None,
         soft_resolver: Callable[[str], torch.Tensor] | None = None,
         stem_cache_mb: int = 1024,
+        prefix_cache_mb: int = 256,
+        prefix_min_tokens: int = 32,
+        prefix_min_words: int = 8,
     ) -> None:
         self.backend = backend
         self.soft_resolver = soft_resolver  # soft-prompt reference -> tensor [n_soft, hidden]
@@ -120,6 +114,13 @@ class Scorer:
         self.stem_cache_mb = stem_cache_mb
         self.stems = (
             StemCache(stem_cache_mb * 2**20) if backend.kind == "causal" and stem_cache_mb > 0 else None
+        )
+        # Causal LMs: a prefix many requests share (demonstrations; one example's prompt before many
+        # candidate words) runs once and its key/values serve them all (_prefix.py). 0 turns it off.
+        self.prefix_min_tokens = prefix_min_tokens
+        self.prefix_min_words = prefix_min_words
+        self.prefixes = (
+            StemCache(prefix_cache_mb * 2**20) if backend.kind == "causal" and prefix_cache_mb > 0 else None
         )
 
     # ------------------------------------------------------------------ public
@@ -177,7 +178,9 @@ class Scorer:
     def plan_label_logprobs(self, prompt: Prompt, examples: Sequence[Any]) -> int:
         """Forward passes :meth:`label_logprobs` spends on ``examples`` (it never reads the cache)."""
         cp = self.compile(prompt)
-        return len(self._batches(dict.fromkeys(self._requests(cp, self._rows(cp, examples))[0])))
+        return len(
+            self._batches(dict.fromkeys(self._requests(cp, self._rows(cp, examples))[0]), prefixes=False)
+        )
 
     def score(
         self,
@@ -254,6 +257,7 @@ class Scorer:
                 assert be.mask_id is not None  # Backend refuses a masked LM without a mask token
                 ids = enc.prefix + (be.mask_id,) + enc.suffix
                 reqs.append(Request("mask", ids, 0, (len(enc.prefix),)))
+        reqs = [r for row in self._mark([[r] for r in reqs]) for r in row]
         with torch.inference_mode():
             results = self._execute(reqs, None, False, desc)
         rows = [results[r] if r.kind == "next" else results[r][0] for r in reqs]
@@ -328,20 +332,28 @@ class Scorer:
     def _requests(self, cp: CompiledPrompt, rows: Sequence[Mapping[str, str]]):
         """All requests plus, per example, per label, per word, the request that scores it."""
         be = self.backend
-        reqs: list[Request] = []
+        per_row: list[list[Request]] = []
         plan: list[list[list[tuple[Request, tuple[int, ...]]]]] = []
         for fields in rows:
             enc = encode(cp, be, fields)
             per_label = []
+            row: list[Request] = []
             for words in cp.word_ids:
                 per_word = []
                 for w in words:
                     req = self._request_for(cp, enc, w)
-                    reqs.append(req)
+                    row.append(req)
                     per_word.append((req, w))
                 per_label.append(per_word)
             plan.append(per_label)
-        return reqs, plan
+            per_row.append(row)
+        # The plan keeps the unmarked requests: a request's prefix mark takes no part in its identity.
+        return [r for row in self._mark(per_row) for r in row], plan
+
+    def _mark(self, rows: list[list[Request]]) -> list[list[Request]]:
+        if self.prefixes is None:
+            return rows
+        return mark(rows, min_tokens=self.prefix_min_tokens, min_words=self.prefix_min_words)
 
     def _request_for(self, cp: CompiledPrompt, enc: Encoded, w: tuple[int, ...]) -> Request:
         pre_soft = tuple(zip(enc.prefix_soft_pos, enc.prefix_soft))
@@ -386,14 +398,51 @@ class Scorer:
                 self.counter.total.cache_hits += 1
             else:
                 todo.append(r)
-        batches = self._batches(todo)  # packed whatever the stem cache holds, so plan() stays exact
+        batches = self._batches(todo, prefixes=use_cache)  # packed whatever the stem cache holds
+        held, last = self._hold_prefixes(batches)
         show = self.progress and len(batches) >= 4
-        for batch in tqdm(batches, desc=desc or "scoring", leave=False, disable=not show, unit="batch"):
-            for r, value in zip(batch, self._run(batch, soft_embeds, grad)):
+        for bi, batch in enumerate(
+            tqdm(batches, desc=desc or "scoring", leave=False, disable=not show, unit="batch")
+        ):
+            if batch[0].kind == PREFIX:
+                computed = run_prefixes(self.backend, self.counter, batch)
+                held.update(computed)
+                assert self.prefixes is not None  # prefix passes are packed only with the prefix cache on
+                for p, layers in computed.items():
+                    self.prefixes.put(p, layers)
+                continue
+            for r, value in zip(batch, self._run(batch, soft_embeds, grad, held)):
                 results[r] = value
                 if use_cache:
                     self._remember(r, value)
+            for p in last.pop(bi, ()):  # its last tails have run: let the key/values go
+                held.pop(p, None)
         return results
+
+    def _hold_prefixes(
+        self, batches: list[list[Request]]
+    ) -> tuple[dict[TokenIds, Layers], dict[int, list[TokenIds]]]:
+        """The cached prefixes the batches' tails need, taken from the cache now (so that storing others
+        on the way cannot evict them after the plan counted them as cached), and, per batch index, the
+        prefixes whose last tails run in it."""
+        held: dict[TokenIds, Layers] = {}
+        last_at: dict[TokenIds, int] = {}
+        computed = set()
+        for bi, batch in enumerate(batches):
+            for r in batch:
+                if r.kind == PREFIX:
+                    computed.add(r.ids)
+                elif r.prefix:
+                    last_at[r.ids[: r.prefix]] = bi
+        if self.prefixes is not None:
+            for p in last_at:
+                if p not in computed:
+                    held[p] = self.prefixes.get(p)
+                    self.prefixes.hits += 1
+        last: dict[int, list[TokenIds]] = {}
+        for p, bi in last_at.items():
+            last.setdefault(bi, []).append(p)
+        return held, last
 
     def _assemble(self, plan, results: Mapping[Request, Any]) -> torch.Tensor:
         """Label scores ``[N, L]``: each word's score read off its request's answer, log-sum-exp per label.
@@ -452,11 +501,19 @@ class Scorer:
         self._cache_size = 0
         if self.stems is not None:
             self.stems.clear()
+        if self.prefixes is not None:
+            self.prefixes.clear()
 
-    def _batches(self, reqs: Iterable[Request]) -> list[list[Request]]:
+    def _batches(self, reqs: Iterable[Request], *, prefixes: bool = True) -> list[list[Request]]:
+        """Passes for ``reqs``: requests marked with a prefix (when ``prefixes``) go to their prefix's
+        passes (``_prefix.pack``), the rest are packed whole, by kind, longest first."""
         by_kind: dict[str, list[Request]] = {}
+        shared: list[Request] = []
         for r in reqs:
-            by_kind.setdefault(r.kind, []).append(r)
+            if prefixes and r.prefix and self.prefixes is not None:
+                shared.append(r)
+            else:
+                by_kind.setdefault(r.kind, []).append(r)
         batches = []
         for kind in sorted(by_kind):
             # Longest first: a too-large batch fails at once, and similar lengths share padding.
@@ -470,9 +527,24 @@ class Scorer:
                 cur.append(r)
             if cur:
                 batches.append(cur)
+        if shared:
+            assert self.prefixes is not None  # only marked with the prefix cache on
+            batches += pack(
+                shared,
+                self.prefixes.__contains__,
+                batch_size=self.batch_size,
+                max_batch_tokens=self.max_batch_tokens,
+                make=lambda p: Request(PREFIX, p),
+            )
         return batches
 
-    def _run(self, batch: list[Request], soft_embeds: torch.Tensor | None, grad: bool) -> list[Any]:
+    def _run(
+        self,
+        batch: list[Request],
+        soft_embeds: torch.Tensor | None,
+        grad: bool,
+        held: Mapping[TokenIds, Layers] | None = None,
+    ) -> list[Any]:
         be = self.backend
         kind = batch[0].kind
         keep = 0
@@ -481,6 +553,8 @@ class Scorer:
         elif kind == "cont":
             keep = max(r.n for r in batch) + 1
         has_soft = any(r.soft for r in batch)
+        if held is not None and batch[0].prefix:  # tails on top of their prefixes (_prefix.py)
+            return self._answers(batch, run_tails(be, self.counter, batch, held, keep), kind, grad)
         stemmed = (
             self.stems is not None
             and not grad
@@ -510,24 +584,29 @@ class Scorer:
             else:
                 assert padded is not None  # padded whenever not stemmed, above
                 logits = be.forward(padded, inputs_embeds=inputs_embeds, logits_to_keep=keep)
-            logits = logits.float()
-            if kind == "next":
-                lp = torch.log_softmax(logits[:, -1, :], dim=-1)
-                out = [lp[i] if grad else lp[i].cpu().clone() for i in range(len(batch))]
-            elif kind == "cont":
-                lp = torch.log_softmax(logits, dim=-1)
-                k = lp.shape[1]
-                out = []
-                for i, r in enumerate(batch):
-                    targets = torch.as_tensor(r.ids[-r.n :], device=lp.device)
-                    rows = lp[i, k - r.n - 1 : k - 1]
-                    val = rows.gather(-1, targets[:, None]).sum()
-                    out.append(val if grad else val.cpu())
-            else:
-                out = []
-                for i, r in enumerate(batch):
-                    rows = torch.log_softmax(logits[i, list(r.mask_pos)], dim=-1)
-                    out.append(rows if grad else rows.cpu().clone())
+            return self._answers(batch, logits, kind, grad)
+
+    @staticmethod
+    def _answers(batch: list[Request], logits: torch.Tensor, kind: str, grad: bool) -> list[Any]:
+        """Each request's answer (see :class:`Request`) from its batch's kept logits."""
+        logits = logits.float()
+        if kind == "next":
+            lp = torch.log_softmax(logits[:, -1, :], dim=-1)
+            out = [lp[i] if grad else lp[i].cpu().clone() for i in range(len(batch))]
+        elif kind == "cont":
+            lp = torch.log_softmax(logits, dim=-1)
+            k = lp.shape[1]
+            out = []
+            for i, r in enumerate(batch):
+                targets = torch.as_tensor(r.ids[-r.n :], device=lp.device)
+                rows = lp[i, k - r.n - 1 : k - 1]
+                val = rows.gather(-1, targets[:, None]).sum()
+                out.append(val if grad else val.cpu())
+        else:
+            out = []
+            for i, r in enumerate(batch):
+                rows = torch.log_softmax(logits[i, list(r.mask_pos)], dim=-1)
+                out.append(rows if grad else rows.cpu().clone())
         return out
 
 

@@ -87,21 +87,32 @@ class StemCache:
         """The cached stems as one left-padded batch: per-layer ``[B, kv_heads, S, head_dim]`` and mask ``[B, S]``."""
         entries = [self.get(s) for s in stems]
         self.hits += len(stems)
-        width = max(len(s) for s in stems)
-        mask = torch.zeros((len(stems), width), dtype=torch.long, device=device)
-        for r, s in enumerate(stems):
-            mask[r, width - len(s) :] = 1
-        layers = []
-        for li in range(len(entries[0])):
-            k0, v0 = entries[0][li]
-            k = k0.new_zeros((len(stems), k0.shape[0], width, k0.shape[2]))
-            v = v0.new_zeros((len(stems), v0.shape[0], width, v0.shape[2]))
-            for r, e in enumerate(entries):
-                n = e[li][0].shape[1]
-                k[r, :, width - n :] = e[li][0]
-                v[r, :, width - n :] = e[li][1]
-            layers.append((k, v))
-        return layers, mask
+        return stack_layers(entries, device)
+
+
+def stack_layers(entries: Sequence[Layers], device) -> tuple[Layers, torch.Tensor]:
+    """Per-layer ``(keys, values)`` of several sequences ``[kv_heads, s, head_dim]`` as one left-padded
+    batch ``[B, kv_heads, S, head_dim]``, and its mask ``[B, S]``. One entry for every row (a shared
+    prefix) is expanded, not copied: the model's cache concatenates it with the new tokens anyway."""
+    lens = [e[0][0].shape[1] for e in entries]
+    width = max(lens)
+    mask = torch.zeros((len(entries), width), dtype=torch.long, device=device)
+    for r, n in enumerate(lens):
+        mask[r, width - n :] = 1
+    if all(e is entries[0] for e in entries):
+        b = len(entries)
+        return [(k[None].expand(b, -1, -1, -1), v[None].expand(b, -1, -1, -1)) for k, v in entries[0]], mask
+    layers = []
+    for li in range(len(entries[0])):
+        k0, v0 = entries[0][li]
+        k = k0.new_zeros((len(entries), k0.shape[0], width, k0.shape[2]))
+        v = v0.new_zeros((len(entries), v0.shape[0], width, v0.shape[2]))
+        for r, e in enumerate(entries):
+            n = lens[r]
+            k[r, :, width - n :] = e[li][0]
+            v[r, :, width - n :] = e[li][1]
+        layers.append((k, v))
+    return layers, mask
 
 
 def _nbytes(layers: Layers) -> int:
