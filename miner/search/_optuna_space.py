@@ -5,6 +5,10 @@ at the end, which a causal LM needs for cached answer distributions), or, for ma
 when asked, ``<prefix><infix> {answer}.<separator><text fields><punctuation>``; or one of the
 user's full templates. Parts are sampled as separate categorical parameters so that TPE
 can learn which prefix or infix helps independently of the others.
+
+Unset ``prefixes`` / ``infixes`` (None) are the zero-configuration parts of
+:mod:`miner.search._defaults`: a small generic set plus fragments made from the task's field
+and label names, so a searcher given only a task needs no cue phrases.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 
 from miner.errors import ConfigError, PromptError
 from miner.prompts import Prompt, parse_template
+from miner.search._defaults import template_parts
 
 PARTS = "<parts>"  # the value of the "template" parameter that means "assemble from parts"
 
@@ -57,9 +62,19 @@ class TemplateSpace:
 
 
 def build_space(
-    searcher, kind: str, text_fields: Sequence[str], seed_prompts: Sequence[Prompt], log
+    searcher,
+    kind: str,
+    text_fields: Sequence[str],
+    seed_prompts: Sequence[Prompt],
+    log,
+    label_names: Sequence[str] | None = None,
 ) -> TemplateSpace:
-    """Validate the configured parts and templates; a bad user template is a one-line error."""
+    """Validate the configured parts and templates; a bad user template is a one-line error.
+
+    Unset (None) ``prefixes`` and ``infixes`` are :func:`miner.search._defaults.template_parts` of the
+    task: ``label_names`` when given, else the seed prompts' labels (a job's prompts are built on the
+    task's label names), else the generic fragments alone.
+    """
     full: list[str] = []
     for i, t in enumerate(searcher.templates):
         try:
@@ -88,14 +103,22 @@ def build_space(
             full.append(p.template)
     full = list(dict.fromkeys(full))
     positions = ["end"] + (["start"] if kind == "masked" and searcher.answer_first else [])
-    if not searcher.infixes and not full:
+    prefixes, infixes = searcher.prefixes, searcher.infixes
+    if prefixes is None or infixes is None:
+        if label_names is None:
+            label_names = seed_prompts[0].verbalizer.labels if seed_prompts else ()
+        auto_prefixes, auto_infixes = template_parts(text_fields, label_names)
+        prefixes = auto_prefixes if prefixes is None else prefixes
+        infixes = auto_infixes if infixes is None else infixes
+        log.info("optuna: template parts: prefixes %r, infixes %r", prefixes, infixes)
+    if not infixes and not full:
         raise ConfigError("optuna searcher: give 'infixes' or 'templates' (there is no template to search)")
     return TemplateSpace(
         tuple(full),
-        tuple(searcher.prefixes),
+        tuple(prefixes),
         tuple(searcher.separators),
         tuple(searcher.punctuations),
-        tuple(searcher.infixes),
+        tuple(infixes),
         tuple(positions),
         tuple(text_fields),
     )

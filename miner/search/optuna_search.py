@@ -78,9 +78,13 @@ class OptunaSearcher(Searcher):
     ] = field(default_factory=lambda: [0.5, 1.0])
     # Template parts: <prefix><text><punctuation><separator><infix> {answer}
     prefixes: Annotated[
-        list[str],
-        Field(min_length=1, description='template parts: text before the text fields (use [""] for none)'),
-    ] = field(default_factory=lambda: ["", "Review: ", "Text: "])
+        list[str] | None,
+        Field(
+            min_length=1,
+            description='template parts: text before the text fields (use [""] for none); unset: the '
+            "built-in generic set plus the task's first field name (docs/defaults.md)",
+        ),
+    ] = None
     separators: Annotated[
         list[str], Field(min_length=1, description="template parts: between the text and the infix")
     ] = field(default_factory=lambda: [" ", "\n"])
@@ -88,19 +92,12 @@ class OptunaSearcher(Searcher):
         list[str], Field(min_length=1, description='template parts: right after the text (use [""] for none)')
     ] = field(default_factory=lambda: [""])
     infixes: Annotated[
-        list[str],
-        Field(description="template parts: just before {answer} (may be empty when templates are given)"),
-    ] = field(
-        default_factory=lambda: [
-            "It was",
-            "Sentiment:",
-            "Overall, it was",
-            "In summary, it was",
-            "Answer:",
-            "The sentiment is",
-            "All in all, it was",
-        ]
-    )
+        list[str] | None,
+        Field(
+            description="template parts: just before {answer} (may be empty when templates are given); unset: "
+            "the built-in generic set plus the task's label set spelled out (docs/defaults.md)"
+        ),
+    ] = None
     templates: Annotated[
         list[str], Field(description="full templates, searched next to the assembled ones")
     ] = field(default_factory=list)
@@ -132,7 +129,11 @@ class OptunaSearcher(Searcher):
     demo_separator: Annotated[str, Field(description="between demonstrations and before the query")] = "\n\n"
     # Verbalizers
     label_words: Annotated[
-        dict[str, list[str]], Field(description="label -> user words, always in the label-word pool")
+        dict[str, list[str]],
+        Field(
+            description="label -> user words, always in the label-word pool (with the seed prompts' words); "
+            "empty: words found on train, plus the label names when the job's prompts are the defaults"
+        ),
     ] = field(default_factory=dict)
     max_words: Annotated[
         int, Field(ge=1, description="words per label: 1..max_words (multi-word verbalizers)")
