@@ -302,6 +302,17 @@ def test_fewer_than_two_objects_is_a_one_line_data_error(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_a_bad_pairs_file_line_and_an_unknown_name_at_load_are_one_line_errors(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_text("France\tParis\nPeru Lima\n")
+    with pytest.raises(DataError, match=r"bad.tsv line 2: expected 'subject<TAB>object', got 1 field"):
+        relation_pairs("bad", str(path))
+    with pytest.raises(
+        ConfigError, match=r"unknown fact relation 'nope'; built-in relations: \['country_capital'"
+    ):
+        relation_pairs("nope")
+
+
 def test_a_missing_wheel_names_the_pip_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
