@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -289,6 +290,105 @@ class Backend:
             params = inspect.signature(self.model.forward).parameters
             name = self._cache_kw = "cache" if "cache" in params else "past_key_values"
         return name
+
+    # ----------------------------------------------------------------- generation
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        seed: int = 0,
+        chat: bool = True,
+        system: str | None = None,
+        batch_size: int = 8,
+        charge: Callable[[int, int, int], AbstractContextManager[Any]] | None = None,
+    ) -> list[str]:
+        """Sampled continuations of ``prompts`` (causal LMs), with transformers' ``generate``.
+
+        Each prompt is wrapped in the tokenizer's chat template when it has one and ``chat`` is true
+        (a user turn, plus ``system`` when given). Batches are left-padded; sampling is seeded with
+        ``seed`` on a forked RNG, so the same call gives the same texts and the global RNG is left as it
+        was. ``charge`` is entered around every model call that ``generate`` makes (the cost counter's
+        ``forward(sequences, tokens, padded_tokens)``): one pass per generated step of a batch, the first
+        of which reads the prompt, so generation is charged, and refused by a budget guard, like scoring.
+        Returns the new text of each prompt, special tokens dropped.
+        """
+        from transformers import GenerationConfig
+
+        from miner.errors import ConfigError
+
+        if self.kind != "causal":
+            raise ConfigError(f"model {self.name!r} is a masked LM: it cannot generate text")
+        if not prompts:
+            return []
+        tok = self.tokenizer
+        room = max(1, self.max_length - max_new_tokens)
+        seqs = [self._generation_ids(p, chat, system)[-room:] for p in prompts]
+        eos = [i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)]
+        cfg = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_p=top_p if temperature > 0 else None,
+            top_k=None,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(set(eos)) or None,
+        )
+        handles = self._charge_hooks(charge) if charge is not None else []
+        out: list[str] = []
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.inference_mode():
+                torch.manual_seed(seed)
+                for start in range(0, len(seqs), max(1, batch_size)):
+                    chunk = seqs[start : start + max(1, batch_size)]
+                    batch = self.pad(chunk)
+                    gen = self.model.generate(
+                        input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=cfg
+                    )
+                    width = batch.input_ids.shape[1]
+                    out.extend(
+                        tok.decode(row[width:].tolist(), skip_special_tokens=True).strip() for row in gen
+                    )
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+    def _generation_ids(self, prompt: str, chat: bool, system: str | None) -> tuple[int, ...]:
+        tok = self.tokenizer
+        if chat and getattr(tok, "chat_template", None):
+            turns = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            text = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+            return tuple(tok(text, add_special_tokens=False)["input_ids"])
+        return self.lead_ids + self.tokenize(prompt)
+
+    def _charge_hooks(self, charge: Callable[[int, int, int], AbstractContextManager[Any]]) -> list[Any]:
+        """Forward hooks that enter ``charge`` before each model call and leave it after."""
+        open_: list[AbstractContextManager[Any]] = []
+
+        def before(module, args, kwargs):
+            ids = kwargs.get("input_ids")
+            ids = ids if ids is not None else args[0]
+            mask = kwargs.get("attention_mask")
+            b, t = ids.shape
+            real = int(mask[:, -t:].sum()) if mask is not None else b * t
+            cm = charge(b, real, b * t)
+            cm.__enter__()  # the budget guard may refuse the pass here, before it runs
+            open_.append(cm)
+
+        def after(module, args, kwargs, output):
+            if open_:
+                open_.pop().__exit__(None, None, None)
+
+        return [
+            self.model.register_forward_pre_hook(before, with_kwargs=True),
+            self.model.register_forward_hook(after, with_kwargs=True, always_call=True),
+        ]
 
     def as_dtype(self, dtype: torch.dtype) -> Backend:
         """This backend with its model in ``dtype``: itself if already so, else a copy made once
