@@ -16,7 +16,7 @@ from miner.search._registry import Parameter, Registry, parameters, register_sea
 
 # Built-in plugins register themselves on import. Adding a searcher = one module + its name here;
 # an installed package adds one through the "miner.searchers" entry-point group instead.
-_BUILTIN = ("manual", "optuna_search", "autoprompt", "soft", "blackbox", "mining")
+_BUILTIN = ("manual", "optuna_search", "autoprompt", "soft", "blackbox", "mining", "paraphrase")
 for _name in _BUILTIN:
     importlib.import_module(f"miner.search.{_name}")
 
