@@ -28,7 +28,7 @@ from miner.prompts import Prompt
 from miner.runner import run_searcher
 from miner.scoring import Scorer
 from miner.search import SearchContext, parameters, searchers
-from miner.search.mining import MiningSearcher, mine_contexts, mine_relations
+from miner.search.mining import MiningSearcher, Pattern, mine_contexts, mine_relations, rewrite_object_first
 from miner.tasks import Example, TaskData
 from miner.testing.conformance import SearcherConformance
 from miner.testing.tiny import tiny_causal, tiny_masked
@@ -207,8 +207,9 @@ def test_fact_task_rows_keep_the_slots_and_the_answer_last_on_causal_lms(fact_ru
         assert tpl.text.count("{subject}") == 1
         assert ev.prompt.verbalizer.labels == fact_task().label_names
     templates = [ev.prompt.template for ev in res.evaluations]
-    assert templates[0] == "{subject} is {answer}"  # support 2, the best subject-first pattern
-    assert "{answer} is the capital of {subject}" not in templates  # object first: skipped on a causal LM
+    # support 4, object first, rewritten with the answer last; then the best subject-first pattern (support 2)
+    assert templates[:2] == ["The capital of {subject} is {answer}", "{subject} is {answer}"]
+    assert not any(t.startswith("{answer}") for t in templates)
 
 
 def test_fact_task_extra_records_support_source_kind_and_rejections(fact_run):
@@ -217,8 +218,27 @@ def test_fact_task_extra_records_support_source_kind_and_rejections(fact_run):
     assert len(extras) == 3 and all(e["source"] == [corpus] for e in extras)
     assert {e["kind"] for e in extras} <= {"middle", "window"}
     top = next(e for e in extras if e["rank"] == 0)
-    assert top["support"] == 2 and top["occurrences"] == 2 and top["kind"] == "middle"
-    assert top["rejected"]["answer_not_last"] >= 1 and top["pairs"] == 5
+    assert top["support"] == 4 and top["occurrences"] == 4 and top["kind"] == "middle"
+    assert top["rewritten_from"] == "{answer} is the capital of {subject}"
+    second = next(e for e in extras if e["rank"] == 1)
+    assert (second["support"], second["kind"], "rewritten_from" in second) == (2, "middle", False)
+    # the rewrite duplicates the "The capital of ..." window (support 2), which is then passed over
+    assert top["rejected"] == {"rewritten": 1, "duplicate": 1}
+    assert top["pairs"] == 5
+
+
+def test_object_first_rewrites():
+    def rewrite(template_words, kind="middle"):
+        pattern = Pattern("x", kind, 1, 1, ("t",), answer_first=True, detail={"middle": template_words})
+        out = rewrite_object_first(pattern)
+        return out.template if out else None
+
+    assert rewrite(["is", "the", "capital", "of"]) == "The capital of {subject} is {answer}"
+    assert rewrite([",", "the", "capital", "of"]) == "The capital of {subject}: {answer}"
+    assert rewrite([":", "capital", "of"]) == "Capital of {subject}: {answer}"
+    assert rewrite(["("]) == "{subject}: {answer}"
+    assert rewrite(["lies", "in"]) is None and rewrite(["is"]) is None
+    assert rewrite([",", "the", "capital", "of"], kind="window") is None
 
 
 def test_masked_lms_keep_object_first_patterns(masked, corpus_file):
@@ -239,6 +259,16 @@ def test_classification_with_no_hand_written_words(causal):
     assert first.template == "{sentence} It was {answer}" and len(first.verbalizer.words) == 2
     for ev in res.evaluations:
         assert ev.prompt.parsed.fields == ("sentence",) and ev.prompt.parsed.answer_at_end
+
+
+def test_without_rewrites_object_first_patterns_are_skipped_on_causal_lms(causal, corpus_file, caplog):
+    s = MiningSearcher(corpora=[str(corpus_file)], min_support=2, max_prompts=5, rewrite_object_first=False)
+    with caplog.at_level("INFO", logger="miner.search.mining"):
+        res = run_searcher(s, causal, fact_task(CAPITALS[:3], dev=[]), budget=BudgetSpec(max_evaluations=5))
+    templates = [ev.prompt.template for ev in res.evaluations]
+    assert templates == ["{subject} is {answer}", "The capital of {subject} is {answer}"]
+    # "{answer} is the capital of {subject}" (Paris/France, Berlin/Germany) is counted, not proposed
+    assert "rejected {'answer_not_last': 1}" in caplog.text
 
 
 def test_budget_stops_the_proposals(causal, corpus_file):

@@ -31,6 +31,7 @@ last on causal LMs, the verbalizer's words tokenizable); rejections are counted 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -223,11 +224,40 @@ def mine_relations(
                 tuple(sorted(tally.sources[key])),
                 tuple(f"{s} -> {o}" for s, o in sorted(witnesses)[:3]),
                 answer_first=order == "object-first",
-                detail={"order": order},
+                detail={"order": order, "middle": list(middle), "window": list(prefix)},
             )
         )
     out.sort(key=lambda p: (-p.support, -p.occurrences, len(tokenize(p.template)), p.template))
     return out, stats
+
+
+_COPULAS = frozenset({"is", "was", "are", "were"})
+_APPOSITION = frozenset({",", ":", "(", "-", "–", "—"})
+
+
+def rewrite_object_first(pattern: Pattern, field_name: str = "subject") -> Pattern | None:
+    """An object-first middle-word pattern with the answer moved last, where the words allow it; else None.
+
+    A causal LM predicts the answer from what precedes it, so ``{answer} is the capital of {subject}``
+    cannot probe it as it stands. Two rewrites keep the mined words and only move the answer: a copula
+    is symmetric (``{answer} is M {subject}`` -> ``M {subject} is {answer}``), and an apposition names the
+    answer by its description (``{answer}, M {subject}`` or ``{answer}: M {subject}`` -> ``M {subject}:
+    {answer}``). Any other object-first pattern (``{answer} lies in {subject}``) has no such reading.
+    """
+    middle = list(pattern.detail.get("middle") or ())
+    if pattern.kind != "middle" or not pattern.answer_first or not middle:
+        return None
+    head, rest = middle[0], middle[1:]
+    while rest and not rest[-1][0].isalnum():
+        rest.pop()  # "{answer} ({subject}" leaves a bracket open before the subject
+    if head.lower() in _COPULAS and rest:
+        template = _render(rest, [head], "{" + field_name + "}", "{answer}")
+    elif head in _APPOSITION:
+        template = _render(rest, [":"], "{" + field_name + "}", "{answer}")
+    else:
+        return None
+    detail = {**pattern.detail, "rewritten_from": pattern.template, "order": "subject-first"}
+    return dataclasses.replace(pattern, template=template, answer_first=False, detail=detail)
 
 
 def mine_contexts(
@@ -347,6 +377,13 @@ class MiningSearcher(Searcher):
             description="fact tasks: keep patterns with the answer before the subject (default: masked LMs only)"
         ),
     ] = None
+    rewrite_object_first: Annotated[
+        bool,
+        Field(
+            description="fact tasks, where object-first patterns are not kept: turn '{answer} is M {subject}' into "
+            "'M {subject} is {answer}' and '{answer}, M {subject}' (or ':', '(') into 'M {subject}: {answer}'"
+        ),
+    ] = True
     cue_lengths: Annotated[
         list[Annotated[int, Field(ge=1)]],
         Field(min_length=1, description="classification: cue lengths in words before a label word"),
@@ -569,8 +606,12 @@ def _search_relations(s: MiningSearcher, ctx: SearchContext, evaluate: Evaluate)
         if len(chosen) >= s.max_prompts:
             break
         if pat.answer_first and not keep_first:
-            rejected["answer_not_last"] += 1
-            continue
+            rewritten = rewrite_object_first(pat, field_name) if s.rewrite_object_first else None
+            if rewritten is None:
+                rejected["answer_not_last"] += 1
+                continue
+            rejected["rewritten"] += 1  # counted, not dropped: the row records the mined original
+            pat = rewritten
         key = normalize(pat.template)
         if key in seen:
             rejected["duplicate"] += 1
