@@ -15,7 +15,9 @@ from miner.leaderboard import Leaderboard
 from miner.runner import run_searcher
 from miner.scoring import CostCounter
 from miner.search._wordnet import find_wordnet, parse_synset, synonyms
+from miner.search.manual import ManualSearcher
 from miner.search.paraphrase import (
+    DEMOS,
     ParaphraseSearcher,
     answer_class,
     check_variant,
@@ -246,7 +248,7 @@ def _rows(db):
 
 def test_evo_with_a_scripted_generator_records_cost_and_parents(tmp_path, causal, data):
     s, gen = scripted(
-        ["[X] All in all, it was [Y]\nnoise", "[X] It was", "Text: [X] Verdict: [Y]", "[Y] [X]"],
+        ["[X] All in all, it was [Y]\nnoise", "[X] It was", "Text: [X] Verdict: [Y]", "[Y] [X]", DEMOS[1][2]],
         population=3,
         generations=2,
     )
@@ -267,6 +269,7 @@ def test_evo_with_a_scripted_generator_records_cost_and_parents(tmp_path, causal
     last = rows[-1].extra
     assert last["generation_total"]["forward_passes"] == 3  # fill-up + 2 generations, one call each
     assert last["rejected"] >= 1 and last["rejected_by_reason"].get("lost_slot", 0) >= 1
+    assert last["rejected_by_reason"].get("copied_demo", 0) >= 1  # a demonstration's child is no variant
     assert all(r.dev_score is not None for r in rows)
 
 
@@ -290,6 +293,22 @@ def test_all_variants_losing_a_slot_is_a_counted_rejection(tmp_path, causal, dat
     assert [r.prompt["template"] for r in rows] == seeds  # nothing partial
     assert "all 1 variants of '{sentence} It was {answer}' rejected (lost_slot: 1)" in caplog.text
     assert "4 rejected (lost_slot: 4), 0 unchanged, 0 new prompts evaluated; 3 parents" in caplog.text
+
+
+def test_leaderboard_rows_seed_the_search(tmp_path, causal, data):
+    board = Leaderboard(f"sqlite:///{tmp_path / 'lb.db'}")
+    mine = seed_prompts(data.label_names)[1].with_(template="Opinion: {sentence} Verdict: {answer}")
+    run_searcher(ManualSearcher(), causal, data, prompts=[mine], board=board, run_id=board.start_run({}, {}))
+    s = ParaphraseSearcher(operator="edit", iterations=0, leaderboard_top=1)
+    res = run_searcher(
+        s,
+        causal,
+        data,
+        prompts=seed_prompts(data.label_names)[:1],
+        board=board,
+        run_id=board.start_run({}, {}),
+    )
+    assert [e.prompt.template for e in res.evaluations][-1] == mine.template
 
 
 def test_edit_loop_keeps_the_best_and_is_deterministic(data):

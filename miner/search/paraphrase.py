@@ -218,28 +218,36 @@ def edit_template(
 
 
 # --------------------------------------------------------------------------------------------- generator
-DEMO = ("Text: [X] Topic: [Y]", "[X] This text is about [Y]", "Article: [X] The article is about [Y]")
+# Demonstrations (parent 1, parent 2, child), task-neutral; a child that copies one is rejected
+# ("copied_demo"): SmolLM2-135M answers most GA requests with the demonstration's child otherwise.
+DEMOS = (
+    ("Text: [X] Topic: [Y]", "[X] This text is about [Y]", "Article: [X] The article is about [Y]"),
+    ("Question: [X] Answer: [Y]", "[X] The answer is [Y]", "Q: [X] The correct answer is [Y]"),
+    ("[X] In short, [Y]", "Input: [X] Output: [Y]", "Input: [X] In a word, the output is [Y]"),
+)
+DEMO_CHILDREN = frozenset(d[2] for d in DEMOS)
 # EvoPrompt's GA instruction (its one-shot demonstration redone for templates with slots); a chat turn.
 EVOPROMPT_GA = (
     "Please follow the instruction step-by-step to generate a better prompt. Keep [X] and [Y].\n"
     "1. Crossover the following prompts and generate a new prompt:\n"
-    f"Prompt 1: {DEMO[0]}\nPrompt 2: {DEMO[1]}\n"
+    f"Prompt 1: {DEMOS[0][0]}\nPrompt 2: {DEMOS[0][1]}\n"
     "2. Mutate the prompt generated in Step 1 and generate a final prompt bracketed with <prompt> and </prompt>.\n\n"
-    f"1. Crossover Prompt: Text: [X] This text is about [Y]\n2. <prompt>{DEMO[2]}</prompt>\n\n"
+    f"1. Crossover Prompt: Text: [X] This text is about [Y]\n2. <prompt>{DEMOS[0][2]}</prompt>\n\n"
     "Please follow the instruction step-by-step to generate a better prompt. Keep [X] and [Y].\n"
     "1. Crossover the following prompts and generate a new prompt:\n"
     "Prompt 1: <prompt1>\nPrompt 2: <prompt2>\n"
     "2. Mutate the prompt generated in Step 1 and generate a final prompt bracketed with <prompt> and </prompt>.\n\n1. "
 )
-# The same crossover-then-mutation as a one-shot completion, which a small model follows better.
+# The same crossover-then-mutation as a few-shot completion, which a small model follows better.
 COMPLETION_GA = (
-    "Combine the two prompts into one new prompt in other words. Keep [X] and [Y].\n"
-    f"Prompt 1: {DEMO[0]}\nPrompt 2: {DEMO[1]}\nNew prompt: {DEMO[2]}\n\n"
-    "Prompt 1: <prompt1>\nPrompt 2: <prompt2>\nNew prompt:"
+    "Combine the two prompts into one new prompt in other words. Keep [X] and [Y].\n\n"
+    + "".join(f"Prompt 1: {a}\nPrompt 2: {b}\nNew prompt: {c}\n\n" for a, b, c in DEMOS)
+    + "Prompt 1: <prompt1>\nPrompt 2: <prompt2>\nNew prompt:"
 )
 COMPLETION_PARAPHRASE = (
-    "Rewrite each prompt in other words. Keep [X] and [Y].\n"
-    f"Prompt: {DEMO[0]}\nRewritten: {DEMO[2]}\n\nPrompt: <prompt1>\nRewritten:"
+    "Rewrite each prompt in other words. Keep [X] and [Y].\n\n"
+    + "".join(f"Prompt: {a}\nRewritten: {c}\n\n" for a, _, c in DEMOS)
+    + "Prompt: <prompt1>\nRewritten:"
 )
 _TAGGED = re.compile(r"<prompt>(.*?)(?:</prompt>|\n|$)", re.DOTALL)
 
@@ -319,7 +327,7 @@ class ParaphraseSearcher(Searcher):
     style: Annotated[
         Lit["completion", "evoprompt"],
         Field(
-            description="instruction form: a one-shot completion, or EvoPrompt's step-by-step GA chat prompt"
+            description="instruction form: a few-shot completion, or EvoPrompt's step-by-step GA chat prompt"
         ),
     ] = "completion"
     population: Annotated[
@@ -515,8 +523,13 @@ class ParaphraseSearcher(Searcher):
         outcome: dict[str, list[str]] = {}  # parent template -> its variants' outcomes this round
         for (a, b), raw in zip(parents, outs):
             run.proposed += 1
-            template = decode(parse_output(raw, self.style), fields)
-            reason = check_variant(a.prompt.template, template, self.max_chars)
+            text = parse_output(raw, self.style)
+            template = decode(text, fields)
+            reason = (
+                "copied_demo"
+                if text in DEMO_CHILDREN
+                else check_variant(a.prompt.template, template, self.max_chars)
+            )
             if reason is None and (template == a.prompt.template or template in seen):
                 reason = "unchanged"
             outcome.setdefault(a.prompt.template, []).append(reason or "kept")
@@ -655,7 +668,7 @@ def _best(pool: list[Evaluation], n: int) -> list[Evaluation]:
 def _seed_prompts(context: SearchContext, leaderboard_top: int) -> list[Prompt]:
     seeds = [p for p in context.prompts if not (p.triggers or p.soft)]
     if leaderboard_top and context.storage_url:
-        seeds += _leaderboard_seeds(context, leaderboard_top)
+        seeds += _leaderboard_seeds(context, leaderboard_top, {p.key for p in seeds})
     out, keys = [], set()
     for p in seeds:
         if p.key not in keys:
@@ -664,7 +677,9 @@ def _seed_prompts(context: SearchContext, leaderboard_top: int) -> list[Prompt]:
     return out
 
 
-def _leaderboard_seeds(context: SearchContext, n: int) -> list[Prompt]:
+def _leaderboard_seeds(context: SearchContext, n: int, known: set[str]) -> list[Prompt]:
+    """The best ``n`` discrete rows of the same task, model, seed and k, other than the ``known`` prompts
+    (this job's own seeds may already be rows: the runner scores them first)."""
     from miner.leaderboard import Leaderboard
 
     assert context.storage_url is not None
@@ -685,7 +700,7 @@ def _leaderboard_seeds(context: SearchContext, n: int) -> list[Prompt]:
             p = Prompt.from_dict({k: v for k, v in d.items() if k != "meta"}, context.label_names)
         except PromptError:
             continue
-        if all(p.template != q.template for q in found):
+        if p.key not in known and all(p.template != q.template for q in found):
             found.append(p)
         if len(found) >= n:
             break
