@@ -191,3 +191,18 @@ def test_many_candidates_in_small_chunks(causal):
     assert got.cost.forward_passes == planned
     ref = Scorer(causal, batch_size=8, progress=False, prefix_cache_mb=0).score(p, exs)
     np.testing.assert_allclose(got.raw, ref.raw, atol=1e-5)
+
+
+def test_planning_for_candidates_not_drawn_yet_counts_a_prefix_each(causal):
+    """plan_many(distinct=True) over copies of one demonstration prompt counts what as many prompts
+    with other demonstrations of the same length spend (each its own prefix pass)."""
+    tpl = "Review: {sentence}\nSentiment: {answer}"
+    variants = [
+        Prompt.create(DEMOS.replace("great", w) + tpl, SINGLE, LABELS) for w in ("great", "good", "fine")
+    ]
+    s = Scorer(causal, batch_size=4, progress=False)
+    prefixes = {r.ids[: r.prefix] for v in variants for r in s.requests(v, EXAMPLES)[0]}
+    assert len(prefixes) == 3 and len({len(p) for p in prefixes}) == 1
+    planned = s.plan_many([variants[0]] * 3, EXAMPLES, distinct=True)
+    assert planned > s.plan_many([variants[0]] * 3, EXAMPLES)
+    assert s.score_many(variants, EXAMPLES)[0].cost.forward_passes == planned

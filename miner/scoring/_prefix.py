@@ -105,24 +105,29 @@ def pack(
 ) -> list[list[Request]]:
     """Passes for marked requests: per chunk of prefixes, the passes computing the uncached ones
     (pseudo-requests ``make(prefix ids)`` of kind :data:`PREFIX`), then the tails' passes."""
-    groups: dict[TokenIds, list[Request]] = {}
+    # Keyed by the prefix and the request's soft marker too: the planner's stand-ins for prompts not
+    # drawn yet carry a marker (Scorer.batches_for, distinct=True) and must not share a prefix pass.
+    groups: dict[tuple[TokenIds, tuple], list[Request]] = {}
     for r in reqs:
-        groups.setdefault(r.ids[: r.prefix], []).append(r)
-    chunks: list[list[TokenIds]] = []
+        groups.setdefault((r.ids[: r.prefix], r.soft), []).append(r)
+    chunks: list[list[tuple[TokenIds, tuple]]] = []
     held = 0
-    for p in groups:
-        if chunks and held + len(p) <= max_batch_tokens:
-            chunks[-1].append(p)
-            held += len(p)
+    for key in groups:
+        n = len(key[0])
+        if chunks and held + n <= max_batch_tokens:
+            chunks[-1].append(key)
+            held += n
         else:
-            chunks.append([p])
-            held = len(p)
+            chunks.append([key])
+            held = n
     out: list[list[Request]] = []
     for chunk in chunks:
-        todo = sorted((p for p in chunk if not cached(p)), key=lambda p: (-len(p), p))
-        out += _fill([make(p) for p in todo], lambda r: len(r.ids), lambda r: 0, batch_size, max_batch_tokens)
+        todo = sorted((key for key in chunk if not cached(key[0])), key=lambda key: (-len(key[0]), key))
+        out += _fill(
+            [make(key[0]) for key in todo], lambda r: len(r.ids), lambda r: 0, batch_size, max_batch_tokens
+        )
         for kind in ("cont", "next"):
-            tails = [r for p in chunk for r in groups[p] if r.kind == kind]
+            tails = [r for key in chunk for r in groups[key] if r.kind == kind]
             tails.sort(key=lambda r: (-(len(r.ids) - r.prefix), -r.prefix, r.ids))
             out += _fill(
                 tails, lambda r: len(r.ids) - r.prefix, lambda r: r.prefix, batch_size, max_batch_tokens

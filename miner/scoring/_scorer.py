@@ -161,7 +161,9 @@ class Scorer:
             if distinct:  # a marker no real request has keeps each prompt's requests its own
                 rs = [dataclasses.replace(r, soft=r.soft + ((-1, i),)) for r in rs]
             reqs += rs
-        return self._batches([r for r in dict.fromkeys(reqs) if distinct or r not in self._cache])
+        return self._batches(
+            [r for r in dict.fromkeys(reqs) if distinct or r not in self._cache], uncached=distinct
+        )
 
     def requests(self, prompt: Prompt, examples: Sequence[Any]) -> tuple[list[Request], list]:
         """The requests that score ``prompt`` on ``examples`` (one per example and word, repeats kept;
@@ -504,9 +506,12 @@ class Scorer:
         if self.prefixes is not None:
             self.prefixes.clear()
 
-    def _batches(self, reqs: Iterable[Request], *, prefixes: bool = True) -> list[list[Request]]:
+    def _batches(
+        self, reqs: Iterable[Request], *, prefixes: bool = True, uncached: bool = False
+    ) -> list[list[Request]]:
         """Passes for ``reqs``: requests marked with a prefix (when ``prefixes``) go to their prefix's
-        passes (``_prefix.pack``), the rest are packed whole, by kind, longest first."""
+        passes (``_prefix.pack``; ``uncached``: as if no prefix were cached), the rest are packed whole,
+        by kind, longest first."""
         by_kind: dict[str, list[Request]] = {}
         shared: list[Request] = []
         for r in reqs:
@@ -531,7 +536,7 @@ class Scorer:
             assert self.prefixes is not None  # only marked with the prefix cache on
             batches += pack(
                 shared,
-                self.prefixes.__contains__,
+                (lambda p: False) if uncached else self.prefixes.__contains__,
                 batch_size=self.batch_size,
                 max_batch_tokens=self.max_batch_tokens,
                 make=lambda p: Request(PREFIX, p),
