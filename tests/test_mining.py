@@ -431,3 +431,14 @@ def test_every_parameter_is_described():
 
 def test_errors_are_miner_errors():
     assert issubclass(CorpusError, MinerError)
+
+
+def test_the_ensemble_of_the_best_mined_prompts_costs_no_new_pass(causal, corpus_file):
+    from miner.prompts import PromptEnsemble
+
+    s = MiningSearcher(corpora=[str(corpus_file)], min_support=1, max_prompts=2, ensemble_top=2)
+    res = run_searcher(s, causal, fact_task(CAPITALS[:3]), budget=BudgetSpec(max_evaluations=5))
+    *singles, ens = res.evaluations
+    assert len(singles) == 2 and isinstance(ens.prompt, PromptEnsemble)
+    assert {m.key for m in ens.prompt.members} == {ev.prompt.key for ev in singles}
+    assert ens.cost.forward_passes == 0  # its members' requests are cached

@@ -44,8 +44,8 @@ from pydantic import Field
 from miner.corpora import Corpus, CorpusError, PhraseMatcher, join_tokens, normalize, resolve, tokenize
 from miner.errors import BudgetExhausted, ConfigError, PromptError
 from miner.prompts import Field as FieldSlot
-from miner.prompts import Prompt, Verbalizer, parse_template
-from miner.search._base import Capabilities, Evaluate, SearchContext, Searcher
+from miner.prompts import Prompt, PromptEnsemble, Verbalizer, parse_template
+from miner.search._base import Capabilities, Evaluate, Evaluation, SearchContext, Searcher
 from miner.search._registry import register_searcher
 
 logger = logging.getLogger(__name__)
@@ -347,6 +347,7 @@ class MiningSearcher(Searcher):
         "label-word contexts and label words (classification); ranked by support"
     )
     capabilities = Capabilities()
+    post_search_params = ("ensemble_top",)  # adds a row after the proposals: a resume keeps the job's rows
 
     corpora: Annotated[
         list[str | dict[str, Any]] | None,
@@ -421,6 +422,14 @@ class MiningSearcher(Searcher):
     word_pattern: Annotated[
         str, Field(description="classification: regular expression an automatic label word matches")
     ] = r"^[A-Za-z]{3,}$"
+    ensemble_top: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="after the proposals, also propose the mean of the best k mined prompts by dev "
+            "(LPAQA's ensemble; 0 or 1: none)",
+        ),
+    ] = 0
     max_sentences: Annotated[
         int | None, Field(ge=1, description="read at most this many sentences of each corpus (default: all)")
     ] = None
@@ -553,19 +562,22 @@ def propose(
     candidates: Iterable[tuple[Prompt, Pattern | None, dict[str, Any]]],
     *,
     prepare=None,
-) -> int:
-    """Evaluate candidates one by one, best first, while the budget can pay for the next; returns how many.
+) -> list[Evaluation]:
+    """Evaluate candidates one by one, best first, while the budget can pay for the next; returns the
+    evaluations.
 
     ``prepare(prompt) -> (prompt, extra)`` may refine a prompt (fit its verbalizer) just before it is
     evaluated; its model calls are planned with the prompt's own scoring (they are the same requests).
     """
-    n = 0
+    out: list[Evaluation] = []
     budget = ctx.budget
     for prompt, pattern, extra in candidates:
         planned = ctx.scorer.plan(prompt, ctx.task.train) + ctx.scorer.plan(prompt, ctx.task.dev)
         if budget is not None and not budget.can_afford(forward_passes=planned, evaluations=1):
             ctx.logger.info(
-                "mining: budget reached after %d proposals (the next needs %d forward passes)", n, planned
+                "mining: budget reached after %d proposals (the next needs %d forward passes)",
+                len(out),
+                planned,
             )
             break
         row_extra = dict(extra)
@@ -575,12 +587,45 @@ def propose(
                 row_extra.update(more)
             if pattern is not None:
                 row_extra.update(pattern.to_extra())
-            evaluate([prompt], extra={"mining": row_extra})
+            out += evaluate([prompt], extra={"mining": row_extra})
         except BudgetExhausted:
-            ctx.logger.info("mining: budget exhausted after %d proposals", n)
+            ctx.logger.info("mining: budget exhausted after %d proposals", len(out))
             break
-        n += 1
-    return n
+    return out
+
+
+def propose_ensemble(
+    s: MiningSearcher, ctx: SearchContext, evaluate: Evaluate, evs: Sequence[Evaluation]
+) -> None:
+    """LPAQA's ensemble of mined prompts: the mean of the ``ensemble_top`` best (by dev) distinct ones.
+
+    Its members' requests are cached, so on train and dev it costs no forward pass. It is proposed as a
+    candidate like any other (not declared the job's pick): the runner's ranking decides.
+    """
+    if s.ensemble_top < 2:
+        return
+    best: dict[str, Evaluation] = {}
+    for ev in evs:
+        if isinstance(ev.prompt, Prompt) and ev.prompt.key not in best:
+            best[ev.prompt.key] = ev
+    top = sorted(best.values(), key=lambda ev: ev.rank_key, reverse=True)[: s.ensemble_top]
+    if len(top) < 2:
+        ctx.logger.info("mining: fewer than 2 mined prompts, no ensemble")
+        return
+    ens = PromptEnsemble(tuple(ev.prompt for ev in top if isinstance(ev.prompt, Prompt)))
+    planned = ctx.scorer.plan(ens, ctx.task.train) + ctx.scorer.plan(ens, ctx.task.dev)
+    if ctx.budget is not None and not ctx.budget.can_afford(forward_passes=planned, evaluations=1):
+        ctx.logger.info("mining: the budget cannot pay for the ensemble")
+        return
+    extra = {
+        "kind": "ensemble",
+        "members": [ev.prompt.template for ev in top],
+        "members_dev": [ev.dev.score if ev.dev else None for ev in top],
+    }
+    try:
+        evaluate([ens], extra={"mining": extra})
+    except BudgetExhausted:
+        ctx.logger.info("mining: budget exhausted before the ensemble")
 
 
 def _search_relations(s: MiningSearcher, ctx: SearchContext, evaluate: Evaluate) -> None:
@@ -645,7 +690,8 @@ def _search_relations(s: MiningSearcher, ctx: SearchContext, evaluate: Evaluate)
         "pairs": len(pairs),
         "sentences": stats.sentences,
     }
-    propose(ctx, evaluate, ((p, pat, {**common, "rank": i}) for i, (p, pat) in enumerate(chosen)))
+    evs = propose(ctx, evaluate, ((p, pat, {**common, "rank": i}) for i, (p, pat) in enumerate(chosen)))
+    propose_ensemble(s, ctx, evaluate, evs)
 
 
 def _single_token(be, word: str, space: bool) -> int | None:
@@ -786,7 +832,8 @@ def _search_classification(s: MiningSearcher, ctx: SearchContext, evaluate: Eval
     common = {"mined": len(patterns), "rejected": dict(rejected), "sentences": stats.sentences}
     probe_pattern = Pattern(probe_template, "label_words", 0.0, 0, ("model",), detail={"label_words": pool})
     first = [(probe_prompt, probe_pattern, {**common, "rank": -1, **probe_info})]
-    if not propose(ctx, evaluate, first):
+    evs = propose(ctx, evaluate, first)
+    if not evs:
         return
     fixed = probe_prompt.verbalizer.to_dict()
 
@@ -798,9 +845,10 @@ def _search_classification(s: MiningSearcher, ctx: SearchContext, evaluate: Eval
             return Prompt.create(prompt.template, fixed, labels), {}
         return got
 
-    propose(
+    evs += propose(
         ctx, evaluate, ((p, pat, {**common, "rank": i}) for i, (p, pat) in enumerate(chosen)), prepare=prepare
     )
+    propose_ensemble(s, ctx, evaluate, evs)
 
 
 __all__ = ["MiningSearcher", "MiningStats", "Pattern", "mine_contexts", "mine_relations", "CorpusError"]
