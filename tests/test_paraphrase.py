@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -246,18 +247,29 @@ def _rows(db):
     return Leaderboard(f"sqlite:///{db}").rows(order="time")[::-1]
 
 
-def test_evo_with_a_scripted_generator_records_cost_and_parents(tmp_path, causal, data):
+def test_evo_with_a_scripted_generator_records_cost_and_parents(tmp_path, causal, data, caplog):
     s, gen = scripted(
         ["[X] All in all, it was [Y]\nnoise", "[X] It was", "Text: [X] Verdict: [Y]", "[Y] [X]", DEMOS[1][2]],
         population=3,
         generations=2,
     )
     board = Leaderboard(f"sqlite:///{tmp_path / 'lb.db'}")
-    run_searcher(
-        s, causal, data, prompts=seed_prompts(data.label_names), board=board, run_id=board.start_run({}, {})
-    )
+    with caplog.at_level(logging.INFO, logger="miner.search.paraphrase"):
+        run_searcher(
+            s,
+            causal,
+            data,
+            prompts=seed_prompts(data.label_names),
+            board=board,
+            run_id=board.start_run({}, {}),
+        )
     rows = _rows(tmp_path / "lb.db")
     templates = [r.prompt["template"] for r in rows]
+    # every variant is a rejection, an unchanged copy or a new row
+    m = re.search(r"(\d+) variants made, (\d+) rejected .*?, (\d+) unchanged, (\d+) new prompts", caplog.text)
+    assert m is not None
+    made, rejected, unchanged, new = map(int, m.groups())
+    assert made == rejected + unchanged + new and new == len(rows) - 2
     assert templates[:2] == [p.template for p in seed_prompts(data.label_names)]
     assert "{sentence} All in all, it was {answer}" in templates
     assert "Text: {sentence} Verdict: {answer}" in templates
@@ -271,6 +283,14 @@ def test_evo_with_a_scripted_generator_records_cost_and_parents(tmp_path, causal
     assert last["rejected"] >= 1 and last["rejected_by_reason"].get("lost_slot", 0) >= 1
     assert last["rejected_by_reason"].get("copied_demo", 0) >= 1  # a demonstration's child is no variant
     assert all(r.dev_score is not None for r in rows)
+
+
+def test_a_child_seen_in_an_earlier_round_is_unchanged_not_a_row(causal, data, caplog):
+    s, _ = scripted(["[X] All in all, it was [Y]"], population=2, generations=1)
+    with caplog.at_level(logging.INFO, logger="miner.search.paraphrase"):
+        res = run_searcher(s, causal, data, prompts=seed_prompts(data.label_names)[:1])
+    assert len(res.evaluations) == 2  # the seed and the fill-up child; round 1 repeats the child twice
+    assert "3 variants made, 0 rejected (none), 2 unchanged, 1 new prompts evaluated" in caplog.text
 
 
 def test_all_variants_losing_a_slot_is_a_counted_rejection(tmp_path, causal, data, caplog):

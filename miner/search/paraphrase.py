@@ -269,6 +269,7 @@ class _Run:
     rejected: Counter = field(default_factory=Counter)  # reason -> variants refused
     proposed: int = 0  # variants made (generated or edited)
     unchanged: int = 0  # variants equal to their parent or to an earlier one (not rows, not rejections)
+    seen: set[str] = field(default_factory=set)  # keys of the prompts proposed so far
     evaluated: int = 0  # new rows
     all_rejected: int = 0  # parents (per round) whose every variant was rejected
     gen_total: Cost = field(default_factory=Cost)
@@ -459,6 +460,7 @@ class ParaphraseSearcher(Searcher):
         """Score new prompts one by one (each row carries its own parents), while the budget allows."""
         out = []
         for prompt, extra in zip(prompts, extras):
+            run.seen.add(prompt.key)
             if not self._afford(context, self._per_eval(context, prompt)):
                 context.logger.info("paraphrase: budget left for no further evaluation")
                 break
@@ -519,7 +521,7 @@ class ParaphraseSearcher(Searcher):
         outs = self._generate(context, run, gen, requests, rnd, per_eval)
         if outs is None:
             return None
-        prompts, extras, seen = [], [], set()
+        prompts, extras = [], []
         outcome: dict[str, list[str]] = {}  # parent template -> its variants' outcomes this round
         for (a, b), raw in zip(parents, outs):
             run.proposed += 1
@@ -530,14 +532,16 @@ class ParaphraseSearcher(Searcher):
                 if text in DEMO_CHILDREN
                 else check_variant(a.prompt.template, template, self.max_chars)
             )
-            if reason is None and (template == a.prompt.template or template in seen):
+            assert isinstance(a.prompt, Prompt)
+            child = a.prompt.with_(template=template, meta={}) if reason is None else None
+            if child is not None and child.key in run.seen:
                 reason = "unchanged"
             outcome.setdefault(a.prompt.template, []).append(reason or "kept")
             if run.refuse(reason, context.logger, raw):
                 continue
-            seen.add(template)
-            assert isinstance(a.prompt, Prompt)
-            prompts.append(a.prompt.with_(template=template, meta={}))
+            assert child is not None
+            run.seen.add(child.key)
+            prompts.append(child)
             extras.append(
                 {
                     "operator": "paraphrase" if b is None else "crossover",
