@@ -291,7 +291,8 @@ def load_facts(
     if spec.single_token:
         if tokenize is None:
             raise ConfigError(
-                f"task.single_token needs the model's tokenizer: load {where} with load_task(..., tokenize=backend.tokenize)"
+                f"task.single_token needs the model's tokenizer, which the caller did not give: {where} loads with "
+                "load_task(..., tokenize=backend.tokenize)"
             )
         kept = single_token_objects(objects, tokenize)
         pairs = tuple(p for p in pairs if p[1] in set(kept))
