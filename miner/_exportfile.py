@@ -105,9 +105,11 @@ class PromptFile(_Strict):
 
 
 class EnsembleFile(_Strict):
-    """``PromptEnsemble.to_dict``: ``{"ensemble": [prompt, ...], "meta": {...}}``."""
+    """``PromptEnsemble.to_dict``: ``{"ensemble": [prompt, ...], "weights": [w, ...], "meta": {...}}``
+    (``weights`` only for a weighted ensemble: one non-negative weight per member, summing to 1)."""
 
     ensemble: list[PromptFile] = Field(min_length=2)
+    weights: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = None
     meta: dict[str, Any] = {}
 
 
@@ -357,7 +359,8 @@ def build_prompt(
             for i, m in enumerate(ens.ensemble)
         )
         try:
-            return PromptEnsemble(members, meta=ens.meta)
+            weights = tuple(ens.weights) if ens.weights is not None else None
+            return PromptEnsemble(members, meta=ens.meta, weights=weights)
         except PromptError as exc:
             raise ExportFileError(f"{path}: prompt.ensemble: {exc}") from None
     try:
@@ -508,7 +511,9 @@ def predict(
         backend = load_backend(ex.model)
     check_fits_model(ex.prompt, backend)
     scorer = Scorer(backend, batch_size=batch_size, progress=progress, soft_resolver=soft_resolver)
-    result = scorer.score(ex.prompt, rows)
+    from miner.selection import score
+
+    result = score(scorer, ex.prompt, rows)  # a weighted ensemble mixes its members by its weights
     labels = ex.label_names
     out = []
     for row, pred, scores in zip(rows, result.preds, result.scores):

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         help="write the best prompt of a task/model as JSON",
-        description="Write the best prompt (by dev score, ties by dev log-likelihood; a job whose searcher declared a pick, such as the optuna searcher's ensemble, is represented by that pick) as a JSON file with its scores and provenance.",
+        description="Write the best prompt (by dev score, ties by dev log-likelihood; each job is represented by its pick: the runner's guarded pick by default, see docs/selection.md) as a JSON file with its scores and provenance.",
     )
     _add_filters(p, task_required=True)
     p.add_argument("-o", "--output", required=True, help="output JSON file")
@@ -219,6 +219,16 @@ def _cmd_run(args) -> int:
         print(
             f"  {j.label}: {len(jr.evaluations)} prompts, best dev {dev}, test {test}, "
             f"{jr.cost.forward_passes} forward passes, {jr.seconds:.1f}s{stop}"
+        )
+        if jr.decision is not None:
+            print(f"    {jr.decision.line()}")
+    decided = [jr.decision for jr in result.jobs if jr.decision is not None]
+    guarded = [d for d in decided if d.manual is not None and d.unguarded is not None and d.guard is not None]
+    if guarded:
+        fired = sum(d.fired for d in guarded)
+        print(
+            f"guard: kept the hand-written prompt over the searcher's pick in {fired} of {len(guarded)} job(s) "
+            f"(pick: {decided[0].mode}, ranking: {', '.join(sorted({d.rule for d in decided}))})"
         )
     board = Leaderboard(result.storage)
     rows = board.rows(run_id=result.run_id, limit=args.limit or None)

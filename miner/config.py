@@ -161,6 +161,46 @@ class ParallelSpec(_Strict):
     threads_per_job: PositiveStrictInt | None = None  # torch threads per worker; default: cores / n_jobs
 
 
+class SelectionSpec(_Strict):
+    """How a job's candidates are ranked (docs/selection.md)."""
+
+    rule: Literal["auto", "dev", "pooled", "kfold"] = Field(
+        default="auto",
+        description="dev: the dev metric; pooled: a 90% Wilson lower bound of the metric on train + dev; "
+        "kfold: the search runs on `folds` folds of train + dev and a candidate is ranked by its held-out "
+        "fold; auto: each searcher's default (results/selection/defaults.md)",
+    )
+    folds: Annotated[int, Strict(), Field(ge=2, le=10)] = Field(
+        default=4, description="kfold: folds of train + dev (the budget is split evenly between them)"
+    )
+    guard_level: Annotated[float, Field(gt=0.5, lt=1)] = Field(
+        default=0.9,
+        description="pick: guarded: a candidate replaces the best hand-written prompt only when the one-sided "
+        "paired-bootstrap lower bound of its advantage at this level is above zero",
+    )
+
+
+class EnsembleSpec(_Strict):
+    """An ensemble of each job's best discrete candidates, built after the search from cached scores."""
+
+    top: NonNegativeStrictInt = Field(
+        default=0,
+        description="members: the job's best `top` discrete candidates by the ranking rule (0: off)",
+    )
+    weights: Literal["uniform", "learned"] = Field(
+        default="uniform",
+        description="uniform: the mean of the members' label probabilities; learned: softmax weights fitted "
+        "on the members' cached label distributions of the ranking examples (LPAQA)",
+    )
+
+    @field_validator("top")
+    @classmethod
+    def _not_one(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("an ensemble needs at least 2 members: use 0 (off) or 2 or more")
+        return v
+
+
 class RunConfig(_Strict):
     name: str | None = None
     task: TaskSpec = Field(default_factory=TaskSpec)
@@ -174,7 +214,16 @@ class RunConfig(_Strict):
     storage: str = "sqlite:///miner.db"
     artifacts: str | None = None  # soft-prompt tensors; default: beside a SQLite file, else ./miner-artifacts
     resume: bool = False  # reuse rows of identical jobs already in storage (continue a killed run)
-    test_top: PositiveStrictInt | Literal["all"] = 1  # how many of each job's best prompts get a test score
+    # How many of each job's best prompts (by the ranking rule) get a test score; the job's guarded pick,
+    # unguarded pick and best hand-written prompt always do (each distinct prompt once).
+    test_top: PositiveStrictInt | Literal["all"] = 1
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    pick: Literal["guarded", "unguarded"] = Field(
+        default="guarded",
+        description="guarded: the searcher's pick replaces the best hand-written prompt (scored in every job) "
+        "only when its paired advantage clears the guard; unguarded: the searcher's pick",
+    )
+    ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
     score_train: bool = True
     content_free: list[str] = Field(
         default_factory=lambda: ["N/A", "", "[MASK]"],
@@ -183,6 +232,14 @@ class RunConfig(_Strict):
     )
     progress: bool = True
     parallel: ParallelSpec = Field(default_factory=ParallelSpec)
+
+    @model_validator(mode="after")
+    def _ranking_needs_train(self) -> RunConfig:
+        if self.selection.rule in ("pooled", "kfold") and not self.score_train:
+            raise ValueError(
+                f"selection.rule {self.selection.rule!r} ranks on train + dev: it needs score_train: true"
+            )
+        return self
 
     @field_validator("model", mode="before")
     @classmethod

@@ -68,7 +68,8 @@ def export_best(
     k: Any = ...,
     out: str | Path | None = None,
 ) -> ExportedPrompt:
-    """Write the best leaderboard prompt of a task/model as JSON: by dev score, or a job's declared pick (its ensemble).
+    """Write the best leaderboard prompt of a task/model as JSON: each job is represented by its pick (the
+    runner's pick decision, docs/selection.md), and the first of those by dev score is written.
 
     ``out`` is checked before the leaderboard is read, and written atomically (with the soft
     prompt's directory, when there is one): a failed export leaves no file behind.

@@ -13,6 +13,7 @@ get their held-out test score; a prompt the searcher proposed with ``extra={"pic
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 import socket
@@ -25,12 +26,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from miner import selection
 from miner._version import code_version
 from miner.artifacts import artifacts_for_storage
-from miner.config import BudgetSpec, RunConfig, parse_config
+from miner.config import BudgetSpec, EnsembleSpec, RunConfig, SelectionSpec, parse_config
 from miner.errors import BudgetExhausted, ConfigError, MinerError
 from miner.leaderboard import (
     HEARTBEAT_S,
@@ -81,9 +84,14 @@ class Budget:
         self.spec = spec
         self.counter = counter
         self.start = time.perf_counter()
-        self.evaluations = 0
+        self.evaluations = 0  # the searcher's (what it sees as its own; resumed rows included)
+        self.baseline_evaluations = 0  # the config's hand-written prompts the runner scored for the guard
         self.previous_passes = 0  # spent by an earlier, resumed attempt at the same job
         self.previous_backward = 0
+        # Evaluations held back from the searcher for the pick (the ensemble), released after the search;
+        # once released, work that needs no forward pass (scores the scorer has cached) is never refused.
+        self.reserved = 0
+        self.released = False
         counter.guard = self.guard
 
     @property
@@ -108,7 +116,7 @@ class Budget:
     @property
     def evaluations_left(self) -> float:
         m = self.spec.max_evaluations
-        return float("inf") if m is None else m - self.evaluations
+        return float("inf") if m is None else m - self.evaluations - self.baseline_evaluations - self.reserved
 
     def can_afford(self, forward_passes: int = 0, backward_passes: int = 0, evaluations: int = 0) -> bool:
         return (
@@ -133,19 +141,32 @@ class Budget:
     def check(self, planned_passes: int) -> None:
         """``evaluate``'s check before scoring a prompt (its planned passes on train and dev)."""
         s = self.spec
-        if s.max_evaluations is not None and self.evaluations >= s.max_evaluations:
+        if s.max_evaluations is not None and self.evaluations_left < 1:
             raise BudgetExhausted(f"max_evaluations={s.max_evaluations} reached")
+        if self.released and planned_passes == 0:
+            return  # the reserved pick work on cached scores: no model call, nothing to refuse
         self.guard(planned_passes, 0)
+
+    def release(self) -> None:
+        """After the search: the reserved evaluations become the pick's (the ensemble's)."""
+        self.reserved = 0
+        self.released = True
 
     def exhausted(self) -> bool:
         return not self.can_afford(forward_passes=1, evaluations=1)
+
+
+def _stored_preds(extra: dict, name: str) -> tuple[int, ...] | None:
+    v = extra.get(name)
+    return tuple(int(x) for x in v) if isinstance(v, list) else None
 
 
 def _split_score(res: ScoreResult, metric: str) -> SplitScore | None:
     if res.gold is None or len(res.gold) == 0:
         return None
     assert res.loglik is not None  # the scorer sets loglik whenever the examples have gold labels
-    return SplitScore(res.metrics[metric], res.metrics, float(res.loglik), len(res.gold))
+    preds = tuple(int(x) for x in res.preds)
+    return SplitScore(res.metrics[metric], res.metrics, float(res.loglik), len(res.gold), preds)
 
 
 @dataclass
@@ -178,6 +199,11 @@ def job_key(cfg: RunConfig, searcher_index: int, seed: int, k: int | None) -> st
     # where the data lives (a k-shot root, from the config or $MINER_FEWSHOT_ROOT) is not what a job is:
     # the same config resumes on another machine or checkout
     task["root"] = None  # (not popped: the keys of configs that never had a root stay as they were)
+    try:
+        cls = searchers.get(cfg.searchers[searcher_index].name)
+        rule = effective_rule(cfg.selection.rule, cls, cfg.score_train)
+    except ConfigError:
+        rule = "dev"
     ident = {
         "task": task,
         "model": cfg.model.name,
@@ -188,11 +214,13 @@ def job_key(cfg: RunConfig, searcher_index: int, seed: int, k: int | None) -> st
         "score_train": cfg.score_train,
         "content_free": cfg.content_free,
     }
+    if rule == "kfold":  # the search itself runs on folds; the other rules (and pick, ensemble) come after it
+        ident["selection"] = {"rule": "kfold", "folds": cfg.selection.folds}
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class JobEvaluator:
-    """The ``evaluate`` callable handed to a searcher for one job."""
+    """The ``evaluate`` callable handed to a searcher for one job (one fold of it, under ``selection: kfold``)."""
 
     def __init__(
         self,
@@ -203,9 +231,13 @@ class JobEvaluator:
         budget: Budget,
         score_train: bool,
         key: str = "",
+        fold: int | None = None,
+        data: TaskData | None = None,
     ):
         self.key = key
         self.job = job
+        self.data = data if data is not None else job.task  # the fold's train/dev under kfold
+        self.fold = fold
         self.scorer = scorer
         self.board = board
         self.run_id = run_id
@@ -216,25 +248,38 @@ class JobEvaluator:
         self._last = scorer.counter.snapshot()
         self.best: Evaluation | None = None
         self.pick: Evaluation | None = None  # the searcher's declared pick (``extra={"pick": True}``), if any
+        # the runner's ensembles, by (member keys, weights mode): a resumed job reuses its stored one
+        self.ensembles: dict[tuple[tuple[str, ...], str], Evaluation] = {}
         self.tested: dict[
             int, StoredTestScore
         ] = {}  # row id -> test score stored by an earlier attempt (resume)
 
     def _consider(self, ev: Evaluation, pick: bool) -> None:
-        """The job's best is the searcher's latest declared pick, else the best by dev (``rank_key``)."""
+        """The searcher's best is its latest declared pick, else its best by dev (``rank_key``)."""
+        if ev.baseline:
+            return
         if pick:
             self.pick = self.best = ev
         elif self.pick is None and (self.best is None or ev.rank_key > self.best.rank_key):
             self.best = ev
 
     def _splits(self) -> list[tuple[str, Sequence[Any]]]:
-        splits: list[tuple[str, Sequence[Any]]] = [("dev", self.job.task.dev)]
+        splits: list[tuple[str, Sequence[Any]]] = [("dev", self.data.dev)]
         if self.score_train:
-            splits.insert(0, ("train", self.job.task.train))
+            splits.insert(0, ("train", self.data.train))
         return splits
 
     def __call__(
         self, prompts: Sequence[Prompt | PromptEnsemble], *, extra: dict[str, Any] | None = None
+    ) -> list[Evaluation]:
+        return self._evaluate(prompts, extra=extra)
+
+    def _evaluate(
+        self,
+        prompts: Sequence[Prompt | PromptEnsemble],
+        *,
+        extra: dict[str, Any] | None = None,
+        baseline: bool = False,
     ) -> list[Evaluation]:
         out = []
         pick = bool((extra or {}).get("pick"))
@@ -243,24 +288,57 @@ class JobEvaluator:
                 prev = self.seen[prompt.key]
                 if pick:
                     self._consider(prev, True)
-                out.append(Evaluation(prompt, prev.train, prev.dev, Cost(), prev.row_id, duplicate=True))
+                out.append(
+                    Evaluation(
+                        prompt,
+                        prev.train,
+                        prev.dev,
+                        Cost(),
+                        prev.row_id,
+                        duplicate=True,
+                        baseline=prev.baseline,
+                        fold=prev.fold,
+                    )
+                )
                 continue
             planned = sum(self.scorer.plan(prompt, data) for _, data in self._splits())
             self.budget.check(planned)
-            results = {name: self.scorer.score(prompt, data, desc=name) for name, data in self._splits()}
+            results = {
+                name: selection.score(self.scorer, prompt, data, desc=name) for name, data in self._splits()
+            }
             metric = self.job.task.metric
             train = _split_score(results["train"], metric) if "train" in results else None
             dev = _split_score(results["dev"], metric)
             now = self.scorer.counter.snapshot()
             cost, self._last = now - self._last, now
+            extra = dict(extra or {})
+            if baseline:
+                extra["baseline"] = True
+            if self.fold is not None:
+                extra["fold"] = self.fold
             row_id = self._record(prompt, train, dev, cost, extra)
-            ev = Evaluation(prompt, train, dev, cost, row_id)
-            self.budget.evaluations += 1
+            ev = Evaluation(prompt, train, dev, cost, row_id, baseline=baseline, fold=self.fold)
+            if baseline:
+                self.budget.baseline_evaluations += 1
+            else:
+                self.budget.evaluations += 1
             self.seen[prompt.key] = ev
             self.evaluations.append(ev)
             self._consider(ev, pick)
+            self._remember_ensemble(ev, extra)
             out.append(ev)
         return out
+
+    def _remember_ensemble(self, ev: Evaluation, extra: dict[str, Any]) -> None:
+        info = extra.get("ensemble")
+        if isinstance(ev.prompt, PromptEnsemble) and isinstance(info, dict) and "weights" in info:
+            self.ensembles[(tuple(m.key for m in ev.prompt.members), str(info["weights"]))] = ev
+
+    def score_baselines(self, prompts: Sequence[Prompt]) -> None:
+        """Score the config's hand-written prompts (the guard's baselines), before the search."""
+        for p in prompts:
+            if p.key not in self.seen:
+                self._evaluate([p], baseline=True)
 
     def _record(self, prompt, train, dev, cost: Cost, extra) -> int | None:
         if self.board is None:
@@ -270,7 +348,9 @@ class JobEvaluator:
             run_id=self.run_id,
             task=job.task.name,
             model=job.model,
-            searcher=job.searcher_name,
+            # a baseline is a hand-written prompt: filed under ``manual`` (the job's key and extra["baseline"]
+            # say which job scored it), so that a searcher's own rows stay its own (export --searcher)
+            searcher="manual" if (extra or {}).get("baseline") else job.searcher_name,
             seed=job.seed,
             k=job.k,
             prompt_key=prompt.key,
@@ -291,48 +371,68 @@ class JobEvaluator:
                 "train_loglik": train.loglik if train else None,
                 "train_metrics": train.metrics if train else None,
                 "dev_metrics": dev.metrics if dev else None,
+                # per-example predictions: the guard's paired test and pooled ranking after a --resume
+                "train_preds": list(train.preds) if train and train.preds is not None else None,
+                "dev_preds": list(dev.preds) if dev and dev.preds is not None else None,
             },
         )
         return self.board.add_evaluations([rec])[0]
 
     def resume_from(self, board: Leaderboard) -> int:
-        """Load this job's rows from an earlier attempt: they count as evaluated, at no new cost."""
+        """Load this job's rows from an earlier attempt (or, after the search, from the job's other
+        workers): they count as evaluated, at no new cost."""
         job = self.job
-        rows = board.rows(
+        rows = board.rows(  # by job key, not searcher: the job's baselines are filed under "manual"
             task=job.task.name,
             model=job.model,
-            searcher=job.searcher_name,
             seed=job.seed,
             k=job.k,
             order="time",
         )
-        rows = [r for r in reversed(rows) if (r.extra or {}).get("job_key") == self.key]
+        rows = [
+            r
+            for r in reversed(rows)
+            if (r.extra or {}).get("job_key") == self.key and (r.extra or {}).get("fold") == self.fold
+        ]
+        n = 0
         for r in rows:
             prompt = Prompt.from_dict(r.prompt, job.task.label_names)
             if prompt.key in self.seen:
                 continue
+            n += 1
             ex = r.extra or {}
+
             train = (
                 SplitScore(
                     r.train_score,
                     ex.get("train_metrics") or {},
                     cast(float, ex.get("train_loglik")),
                     r.n_train,
+                    _stored_preds(ex, "train_preds"),
                 )
                 if r.train_score is not None
                 else None
             )
             dev = (
-                SplitScore(r.dev_score, ex.get("dev_metrics") or {}, cast(float, r.dev_loglik), r.n_dev)
+                SplitScore(
+                    r.dev_score,
+                    ex.get("dev_metrics") or {},
+                    cast(float, r.dev_loglik),
+                    r.n_dev,
+                    _stored_preds(ex, "dev_preds"),
+                )
                 if r.dev_score is not None
                 else None
             )
+            baseline = bool(ex.get("baseline"))
             ev = Evaluation(
                 prompt,
                 train,
                 dev,
                 Cost(forward_passes=r.forward_passes, tokens=r.tokens, seconds=r.seconds),
                 r.id,
+                baseline=baseline,
+                fold=self.fold,
             )
             if r.test_score is not None:  # tested by the earlier attempt: not scored again
                 self.tested[r.id] = StoredTestScore(
@@ -340,10 +440,16 @@ class JobEvaluator:
                 )
             self.seen[prompt.key] = ev
             self.evaluations.append(ev)
-            self.budget.evaluations += 1
+            if baseline:
+                self.budget.baseline_evaluations += 1
+            else:
+                self.budget.evaluations += 1
             self.budget.previous_passes += r.forward_passes
-            self._consider(ev, bool(ex.get("pick")))
-        return len(rows)
+            # a pick the runner recorded (the picks table) is not the searcher's declared pick
+            declared = ex["declared_pick"] if "declared_pick" in ex else bool(ex.get("pick"))
+            self._consider(ev, bool(declared))
+            self._remember_ensemble(ev, ex)
+        return n
 
 
 @dataclass(frozen=True)
@@ -352,6 +458,240 @@ class StoredTestScore:
 
     metrics: dict[str, float]
     n: int
+
+
+@dataclass
+class PickDecision:
+    """The runner's choice of a job's pick (docs/selection.md): which prompt, and why."""
+
+    rule: str  # the ranking rule in force: dev, pooled or kfold
+    mode: str  # guarded or unguarded
+    pick: Evaluation | None  # the job's pick under ``mode``
+    guarded: Evaluation | None
+    unguarded: Evaluation | None  # the searcher's pick: its declared pick, else the ensemble, else its best
+    manual: Evaluation | None  # the best hand-written prompt by the ranking rule
+    reason: str
+    fired: bool = False  # the guard kept the hand-written prompt over the searcher's pick
+    guard: selection.GuardResult | None = None
+    ensemble: Evaluation | None = None
+    ensemble_note: str | None = None  # why there is no ensemble, when one was asked for
+    ranked: list[Evaluation] = field(default_factory=list)  # every evaluation, best first by the rule
+
+    def roles(self) -> dict[str, int | None]:
+        return {
+            "guarded": self.guarded.row_id if self.guarded else None,
+            "unguarded": self.unguarded.row_id if self.unguarded else None,
+            "manual": self.manual.row_id if self.manual else None,
+        }
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "mode": self.mode,
+            "rule": self.rule,
+            "roles": self.roles(),
+            "fired": self.fired,
+            "guard": self.guard.to_dict() if self.guard else None,
+            "ensemble": self.ensemble.row_id if self.ensemble else None,
+            "ensemble_note": self.ensemble_note,
+        }
+
+    def line(self) -> str:
+        """The job line's account of the pick."""
+        note = f"; ensemble: {self.ensemble_note}" if self.ensemble_note else ""
+        return f"pick: {self.reason}{note}"
+
+
+def effective_rule(rule: str, searcher_cls: type, score_train: bool) -> str:
+    """``selection.rule`` for one searcher: ``auto`` is the searcher's default (docs/selection.md)."""
+    if rule != "auto":
+        return rule
+    if not score_train:
+        return "dev"
+    fits = searcher_cls.fits_train() if hasattr(searcher_cls, "fits_train") else False
+    return selection.AUTO_RULE["fits" if fits else "no_fit"]
+
+
+class _Ranking:
+    """Ranking examples and scores of a job's evaluations under one rule (no model call).
+
+    The pool is train + dev in that order (pool index = position); under kfold a fold's
+    candidates are ranked on its held-out fold, the hand-written prompts on the whole pool.
+    """
+
+    def __init__(self, data: TaskData, rule: str, folds: list[Any] | None, score_train: bool) -> None:
+        self.rule, self.folds, self.score_train = rule, folds, score_train
+        self.n_train, self.n_dev = len(data.train), len(data.dev)
+        self.gold = np.array([e.label for e in (*data.train, *data.dev)], dtype=int)
+        self.metric, self.n_labels = data.metric, len(data.label_names)
+
+    def pool_preds(self, ev: Evaluation) -> np.ndarray | None:
+        """The evaluation's predictions on its ranking examples, as a pool-sized array (-1: not ranked on)."""
+        out = np.full(len(self.gold), -1, dtype=int)
+        if ev.fold is not None:
+            if self.folds is None or ev.dev is None or ev.dev.preds is None:
+                return None
+            out[self.folds[ev.fold]] = ev.dev.preds
+            return out
+        if ev.dev is None or ev.dev.preds is None:
+            return None
+        out[self.n_train :] = ev.dev.preds
+        if self.rule != "dev" and ev.train is not None and ev.train.preds is not None:
+            out[: self.n_train] = ev.train.preds
+        return out
+
+    def key(self, ev: Evaluation) -> tuple[float, ...]:
+        """Higher is better. dev: ``rank_key``; pooled/kfold: Wilson bound of the ranking score first."""
+        if self.rule == "dev":
+            return ev.rank_key
+        neg = float("-inf")
+        dev, train = ev.dev, ev.train
+        if ev.fold is None and train is not None and dev is not None:  # pooled over train + dev
+            n = train.n + dev.n
+            preds = self.pool_preds(ev)
+            if preds is not None and (preds >= 0).all():
+                score = selection.metric_of(preds, self.gold, self.metric, self.n_labels)
+            else:  # rows stored before predictions were kept: the size-weighted mean
+                score = (train.score * train.n + dev.score * dev.n) / n
+            loglik = (train.loglik * train.n + dev.loglik * dev.n) / n
+        elif dev is not None:  # a fold's held-out score, or a prompt scored on dev only
+            n, score, loglik = dev.n, dev.score, dev.loglik
+        else:
+            return (neg, neg, neg, neg)
+        return (selection.wilson_lower(score, n), score, loglik, dev.score if dev else neg)
+
+    def score(self, ev: Evaluation) -> tuple[float, int]:
+        k = self.key(ev)
+        if self.rule == "dev":
+            return k[0], ev.dev.n if ev.dev else 0
+        preds = self.pool_preds(ev)
+        return k[1], int((preds >= 0).sum()) if preds is not None else 0
+
+    def examples(self, data: TaskData) -> tuple[Any, ...]:
+        """The ranking examples of a non-kfold rule (for the learned ensemble weights)."""
+        return (*data.train, *data.dev) if self.rule == "pooled" and self.score_train else tuple(data.dev)
+
+
+def _discrete(p: Prompt | PromptEnsemble) -> bool:
+    return isinstance(p, Prompt) and p.soft is None and not p.parsed.n_soft
+
+
+def _build_ensemble(
+    evaluator: JobEvaluator, members: list[Evaluation], weights_mode: str, rank: _Ranking, data: TaskData
+) -> tuple[Evaluation | None, str | None]:
+    """The ensemble of ``members`` proposed through the job's evaluate path (scores cached: no new pass)."""
+    prompts = tuple(cast(Prompt, m.prompt) for m in members)
+    known = evaluator.ensembles.get((tuple(p.key for p in prompts), weights_mode))
+    if known is not None:  # a resumed job: the ensemble of these members was built by the earlier attempt
+        return known, None
+    weights = None
+    try:
+        if weights_mode == "learned":
+            examples = rank.examples(data)
+            logps = [selection.score(evaluator.scorer, p, examples).scores for p in prompts]
+            gold = np.array([e.label for e in examples], dtype=int)
+            w = selection.learn_weights(logps, gold)
+            weights = tuple(float(x) for x in w / w.sum())
+        ens = PromptEnsemble(prompts, weights=weights)
+        extra = {
+            "ensemble": {
+                "top": len(prompts),
+                "weights": weights_mode,
+                "members": [m.row_id for m in members],
+                "rule": rank.rule,
+            }
+        }
+        ev = evaluator([ens], extra=extra)[0]
+    except BudgetExhausted as exc:
+        return (
+            None,
+            f"not built, the budget cannot pay for it ({exc}): its members' scores were no longer cached",
+        )
+    return ev, None
+
+
+def decide_pick(
+    evaluator: JobEvaluator,
+    evaluations: Sequence[Evaluation],
+    data: TaskData,
+    *,
+    rule: str,
+    mode: str,
+    guard_level: float,
+    ensemble_top: int,
+    ensemble_weights: str,
+    folds: list[Any] | None,
+    score_train: bool,
+) -> PickDecision:
+    """Rank the job's evaluations, build the ensemble, and pick (guarded or not). Reads train and dev only."""
+    rank = _Ranking(data, rule, folds, score_train)
+    evs = list(evaluations)
+    baselines = [e for e in evs if e.baseline]
+    candidates = [e for e in evs if not e.baseline] or baselines  # manual: its candidates are the baselines
+    ens_ev, note = None, None
+    if ensemble_top >= 2:
+        pool = [e for e in candidates if _discrete(e.prompt)]
+        pool.sort(key=rank.key, reverse=True)
+        if rule == "kfold":
+            note = "not built under selection kfold (its members' scores are on different folds)"
+        elif len(pool) < 2:
+            note = f"not built: {len(pool)} discrete candidate(s), an ensemble needs 2"
+        else:
+            ens_ev, note = _build_ensemble(evaluator, pool[:ensemble_top], ensemble_weights, rank, data)
+            if ens_ev is not None and all(e.prompt.key != ens_ev.prompt.key for e in evs):
+                evs.append(ens_ev)
+    ranked = sorted(evs, key=rank.key, reverse=True)
+    declared = evaluator.pick
+    unguarded: Evaluation | None
+    if declared is not None:
+        unguarded = declared
+    elif ens_ev is not None:
+        unguarded = ens_ev
+    else:
+        unguarded = max(candidates, key=rank.key) if candidates else None
+    manual = max(baselines, key=rank.key) if baselines else None
+    d = PickDecision(rule, mode, None, None, unguarded, manual, "", ensemble=ens_ev, ensemble_note=note)
+    d.ranked = ranked
+    if unguarded is None:
+        d.guarded, d.reason = manual, "no candidate; the best hand-written prompt"
+    elif manual is None:
+        d.guarded, d.reason = (
+            unguarded,
+            "the searcher's pick, unguarded (the config has no hand-written prompts)",
+        )
+    elif unguarded.baseline or unguarded.prompt.key == manual.prompt.key:
+        d.guarded, d.reason = unguarded, "the best hand-written prompt (it is the searcher's pick too)"
+    else:
+        a, b = rank.pool_preds(unguarded), rank.pool_preds(manual)
+        if a is None or b is None:
+            d.guarded = unguarded
+            d.reason = "the searcher's pick, unguarded (no per-example predictions stored to compare)"
+        else:
+            both = (a >= 0) & (b >= 0)
+            g = selection.paired_bootstrap(
+                a[both],
+                b[both],
+                rank.gold[both],
+                metric=data.metric,
+                n_labels=len(data.label_names),
+                level=guard_level,
+                seed=data.seed,
+            )
+            d.guard = g
+            if g.passed:
+                d.guarded, d.reason = unguarded, f"the searcher's pick taken ({g.describe()})"
+            else:
+                d.guarded, d.fired = manual, True
+                d.reason = f"manual prompt kept ({g.describe()})"
+    if mode == "guarded":
+        d.pick = d.guarded
+    else:
+        d.pick = d.unguarded or d.manual
+        if d.fired:
+            d.reason = f"the searcher's pick, unguarded (the guard would have kept the manual prompt: {d.guard.describe() if d.guard else ''})"
+        elif d.pick is d.unguarded and d.pick is not None and not d.pick.baseline:
+            d.reason = "the searcher's pick, unguarded" + (f" ({d.guard.describe()})" if d.guard else "")
+    return d
 
 
 @dataclass
@@ -364,12 +704,24 @@ class JobResult:
     seconds: float = 0.0  # the search and the test scoring of the job's best prompts
     stopped_by_budget: str | None = None
     stored_tests: dict[int, StoredTestScore] = field(default_factory=dict)  # resumed rows tested before
+    decision: PickDecision | None = None  # how ``best`` (the job's pick) was chosen
+
+    def test_of(self, ev: Evaluation | None) -> float | None:
+        if ev is None or ev.row_id not in self.test:
+            return None
+        return self.test[ev.row_id].metrics.get(self.job.task.metric)
 
     @property
     def best_test(self) -> float | None:
-        if self.best is None or self.best.row_id not in self.test:
-            return None
-        return self.test[self.best.row_id].metrics.get(self.job.task.metric)
+        return self.test_of(self.best)
+
+    @property
+    def picks(self) -> dict[str, Evaluation | None]:
+        """The guarded pick, the unguarded pick and the best hand-written prompt (each tested)."""
+        d = self.decision
+        if d is None:
+            return {"guarded": self.best, "unguarded": self.best, "manual": None}
+        return {"guarded": d.guarded, "unguarded": d.unguarded, "manual": d.manual}
 
 
 @dataclass
@@ -387,7 +739,19 @@ def build_searchers(cfg: RunConfig) -> list[Searcher]:
     return [searchers.build(s.name, s.params, f"searchers[{i}].params") for i, s in enumerate(cfg.searchers)]
 
 
+def build_baselines(cfg: RunConfig, prompts: Sequence[Prompt]) -> list[Prompt]:
+    """The hand-written prompts the guard compares a searcher's pick with (``pick: guarded``): the config's
+    prompts, and their calibration-flipped twins when the config's manual searcher scores those. Scored in
+    every job, whatever ``pick`` says, so that each job reports its best hand-written prompt too."""
+    flip = any(s.name == "manual" and s.params.get("with_calibration") for s in cfg.searchers)
+    if flip:
+        return [v for p in prompts for v in (p, p.with_(calibrate=not p.calibrate))]
+    return list(prompts)
+
+
 def build_prompts(cfg: RunConfig, label_names: Sequence[str]) -> list[Prompt]:
+    """The config's hand-written prompts. A config without any gets none here: the place where
+    zero-configuration default prompts (miner.search._defaults, in progress) are to be built."""
     from miner.errors import PromptError
 
     out = []
@@ -851,19 +1215,35 @@ def _run_claimed_job(
         key=key,
         resume=cfg.resume,
         started_at=started_at,
+        baselines=build_baselines(cfg, prompts),
+        select=cfg.selection,
+        pick=cfg.pick,
+        ensemble=cfg.ensemble,
     )
-    # Held-out test scores for the best prompts (not charged to the searcher's budget), each once:
-    # a resumed job's prompts that were tested before keep their stored score.
+    # Held-out test scores (not charged to the searcher's budget), each distinct prompt once: the guarded
+    # pick, the unguarded pick and the best hand-written prompt, then the best by the ranking rule up to
+    # test_top. A resumed job's prompts that were tested before keep their stored score.
     if data.test and result.evaluations:
-        ranked = sorted(result.evaluations, key=lambda e: e.rank_key, reverse=True)
-        if result.best is not None:  # a searcher's declared pick comes first, whatever its dev rank
-            ranked = [result.best] + [e for e in ranked if e is not result.best]
-        top = ranked if cfg.test_top == "all" else ranked[: cfg.test_top]
+        d = result.decision
+        ranked = (
+            d.ranked if d is not None else sorted(result.evaluations, key=lambda e: e.rank_key, reverse=True)
+        )
+        first = [e for e in (result.best, *result.picks.values()) if e is not None]
+        top: list[Evaluation] = []
+        for ev in first:
+            if all(ev.row_id != t.row_id for t in top):
+                top.append(ev)
+        want = max(len(ranked) if cfg.test_top == "all" else cfg.test_top, len(top))
+        for ev in ranked:
+            if len(top) >= want:
+                break
+            if all(ev.row_id != t.row_id for t in top):
+                top.append(ev)
         test_scorer = Scorer(backend, **scorer_kw)
         todo = [ev for ev in top if ev.row_id not in result.stored_tests]
         if todo:
             phase.info(
-                "%s: testing the best %d prompt(s) on %d held-out examples",
+                "%s: testing %d prompt(s) on %d held-out examples",
                 result.job.label,
                 len(todo),
                 len(data.test),
@@ -873,10 +1253,11 @@ def _run_claimed_job(
             if ev.row_id in result.stored_tests:
                 result.test[ev.row_id] = result.stored_tests[ev.row_id]
                 continue
-            res = test_scorer.score(ev.prompt, data.test, desc=f"test {todo.index(ev) + 1}/{len(todo)}")
+            res = selection.score(
+                test_scorer, ev.prompt, data.test, desc=f"test {todo.index(ev) + 1}/{len(todo)}"
+            )
             result.test[ev.row_id] = res
-            if ev.row_id is not None:
-                board.add_test_score(ev.row_id, res.metrics[data.metric], len(data.test), res.metrics)
+            board.add_test_score(ev.row_id, res.metrics[data.metric], len(data.test), res.metrics)
     return result
 
 
@@ -897,28 +1278,119 @@ def _search(
     key,
     resume,
     started_at: float | None = None,
+    baselines: Sequence[Prompt] | None = None,
+    select: SelectionSpec | None = None,
+    pick: str = "guarded",
+    ensemble: EnsembleSpec | None = None,
 ) -> JobResult:
+    """One job: the hand-written baselines, the search (on k folds under ``selection: kfold``), the pick.
+
+    Only ``data.without_test()`` is read here: the test split is the caller's, after the pick.
+    """
+    select = select or SelectionSpec()
+    ensemble = ensemble or EnsembleSpec()
+    data = data.without_test()
     job = Job(data, model_name, searcher.name, data.seed, data.k)
+    rule = effective_rule(select.rule, type(searcher), score_train)
+    if rule in ("pooled", "kfold") and not score_train:
+        raise ConfigError(f"selection.rule {rule!r} ranks on train + dev: it needs score_train: true")
+    top = ensemble.top or searcher.ensemble_request()
+    if baselines is None:
+        baselines = list(prompts)
     n_train = len(data.train) if score_train else 0
     phase.info(
-        "%s: searching (each prompt scored on %s%d dev examples)",
+        "%s: searching (each prompt scored on %s%d dev examples; ranking: %s)",
         job.label,
         f"{n_train} train + " if n_train else "",
         len(data.dev),
+        rule,
     )
     b = Budget(budget, scorer.counter)
+    if top >= 2 and rule != "kfold":
+        b.reserved = 1  # the ensemble's evaluation; its scores come from the scorer's cache
     evaluator = JobEvaluator(job, scorer, board, run_id, b, score_train, key)
     if resume and board is not None:
         n = evaluator.resume_from(board)
         if n:
             logger.info("%s: resumed %d evaluations from storage", job.label, n)
-    ctx = SearchContext(
+    stopped = None
+    start = time.perf_counter()
+    try:
+        # The baselines first: the guard's comparison is paid for before the search can spend the budget.
+        evaluator.score_baselines(baselines)
+    except BudgetExhausted as exc:
+        stopped = str(exc)
+        logger.warning("%s: the budget ran out scoring the hand-written prompts (%s)", job.label, exc)
+    torch.manual_seed(data.seed)
+    folds = None
+    evaluators = [evaluator]
+    if stopped is None:
+        if rule == "kfold":
+            folds, evaluators, stopped = _search_folds(
+                searcher,
+                backend,
+                data,
+                scorer,
+                evaluator,
+                select.folds,
+                prompts,
+                progress,
+                artifacts,
+                key,
+                resume,
+                started_at,
+            )
+        else:
+            ctx = _context(
+                searcher, backend, data, scorer, prompts, b, progress, artifacts, board, key, started_at
+            )
+            try:
+                searcher.search(ctx, evaluator)
+            except BudgetExhausted as exc:
+                stopped = str(exc)
+                logger.info("%s: budget exhausted (%s)", job.label, exc)
+    if resume and board is not None and key and rule != "kfold":
+        evaluator.resume_from(board)  # the rows of the job's other workers (a shared Optuna study)
+    b.release()
+    evaluations = [e for ev in evaluators for e in ev.evaluations]
+    decision = None
+    if evaluations:
+        decision = decide_pick(
+            evaluator,
+            evaluations,
+            data,
+            rule=rule,
+            mode=pick,
+            guard_level=select.guard_level,
+            ensemble_top=top,
+            ensemble_weights=ensemble.weights,
+            folds=folds,
+            score_train=score_train,
+        )
+        evaluations = [e for ev in evaluators for e in ev.evaluations]  # the ensemble included
+        _record_pick(board, run_id, key, decision)
+        phase.info("%s: %s", job.label, decision.line())
+    res = JobResult(
+        job,
+        evaluations,
+        decision.pick if decision else None,
+        cost=scorer.counter.snapshot(),
+        stopped_by_budget=stopped,
+        stored_tests={k: v for ev in evaluators for k, v in ev.tested.items()},
+        decision=decision,
+    )
+    res.seconds = time.perf_counter() - start
+    return res
+
+
+def _context(searcher, backend, data, scorer, prompts, budget, progress, artifacts, board, key, started_at):
+    return SearchContext(
         task=data.without_test(),
         backend=backend,
         scorer=scorer,
         seed=data.seed,
         prompts=tuple(prompts),
-        budget=b,
+        budget=budget,
         logger=logging.getLogger(f"miner.search.{searcher.name}"),
         progress=progress,
         artifacts=artifacts,
@@ -926,24 +1398,98 @@ def _search(
         job_key=key,
         started_at=started_at if started_at is not None else time.time(),
     )
-    torch.manual_seed(data.seed)
-    stopped = None
-    start = time.perf_counter()
-    try:
-        searcher.search(ctx, evaluator)
-    except BudgetExhausted as exc:
-        stopped = str(exc)
-        logger.info("%s: budget exhausted (%s)", job.label, exc)
-    res = JobResult(
-        job,
-        evaluator.evaluations,
-        evaluator.best,
-        cost=scorer.counter.snapshot(),
-        stopped_by_budget=stopped,
-        stored_tests=dict(evaluator.tested),
-    )
-    res.seconds = time.perf_counter() - start
-    return res
+
+
+def _search_folds(
+    searcher,
+    backend,
+    data,
+    scorer,
+    main: JobEvaluator,
+    k,
+    prompts,
+    progress,
+    artifacts,
+    key,
+    resume,
+    started_at,
+):
+    """``selection: kfold``: the search runs once per fold of train + dev, on what is left of the budget
+    split evenly; fold i's searcher is given train = the other folds and dev = fold i."""
+    pool = (*data.train, *data.dev)
+    folds = selection.stratified_folds([e.label for e in pool], k, data.seed)
+    spent = main.budget
+    spec = spent.spec
+    share: dict[str, Any] = {}
+    if spec.max_evaluations is not None:
+        share["max_evaluations"] = max(1, int(spent.evaluations_left // k))
+    if spec.max_forward_passes is not None:
+        share["max_forward_passes"] = max(1, int(spent.forward_passes_left // k))
+    if spec.max_seconds is not None:
+        share["max_seconds"] = max(spent.seconds_left / k, 1e-3)
+    fold_spec = BudgetSpec(**share)
+    evaluators, stopped = [main], None
+    for f, held in enumerate(folds):
+        held_set = set(held.tolist())
+        fold_data = dataclasses.replace(
+            data,
+            train=tuple(e for i, e in enumerate(pool) if i not in held_set),
+            dev=tuple(pool[i] for i in held),
+            test=(),
+        )
+        fb = Budget(fold_spec, scorer.counter)
+        fb.previous_passes = -scorer.counter.total.forward_passes  # count only this fold's passes
+        fb.previous_backward = -scorer.counter.total.backward_passes
+        ev = JobEvaluator(
+            main.job, scorer, main.board, main.run_id, fb, main.score_train, key, fold=f, data=fold_data
+        )
+        if resume and main.board is not None:
+            ev.resume_from(main.board)
+        fold_key = f"{key}-fold{f}" if key else ""
+        ctx = _context(
+            searcher,
+            backend,
+            fold_data,
+            scorer,
+            prompts,
+            fb,
+            progress,
+            artifacts,
+            main.board,
+            fold_key,
+            started_at,
+        )
+        phase.info(
+            "%s: fold %d/%d (%d train, %d held out)",
+            main.job.label,
+            f + 1,
+            k,
+            len(fold_data.train),
+            len(held),
+        )
+        try:
+            searcher.search(ctx, ev)
+        except BudgetExhausted as exc:
+            stopped = str(exc)
+            logger.info("%s: fold %d: budget exhausted (%s)", main.job.label, f, exc)
+        evaluators.append(ev)
+    main.budget.counter.guard = main.budget.guard
+    return folds, evaluators, stopped
+
+
+def _record_pick(board, run_id: str, key: str, d: PickDecision) -> None:
+    """Store the decision, unless the job's latest stored one (a resumed job's) is the same."""
+    if board is None or not key or d.pick is None or d.pick.row_id is None:
+        return
+    details = d.details()
+    prev = board.picks([key]).get(key)
+    if (
+        prev is not None
+        and prev.get("evaluation_id") == d.pick.row_id
+        and prev.get("roles") == details["roles"]
+    ):
+        return
+    board.add_pick(run_id, key, d.pick.row_id, details)
 
 
 def score_prompt(prompt: Prompt, examples: Sequence[Any], backend: Backend, **scorer_kw: Any) -> ScoreResult:
@@ -964,10 +1510,16 @@ def run_searcher(
     progress: bool = False,
     model_name: str | None = None,
     artifacts: Any = None,
+    baselines: Sequence[Prompt] | None = None,
+    selection: SelectionSpec | dict | None = None,
+    pick: str = "guarded",
+    ensemble: EnsembleSpec | dict | None = None,
 ) -> JobResult:
     """Run one searcher on one dataset without a config (notebooks, tests).
 
-    With ``board=None`` nothing is written. The searcher receives ``data`` without its test split.
+    With ``board=None`` nothing is written. The searcher receives ``data`` without its test split, and
+    so does the pick: ``baselines`` (default: ``prompts``) are the hand-written prompts the guard compares
+    with; ``selection``, ``pick`` and ``ensemble`` are the config's keys of those names.
     """
     import tempfile
 
@@ -991,4 +1543,8 @@ def run_searcher(
         artifacts=store,
         key="",
         resume=False,
+        baselines=baselines,
+        select=selection if isinstance(selection, SelectionSpec) else SelectionSpec(**(selection or {})),
+        pick=pick,
+        ensemble=ensemble if isinstance(ensemble, EnsembleSpec) else EnsembleSpec(**(ensemble or {})),
     )

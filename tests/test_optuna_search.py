@@ -544,11 +544,12 @@ def test_ensemble_of_the_top_trials_is_the_jobs_pick(tmp_path, tiny_dir):
     assert "ensemble" in ens_row.prompt and ens_row.extra["pick"] is True
     study = _study(url)
     top = top_trials(study, 3)
-    assert ens_row.extra["optuna"]["ensemble_of"] == [t.number for t in top]
+    # the runner's ensemble (ensemble_top is an alias of ensemble.top): its members are the top trials' rows
+    assert ens_row.extra["ensemble"]["members"] == [t.user_attrs["row_id"] for t in top]
     assert [m["template"] for m in ens_row.prompt["ensemble"]] == [
         t.user_attrs["prompt"]["template"] for t in top
     ]
-    assert study.user_attrs["ensemble"]["row_id"] == ens_row.id
+    assert board.picks()[ens_row.extra["job_key"]]["evaluation_id"] == ens_row.id
     # the members are the best trials by (dev, dev log-likelihood, train)
     singles = sorted(
         (r for r in rows if "ensemble" not in r.prompt),

@@ -6,6 +6,8 @@ Two small bookkeeping tables are rewritten in place: ``run_heartbeats`` (which p
 run, and when it last said so) and ``job_claims`` (which run is running a job right now, so
 that two ``--resume`` runs of one config never evaluate the same job side by side).
 New tables are created on open, so older databases gain them without a migration.
+``picks`` is append-only too: the runner's pick decision for a job (which row is its pick, and why),
+written after the job's search; the latest one of a job is the one that counts.
 """
 
 from __future__ import annotations
@@ -88,4 +90,16 @@ job_claims = sa.Table(
     sa.Column("host", sa.String, nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("beat_at", _Time, nullable=False),
+)
+
+picks = sa.Table(
+    "picks",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("created_at", _Time, nullable=False),
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.run_id"), nullable=False),
+    sa.Column("job_key", sa.String(64), nullable=False),
+    sa.Column("evaluation_id", _BigId, sa.ForeignKey("evaluations.id"), nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Index("ix_picks_job_key", "job_key"),
 )

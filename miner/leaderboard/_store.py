@@ -33,7 +33,15 @@ from miner.leaderboard._records import (
     record_to_row,
     to_json_dict,
 )
-from miner.leaderboard._schema import evaluations, job_claims, metadata, run_heartbeats, runs, test_scores
+from miner.leaderboard._schema import (
+    evaluations,
+    job_claims,
+    metadata,
+    picks,
+    run_heartbeats,
+    runs,
+    test_scores,
+)
 from miner.leaderboard._versions import library_versions
 
 logger = logging.getLogger(__name__)
@@ -323,6 +331,60 @@ class Leaderboard:
 
         run_write(self._db, work)
 
+    def add_pick(self, run_id: str, job_key: str, evaluation_id: int, details: dict) -> None:
+        """Record a job's pick decision: ``evaluation_id`` is its pick; ``details`` say why (docs/selection.md).
+
+        ``details["roles"]`` maps role names (``guarded``, ``unguarded``, ``manual``) to row ids; rows read
+        back carry them in ``extra["pick_roles"]``, and the pick row ``extra["pick"]`` and ``extra["pick_reason"]``.
+        """
+        values = {
+            "run_id": run_id,
+            "job_key": job_key,
+            "evaluation_id": check_int(evaluation_id, "evaluation_id"),
+            "created_at": _utc_now(),
+            "details": to_json_dict(details, "pick details"),
+        }
+
+        def work(conn: Connection) -> None:
+            conn.execute(sa.insert(picks), values)
+
+        run_write(self._db, work)
+
+    def picks(self, job_keys: Sequence[str] | None = None) -> dict[str, dict]:
+        """The latest pick decision of each job (by job key): ``{"evaluation_id": id, **details}``."""
+        stmt = sa.select(picks.c.job_key, picks.c.evaluation_id, picks.c.details).order_by(picks.c.id.asc())
+        if job_keys is not None:
+            stmt = stmt.where(picks.c.job_key.in_(list(job_keys)))
+        found = run_read(self._db, lambda conn: conn.execute(stmt).all())
+        return {key: {**(details or {}), "evaluation_id": int(eid)} for key, eid, details in found}
+
+    def _with_picks(self, rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
+        """Rows with their job's latest pick decision merged into ``extra`` (pick, pick_reason, pick_roles)."""
+        import dataclasses
+
+        keys = {str(k) for k in ((r.extra or {}).get("job_key") for r in rows) if k}
+        if not keys:
+            return rows
+        decided = self.picks(sorted(keys))
+        if not decided:
+            return rows
+        out = []
+        for r in rows:
+            d = decided.get(str((r.extra or {}).get("job_key")))
+            if d is None:
+                out.append(r)
+                continue
+            extra = dict(r.extra or {})
+            extra["declared_pick"] = bool(extra.get("pick"))  # what the searcher declared, if anything
+            extra["pick"] = r.id == d["evaluation_id"]
+            roles = sorted(role for role, rid in (d.get("roles") or {}).items() if rid == r.id)
+            if roles:
+                extra["pick_roles"] = roles
+            if extra["pick"]:
+                extra["pick_reason"] = d.get("reason")
+            out.append(dataclasses.replace(r, extra=extra))
+        return out
+
     def rows(
         self,
         *,
@@ -389,7 +451,7 @@ class Leaderboard:
             stmt = stmt.limit(limit)
 
         found = run_read(self._db, lambda conn: conn.execute(stmt).mappings().all())
-        return [_to_row(m) for m in found]
+        return self._with_picks([_to_row(m) for m in found])
 
     def best(
         self,
@@ -403,8 +465,8 @@ class Leaderboard:
     ) -> LeaderboardRow | None:
         """The top row by dev order for these filters, or None when there is none.
 
-        A job whose searcher declared a pick (``extra["pick"]``, e.g. the optuna searcher's
-        ensemble) is represented by its pick alone: its other rows are passed over.
+        A job with a pick (the runner's pick decision, ``add_pick``; or, in older databases, a row its
+        searcher declared with ``extra["pick"]``) is represented by its pick alone: its other rows are passed over.
         """
         rows = self.rows(task=task, model=model, searcher=searcher, seed=seed, k=k, run_id=run_id)
         picked = {_job_of(r) for r in rows if (r.extra or {}).get("pick")}

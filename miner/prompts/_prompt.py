@@ -220,12 +220,15 @@ class PromptEnsemble:
     """Several discrete prompts whose label probabilities are averaged (a prompt ensemble, as in PET).
 
     Each member is scored as usual (with its own calibration); the ensemble's label
-    distribution is the mean of the members' distributions. It plays a prompt's part for the
-    scorer, the runner, the leaderboard and export: ``to_dict`` is ``{"ensemble": [...]}``.
+    distribution is the mean of the members' distributions, or their ``weights``-weighted mean
+    (positive, summing to 1; the runner's learned ensemble, docs/selection.md). It plays a prompt's
+    part for the scorer, the runner, the leaderboard and export: ``to_dict`` is
+    ``{"ensemble": [...]}`` (plus ``"weights": [...]`` when weighted).
     """
 
     members: tuple[Prompt, ...]
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    weights: tuple[float, ...] | None = None  # None: uniform
 
     # a prompt's other attributes, for code that asks any prompt
     triggers: tuple[int, ...] = field(default=(), init=False, compare=False)
@@ -249,6 +252,23 @@ class PromptEnsemble:
                 )
         if len({m.key for m in self.members}) != len(self.members):
             raise PromptError("prompt ensemble repeats a member")
+        if self.weights is not None:
+            import math
+
+            w = self.weights
+            if not isinstance(w, tuple) or len(w) != len(self.members):
+                raise PromptError(
+                    f"prompt ensemble weights must be a tuple of one weight per member ({len(self.members)})"
+                )
+            if any(
+                isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0
+                for x in w
+            ):
+                raise PromptError(
+                    f"prompt ensemble weights must be finite non-negative numbers, got {list(w)}"
+                )
+            if abs(sum(w) - 1.0) > 1e-6:
+                raise PromptError(f"prompt ensemble weights must sum to 1, got {sum(w)!r}")
 
     @property
     def verbalizer(self) -> Verbalizer:
@@ -270,22 +290,33 @@ class PromptEnsemble:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"ensemble": [m.to_dict() for m in self.members]}
+        if self.weights is not None:
+            d["weights"] = list(self.weights)
         if self.meta:
             d["meta"] = dict(self.meta)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], label_names: Sequence[str] | None = None) -> PromptEnsemble:
-        extra = set(d) - {"ensemble", "meta"}
+        extra = set(d) - {"ensemble", "meta", "weights"}
         if extra:
             raise PromptError(
-                f"prompt ensemble has unknown key {sorted(extra)[0]!r} (known: ['ensemble', 'meta'])"
+                f"prompt ensemble has unknown key {sorted(extra)[0]!r} (known: ['ensemble', 'meta', 'weights'])"
             )
+        weights = d.get("weights")
+        if weights is not None:
+            if not isinstance(weights, Sequence) or isinstance(weights, str):
+                raise PromptError("prompt ensemble 'weights' must be a list of numbers")
+            weights = tuple(weights)
         members = d["ensemble"]
         if not isinstance(members, Sequence) or isinstance(members, str):
             raise PromptError("'ensemble' must be a list of prompts")
         # a nested ensemble comes back as a PromptEnsemble, which __post_init__ rejects
-        return cls(tuple(Prompt.from_dict(m, label_names) for m in members), meta=dict(d.get("meta", {})))
+        return cls(
+            tuple(Prompt.from_dict(m, label_names) for m in members),
+            meta=dict(d.get("meta", {})),
+            weights=weights,
+        )
 
     @property
     def key(self) -> str:
@@ -302,7 +333,8 @@ class PromptEnsemble:
         return replace(self, **changes)
 
     def describe(self) -> str:
-        return f"ensemble of {len(self.members)}: " + "; ".join(m.describe() for m in self.members)
+        how = "" if self.weights is None else " (weights " + ", ".join(f"{w:.2f}" for w in self.weights) + ")"
+        return f"ensemble of {len(self.members)}{how}: " + "; ".join(m.describe() for m in self.members)
 
 
 def _digest(d: Mapping[str, Any]) -> str:

@@ -44,6 +44,9 @@ class SplitScore:
     metrics: dict[str, float]
     loglik: float  # mean log-prob of the gold label (smooth tie-breaker)
     n: int
+    # per-example predicted label indices, in the split's order: the runner's selection (the guard's paired
+    # test, pooled and k-fold ranking) reads them; kept in the row's extra so that --resume has them
+    preds: tuple[int, ...] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Evaluation:
     cost: Cost
     row_id: int | None = None  # leaderboard row (None for a duplicate)
     duplicate: bool = False  # already evaluated in this job: no new cost, no new row
+    baseline: bool = False  # a hand-written prompt of the config the runner scored for the guard
+    fold: int | None = None  # selection kfold: the fold whose search proposed it (its dev is that fold)
 
     @property
     def rank_key(self) -> tuple[float, float, float]:
@@ -155,6 +160,10 @@ class Searcher:
     # Parameters that only add work after the search proper (they change no earlier row), left out of
     # the job key so that turning one on for a finished job and resuming it reuses that job's rows.
     post_search_params: ClassVar[tuple[str, ...]] = ()
+    # Whether the searcher fits its prompts on the training split (trains triggers or soft tokens, fits label
+    # words): its train scores are then optimistic, and the runner's ``selection: auto`` ranks its candidates on
+    # held-out data only (docs/selection.md). None: inferred, True for gradient and soft-prompt searchers.
+    fits_on_train: ClassVar[bool | None] = None
     # Validated by pydantic at the config edge: an unknown parameter is an error. Declare each parameter
     # once, as ``name: Annotated[type, pydantic.Field(ge=..., description=...)] = default``: the registry
     # validates a config's params against it, __post_init__ a direct construction, and
@@ -171,6 +180,18 @@ class Searcher:
                 raise ConfigError(
                     f"{self.name}.{name}: {exc.errors()[0]['msg']} (got {getattr(self, name)!r})"
                 ) from None
+
+    @classmethod
+    def fits_train(cls) -> bool:
+        """``fits_on_train`` when declared, else whether the searcher trains with gradients or soft prompts."""
+        if cls.fits_on_train is not None:
+            return cls.fits_on_train
+        return cls.capabilities.needs_gradients or cls.capabilities.prompt_kind == "soft"
+
+    def ensemble_request(self) -> int:
+        """Members of the runner's ensemble this searcher's own parameters ask for (0: none; see optuna's
+        ``ensemble_top``). The config's ``ensemble.top`` takes precedence when set."""
+        return 0
 
     def brings_prompts(self) -> bool:
         """Whether the searcher's own parameters hold prompts (so a config needs none of its own)."""

@@ -8,7 +8,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import optuna
@@ -17,7 +16,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from miner.errors import BudgetExhausted, ConfigError, PromptError
-from miner.prompts import Prompt, PromptEnsemble
+from miner.prompts import Prompt
 from miner.search._base import Evaluate, SearchContext, rank_key
 from miner.search._labelwords import candidate_pool, decoded_vocab, search_verbalizers, word_mask
 from miner.search._optuna_space import TemplateSpace, build_space
@@ -234,8 +233,7 @@ def run_study(s, ctx: SearchContext, evaluate: Evaluate) -> None:
             _tell(shared, trial, beat, mine, ctx.logger, state=TrialState.FAIL)
             raise
         _tell(shared, trial, beat, mine, ctx.logger, values=values)
-    if s.ensemble_top >= 2:
-        _propose_ensemble(job, shared, mine, bool(arrived_done))
+    # ensemble_top: the runner builds the job's ensemble after the search (Searcher.ensemble_request).
 
 
 def _stop(beat) -> None:
@@ -278,67 +276,6 @@ def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
             keys.add(t.user_attrs.get("prompt_key"))
             out.append(t)
     return out[:k]
-
-
-def _propose_ensemble(job: _Job, shared: SharedStudy, mine: set[int], arrived_done: bool) -> None:
-    """Propose the mean of the top trials' label probabilities as the job's pick (not an Optuna trial).
-
-    Called once no trial of the study is running, so every worker sees the same finished trials.
-    Of the workers that finished trials, the one that finished the study's last trial proposes it;
-    a worker that found the study done (a ``--resume`` to add the ensemble) proposes it unless the
-    study already records the ensemble of these top trials.
-    """
-    labels = job.ctx.label_names
-    study = shared.study
-    top = top_trials(study, job.s.ensemble_top)
-    if mine:
-        done = study.get_trials(deepcopy=False, states=FINISHED)
-        last = max(done, key=lambda t: (t.datetime_complete or datetime.min, t.number))
-        if last.number not in mine:
-            job.ctx.logger.info(
-                "optuna: trial %d of another worker finished the study; that worker proposes the ensemble",
-                last.number,
-            )
-            return
-    elif not arrived_done:
-        job.ctx.logger.info(
-            "optuna: other workers finished the study; the last one to finish proposes the ensemble"
-        )
-        return
-    elif (study.user_attrs.get("ensemble") or {}).get("trials") == [t.number for t in top]:
-        job.ctx.logger.info("optuna: the study already has the ensemble of its top trials")
-        return
-    if len(top) < 2:
-        job.ctx.logger.info("optuna: fewer than 2 finished trials, no ensemble")
-        return
-    ens = PromptEnsemble(tuple(Prompt.from_dict(t.user_attrs["prompt"], labels) for t in top))
-    extra = {
-        "pick": True,
-        "optuna": {
-            "study": study.study_name,
-            "ensemble_of": [t.number for t in top],
-            "members_dev": [t.user_attrs.get("dev_score") for t in top],
-        },
-    }
-    # The runner scores an ensemble like a prompt (key, plan, score); Evaluate is typed for Prompt only.
-    ev = job.evaluate([ens], extra=extra)[0]
-    study.set_user_attr(
-        "ensemble",
-        {
-            "trials": [t.number for t in top],
-            "row_id": ev.row_id,
-            "prompt_key": ens.key,
-            "dev_score": ev.dev.score if ev.dev else None,
-        },
-    )
-    split = ev.dev or ev.train
-    assert split is not None  # the runner always scores dev
-    job.ctx.logger.info(
-        "optuna: ensemble of trials %s: dev %.3f (loglik %.3f), the job's pick",
-        [t.number for t in top],
-        split.score,
-        split.loglik,
-    )
 
 
 def _vocabulary(value) -> frozenset[str] | None:

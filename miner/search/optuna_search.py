@@ -20,9 +20,10 @@ how the inner search ranks verbalizers. The trial then
 Dev data only ranks templates (Optuna's objective); verbalizers are fitted on train. With
 ``demonstrations`` a trial may also put k training examples per label before the query (one
 of ``demo_sets`` seeded draws); the examples shown are left out of that trial's word fitting.
-With ``ensemble_top: k`` the study's k best trials are averaged into a :class:`PromptEnsemble`
-that is proposed last and marked as the job's pick (``extra["pick"]``), chosen over the best
-single trial by dev (checked on validation data: ``results/optuna_ensemble.md``).
+``ensemble_top: k`` is an alias of the run config's ``ensemble: {top: k}``: after the study the
+runner averages the job's k best candidates by its ranking rule into a :class:`PromptEnsemble`, the
+searcher's pick, which then goes through the runner's guarded pick (docs/selection.md; the
+ensemble was checked on validation data: ``results/optuna/optuna_ensemble.md``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class OptunaSearcher(Searcher):
     summary = "Optuna (TPE/random/CMA-ES/NSGA-II) over templates; label words found and searched on cached distributions"
     capabilities = Capabilities()
     post_search_params = ("ensemble_top",)  # `--resume` on a finished study adds its ensemble, no new trials
+    # Label words are fitted on train (the inner verbalizer search), so train scores are optimistic.
+    fits_on_train = True
 
     n_trials: Annotated[
         int,
@@ -177,8 +180,8 @@ class OptunaSearcher(Searcher):
         int,
         Field(
             ge=0,
-            description="average the study's best k trials into the job's pick "
-            "(0 or 1: no ensemble, the best trial by dev)",
+            description="alias of the run config's ensemble.top: the runner averages the job's best k "
+            "candidates into the searcher's pick (0 or 1: no ensemble; ensemble.top, when set, wins)",
         ),
     ] = 0
     study_name: Annotated[
@@ -213,6 +216,9 @@ class OptunaSearcher(Searcher):
             raise ConfigError(
                 f"optuna searcher: word_pattern is not a valid regular expression: {exc}"
             ) from None
+
+    def ensemble_request(self) -> int:
+        return self.ensemble_top if self.ensemble_top >= 2 else 0
 
     def validate(self, context: SearchContext) -> None:
         from miner.search._optuna_run import check_job

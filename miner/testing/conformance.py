@@ -133,6 +133,15 @@ class SearcherConformance:
         if searcher.capabilities.needs_gradients:
             assert seen["backward"] > 0, "a gradient searcher that ran no backward pass"
 
+    def test_the_runner_picks_among_its_evaluations(self, searcher, backend, conformance_data):
+        """The runner's pick (docs/selection.md) is one of the job's evaluations, compared with the seed prompts."""
+        res = self._observed(searcher, backend, conformance_data).result
+        d = res.decision
+        assert d is not None and d.pick is not None and res.best is d.pick
+        assert d.pick.prompt.key in {e.prompt.key for e in res.evaluations}
+        assert d.manual is not None and d.manual.baseline  # the seed prompts are the guard's baselines
+        assert isinstance(type(searcher).fits_train(), bool)
+
     def test_no_run_state_on_self(self, searcher, backend, conformance_data):
         obs = self._observed(searcher, backend, conformance_data)
         assert obs.before == obs.after, "search() must keep its state in local variables, not on self"
