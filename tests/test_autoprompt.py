@@ -29,15 +29,6 @@ SMALL = dict(steps=3, batch_size=4, n_candidates=4, top_k=8, eval_every=1)
 VERB = {"negative": ["terrible"], "positive": ["great"]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The machine is shared; tiny models gain nothing from a second thread.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def causal():
     from miner.testing.tiny import tiny_causal

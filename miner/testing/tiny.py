@@ -4,6 +4,7 @@ Used by the unit tests and the conformance suite: two layers, random weights, a 
 seconds to build, but real tokenization (SmolLM2's BPE tokenizer, shipped in
 ``assets/smollm2_tokenizer`` so that no test converts the default model to get it; the
 masked LM gets the same tokenizer plus a ``<mask>`` token, as RoBERTa-style BPE masked LMs have).
+Building one sets torch to a single intra-op thread for the process (see ``_one_thread``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import torch
 from miner.models import Backend
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "smollm2_tokenizer"
+
+
+def _one_thread() -> None:
+    # A tiny model's ops are too small to split: a second intra-op thread only spins. Measured on the
+    # 2-core machine (tests/test_scoring.py, load ~13): 12 s CPU with one thread, 75 s with two; under
+    # pytest -n 2 each worker would otherwise run as many threads as there are cores.
+    torch.set_num_threads(1)
 
 
 @lru_cache(maxsize=1)
@@ -39,6 +47,7 @@ def masked_tokenizer():
 def tiny_causal(seed: int = 0, hidden: int = 64, layers: int = 2) -> Backend:
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    _one_thread()
     tok = default_tokenizer()
     cfg = LlamaConfig(
         vocab_size=len(tok),
@@ -61,6 +70,7 @@ def tiny_causal(seed: int = 0, hidden: int = 64, layers: int = 2) -> Backend:
 def tiny_masked(seed: int = 0, hidden: int = 64, layers: int = 2) -> Backend:
     from transformers import BertConfig, BertForMaskedLM
 
+    _one_thread()
     tok = masked_tokenizer()
     cfg = BertConfig(
         vocab_size=len(tok),
