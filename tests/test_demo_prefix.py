@@ -206,3 +206,15 @@ def test_planning_for_candidates_not_drawn_yet_counts_a_prefix_each(causal):
     planned = s.plan_many([variants[0]] * 3, EXAMPLES, distinct=True)
     assert planned > s.plan_many([variants[0]] * 3, EXAMPLES)
     assert s.score_many(variants, EXAMPLES)[0].cost.forward_passes == planned
+
+
+def test_gradient_passes_run_whole_sequences(causal):
+    """label_logprobs (no cache, differentiable) ignores the prefix marks and plans what it runs."""
+    p = Prompt.create(DEMOS + "Review: {sentence}\nSentiment: {answer}", MULTI, LABELS)
+    s = Scorer(causal, batch_size=4, progress=False)
+    assert any(r.prefix for r in s.requests(p, EXAMPLES)[0])
+    before = s.counter.snapshot()
+    planned = s.plan_label_logprobs(p, EXAMPLES)
+    got = s.label_logprobs(p, EXAMPLES)
+    assert (s.counter.snapshot() - before).forward_passes == planned
+    np.testing.assert_allclose(got.detach().numpy(), s.score(p, EXAMPLES).raw, atol=1e-5)

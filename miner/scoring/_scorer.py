@@ -401,7 +401,7 @@ class Scorer:
             else:
                 todo.append(r)
         batches = self._batches(todo, prefixes=use_cache)  # packed whatever the stem cache holds
-        held, last = self._hold_prefixes(batches)
+        held, last = self._hold_prefixes(batches) if use_cache else ({}, {})
         show = self.progress and len(batches) >= 4
         for bi, batch in enumerate(
             tqdm(batches, desc=desc or "scoring", leave=False, disable=not show, unit="batch")
@@ -413,7 +413,7 @@ class Scorer:
                 for p, layers in computed.items():
                     self.prefixes.put(p, layers)
                 continue
-            for r, value in zip(batch, self._run(batch, soft_embeds, grad, held)):
+            for r, value in zip(batch, self._run(batch, soft_embeds, grad, held if use_cache else None)):
                 results[r] = value
                 if use_cache:
                     self._remember(r, value)
