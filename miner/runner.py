@@ -822,7 +822,15 @@ def prepare(
 
     cfg = _resolve_config(config, storage, resume, n_jobs)
     searcher_objs = build_searchers(cfg)
-    datasets = {(k, seed): load_task(cfg.task, k, seed) for k in cfg.k for seed in cfg.seeds}
+    # Data before the model (a missing file is an error in a second, not after a model load), except
+    # where the task itself needs the tokenizer (a fact task's single-token objects).
+    needs_tokenizer = bool(getattr(cfg.task, "single_token", False))
+    if needs_tokenizer and backend is None:
+        backend = _load_model(cfg)
+    tokenize = backend.tokenize if needs_tokenizer and backend is not None else None
+    datasets = {
+        (k, seed): load_task(cfg.task, k, seed, tokenize=tokenize) for k in cfg.k for seed in cfg.seeds
+    }
     first = next(iter(datasets.values()))
     prompts = build_prompts(cfg, first.label_names)
     for i, p in enumerate(prompts):
@@ -1134,7 +1142,8 @@ def _job_in_worker(
     with _WORKER_LOCK:
         if key not in _WORKER_BACKENDS:
             _WORKER_BACKENDS[key] = _load_model(cfg)
-    data = load_task(cfg.task, k, seed)
+    tokenize = _WORKER_BACKENDS[key].tokenize if getattr(cfg.task, "single_token", False) else None
+    data = load_task(cfg.task, k, seed, tokenize=tokenize)
     searcher = build_searchers(cfg)[index]
     prompts = build_prompts(cfg, data.label_names)
     board = Leaderboard(cfg.storage)

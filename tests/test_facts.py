@@ -338,3 +338,20 @@ def test_fact_fields_belong_to_the_facts_source():
     # the new fields stay out of the dump at their defaults: other tasks' job keys do not change
     assert "single_token" not in TaskSpec().model_dump() and "path" not in TaskSpec().model_dump()
     assert TaskSpec(source="facts", name="currency", metric="mrr").metric == "mrr"
+
+
+def test_single_token_runs_through_miner_run_with_the_models_tokenizer(
+    tmp_path, tiny_model_dir, tiny_tokenize
+):
+    """``miner run`` gives the task the model's tokenizer: single_token works end to end."""
+    objects = ["Paris", "Rome", "Lima", "Oslo", "Ulaanbaatar", "Ouagadougou"]
+    kept = single_token_objects(objects, tiny_tokenize)
+    assert 2 <= len(kept) < len(objects)  # the case means something: some objects go, enough stay
+    cfg = _fact_config(tmp_path, tiny_model_dir, single_token=True)
+    pairs = [(f"Country{i}", objects[i % len(objects)]) for i in range(24)]
+    cfg["task"]["path"] = str(_pairs_file(tmp_path, pairs))
+    cfg["prompts"][0]["verbalizer"] = {o: o for o in kept}
+    result, rows = _run_rows(cfg)
+    [job] = result.jobs
+    assert set(job.job.task.label_names) == set(kept)
+    assert rows and all(r.n_test > 0 for r in rows if r.test_score is not None)
