@@ -750,8 +750,7 @@ def build_baselines(cfg: RunConfig, prompts: Sequence[Prompt]) -> list[Prompt]:
 
 
 def build_prompts(cfg: RunConfig, label_names: Sequence[str]) -> list[Prompt]:
-    """The config's hand-written prompts. A config without any gets none here: the place where
-    zero-configuration default prompts (miner.search._defaults, in progress) are to be built."""
+    """The config's hand-written prompts (none for a config without any: see ``job_prompts``)."""
     from miner.errors import PromptError
 
     out = []
@@ -765,6 +764,15 @@ def build_prompts(cfg: RunConfig, label_names: Sequence[str]) -> list[Prompt]:
         except PromptError as exc:
             raise PromptError(f"prompts[{i}]: {exc}") from None
     return out
+
+
+def job_prompts(cfg: RunConfig, data: TaskData, backend: Backend) -> list[Prompt]:
+    """A job's hand-written prompts: the config's, or with no ``prompts:`` the task's defaults (docs/defaults.md)."""
+    if cfg.prompts:
+        return build_prompts(cfg, data.label_names)
+    from miner.search import default_prompts
+
+    return default_prompts(data, backend)
 
 
 @dataclass
@@ -840,11 +848,6 @@ def prepare(
                     m.parsed.check_fields(data.text_fields)
             except PromptError as exc:
                 raise PromptError(f"prompts[{i}]: {exc}") from None
-    for s in searcher_objs:
-        if s.capabilities.needs_seed_prompts and not prompts and not s.brings_prompts():
-            raise ConfigError(
-                f"searcher {s.name!r} needs hand-written prompts: add a 'prompts' list to the config"
-            )
     if cfg.parallel.n_jobs > 1:
         _check_parallel(cfg, backend is not None)
     _check_artifacts(cfg, searcher_objs, create=False)
@@ -860,6 +863,8 @@ def prepare(
             str(backend.dtype).replace("torch.", ""),
             time.perf_counter() - t0,
         )
+    if not cfg.prompts:  # no hand-written prompts: the task's defaults are the job's baselines and seeds
+        prompts = job_prompts(cfg, first, backend)
     for s in searcher_objs:
         if backend.kind not in s.capabilities.model_kinds:
             raise ConfigError(
@@ -1145,7 +1150,7 @@ def _job_in_worker(
     tokenize = _WORKER_BACKENDS[key].tokenize if getattr(cfg.task, "single_token", False) else None
     data = load_task(cfg.task, k, seed, tokenize=tokenize)
     searcher = build_searchers(cfg)[index]
-    prompts = build_prompts(cfg, data.label_names)
+    prompts = job_prompts(cfg, data, _WORKER_BACKENDS[key])
     board = Leaderboard(cfg.storage)
     artifacts = artifacts_for_storage(cfg.storage, cfg.artifacts)
     result = _run_job(

@@ -45,7 +45,9 @@ def wilson_lower(score: float, n: int, z: float = RANK_Z) -> float:
 def metric_of(preds: np.ndarray, gold: np.ndarray, metric: str, n_labels: int) -> float:
     if len(gold) == 0:
         return float("nan")
-    if metric == "accuracy":
+    # p_at_1 is accuracy; mrr needs each example's rank of the gold label, which the per-example
+    # predictions kept for selection do not have: its ranking falls back to P@1 (docs/selection.md)
+    if metric in ("accuracy", "p_at_1", "mrr"):
         return float(np.mean(preds == gold))
     return compute_metrics(gold, preds, n_labels)[metric]
 

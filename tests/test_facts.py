@@ -268,10 +268,6 @@ def test_a_fact_task_runs_end_to_end_with_p_at_1(tmp_path, tiny_model_dir):
     assert row.test_score == row.test_metrics["p_at_1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the scorer to pass its label scores to compute_metrics (Scorer._result: scores=scores.numpy())",
-)
 def test_a_fact_task_row_has_mrr(tmp_path, tiny_model_dir):
     _, [row] = _run_rows(_fact_config(tmp_path, tiny_model_dir, metric="mrr"))
     assert row.metric == "mrr" and row.test_metrics is not None

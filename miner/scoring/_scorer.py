@@ -296,7 +296,7 @@ class Scorer:
         labels = [getattr(e, "label", None) for e in examples]
         if all(label is not None for label in labels):
             gold = np.asarray(labels, dtype=int)
-            metrics = compute_metrics(gold, preds, n_labels)
+            metrics = compute_metrics(gold, preds, n_labels, scores=scores.numpy())
             loglik = float(scores[torch.arange(len(gold)), torch.as_tensor(gold)].mean())
         return ScoreResult(scores.numpy(), raw.numpy(), preds, gold, metrics, loglik, cost)
 

@@ -23,6 +23,7 @@ for _name in _BUILTIN:
 # Helpers of particular searchers that benchmarks and exports use, loaded on first use (they import
 # optuna or torch-heavy code that ``import miner.search`` should not pay for).
 _LAZY = {
+    "default_prompts": "miner.search._defaults",
     "candidate_pool": "miner.search._labelwords",
     "decoded_vocab": "miner.search._labelwords",
     "search_verbalizers": "miner.search._labelwords",
@@ -52,6 +53,7 @@ __all__ = [
     "SplitScore",
     "candidate_pool",
     "decoded_vocab",
+    "default_prompts",
     "nearest_report",
     "optuna_storage",
     "parameters",

@@ -100,7 +100,7 @@ def check_job(s, ctx: SearchContext) -> JobSetup:
     its first trial, so a parameter that only fails against the task fails the same way in both.
     """
     labels = ctx.label_names
-    space = build_space(s, ctx.backend.kind, ctx.text_fields, ctx.prompts, ctx.logger)
+    space = build_space(s, ctx.backend.kind, ctx.text_fields, ctx.prompts, ctx.logger, label_names=labels)
     unknown = [k for k in s.label_words if k not in labels]
     if unknown:
         raise ConfigError(
@@ -114,6 +114,11 @@ def check_job(s, ctx: SearchContext) -> JobSetup:
         if p.verbalizer.labels == tuple(labels):
             for c, ws in enumerate(p.verbalizer.words):
                 user_words[c] = list(dict.fromkeys(user_words[c] + list(ws)))
+    if not any(user_words):  # no words anywhere (no prompts either): the label names seed the pool
+        from miner.search._defaults import label_words
+
+        named = label_words(labels)
+        user_words = [list(named.get(lab, [])) for lab in labels]
     return JobSetup(space, user_words, vocabulary)
 
 
