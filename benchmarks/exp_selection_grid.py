@@ -77,14 +77,16 @@ def _entry(ev, res, data, metric, backend, extra_tests):
     }
 
 
-def run_config(path: str, backend) -> Path:
+def run_config(path: str, backend, seeds: list[int] | None = None, resume: bool = False) -> Path:
     import miner.runner as runner
     from miner.config import load_config
 
     cfg = load_config(path)
+    if seeds:
+        cfg = cfg.model_copy(update={"seeds": seeds})
     t0 = time.time()
     load0 = os.getloadavg()[0]
-    result = runner.run(cfg, backend=backend, progress=False)
+    result = runner.run(cfg, backend=backend, progress=False, resume=resume)
     # the jobs' TaskData carry no test split (the runner hands it out only after the pick): the same
     # seeded splits, test included, come from prepare()
     full = {(d.k, d.seed): d for d in runner.prepare(cfg, backend=backend).datasets.values()}
@@ -124,7 +126,9 @@ def run_config(path: str, backend) -> Path:
         )
     out = {
         "question": "does the guarded pick hold against the best hand-written prompt?",
-        "command": f"python benchmarks/exp_selection_grid.py {path}",
+        "command": f"python benchmarks/exp_selection_grid.py {path}"
+        + (f" --seeds {' '.join(map(str, seeds))}" if seeds else "")
+        + (" --resume" if resume else ""),
         "commit": _commit(),
         "machine": _machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -230,19 +234,19 @@ def report(files: list[str]) -> None:
         + ", ".join(f"{r['load']['start']:.1f}/{r['load']['end']:.1f}" for r in runs)
         + " (the machine was shared with other work).",
         "",
-        "Each task: SmolLM2-135M-Instruct, 16-shot (32 train + 32 dev), seeds 13 21 42 87 100, the same 400-example "
+        "Each task: SmolLM2-135M-Instruct, 16-shot (32 train + 32 dev), seeds 13 21 42 87 100 unless the seeds column says fewer, the same 400-example "
         "test sample for every pick, three hand-written prompts each raw and calibrated (`configs/selection_*.yaml`), "
         "the searcher at its documented defaults with a budget of 200 forward passes. Picks are made on train and dev "
         "only; test accuracy, mean ± std over seeds. `manual` = the best hand-written prompt by the run's ranking rule; "
         "`dev_*` = the same choices by dev alone (`selection: dev`, `pick: unguarded`). Differences: mean over seeds "
         "with a paired bootstrap 95% interval (seeds, then test examples).",
         "",
-        "| task | searcher | rule | best manual | guarded pick | unguarded pick | dev: best manual | dev: searcher's pick | guarded − manual | w/t/l | guard kept manual |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | searcher | seeds | rule | best manual | guarded pick | unguarded pick | dev: best manual | dev: searcher's pick | guarded − manual | w/t/l | guard kept manual |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         md.append(
-            f"| {s['task']} | {s['searcher']} | {s['rule']} | {ms(s['manual'])} | **{ms(s['guarded'])}** | {ms(s['unguarded'])} | "
+            f"| {s['task']} | {s['searcher']} | {s['seeds']} | {s['rule']} | {ms(s['manual'])} | **{ms(s['guarded'])}** | {ms(s['unguarded'])} | "
             f"{ms(s['dev_manual'])} | {ms(s['dev_unguarded'])} | {iv(s.get('guarded_vs_manual'))} | "
             f"{'/'.join(map(str, s.get('guarded_vs_manual_wtl', ())))} | {s['guard_fired']}/{s['seeds']} |"
         )
@@ -283,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("configs", nargs="*", help="selection configs to run, or with --report the result files")
     ap.add_argument("--report", action="store_true", help="merge result files into results/selection/grid.md")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="+", help="run only these of the config's seeds")
+    ap.add_argument("--resume", action="store_true", help="reuse the jobs' rows already in the storage")
     args = ap.parse_args(argv)
     if args.report:
         report(args.configs)
@@ -294,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     backend = load_backend("smollm2")
     for path in args.configs:
-        run_config(path, backend)
+        run_config(path, backend, args.seeds, args.resume)
     return 0
 
 
