@@ -58,6 +58,18 @@ def _config(tmp_path, model_dir, n_trials, **params):
     return path, cfg
 
 
+def _baselines(tmp_path, path):
+    """The hand-written baselines of the config's job (the task's default prompts: it has no prompts)."""
+    from miner.runner import prepare
+
+    return prepare(path, dry_run=True).prompts
+
+
+def _trial_rows(url):
+    """The study's rows: the hand-written baselines the runner scores first in every job are not trials."""
+    return [r for r in Leaderboard(url).rows() if not (r.extra or {}).get("baseline")]
+
+
 def _study(url):
     names = optuna.get_all_study_names(url)
     assert len(names) == 1, names
@@ -72,7 +84,9 @@ def test_a_trial_asked_by_a_worker_killed_before_it_marked_the_trial_is_rerun_on
     n_trials = 5
     path, cfg = _config(tmp_path, tiny_model_dir, n_trials)
     url = cfg["storage"]
-    cfg["budget"] = {"max_evaluations": 2}  # not part of the job key: the resume below continues this study
+    # not part of the job key: the resume below continues this study (the runner's baselines, the task's
+    # default prompts here, count in max_evaluations: two trials on top of them)
+    cfg["budget"] = {"max_evaluations": 2 + len(_baselines(tmp_path, path))}
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", str(path), "--no-progress"]) == 0
     study = _study(url)
@@ -99,7 +113,7 @@ def test_a_trial_asked_by_a_worker_killed_before_it_marked_the_trial_is_rerun_on
     assert len(reruns) == 1 and reruns[0].state == TrialState.COMPLETE  # its parameters ran again, once
     assert reruns[0].params == params
     assert len(study.get_trials(states=FINISHED)) == n_trials  # the rerun is one of the study's n_trials
-    rows = Leaderboard(url).rows()
+    rows = _trial_rows(url)
     assert len({r.prompt_key for r in rows}) == len(rows)
 
 
@@ -169,7 +183,7 @@ def test_a_late_worker_leaves_a_live_workers_trial_alone_and_repeats_none_of_its
     assert 3 <= len(finished) <= 4  # the study's target (two workers asking at the same instant may add one)
     live_params = study.trials[first.number].params
     assert all(t.params != live_params for t in study.trials if t.number != first.number)
-    rows = Leaderboard(url).rows()
+    rows = _trial_rows(url)
     assert (
         len({r.prompt_key for r in rows}) == len(rows) == len(study.get_trials(states=(TrialState.COMPLETE,)))
     )
