@@ -556,6 +556,20 @@ def checked_prompt(
     return prompt
 
 
+def admit(
+    template: str, verbalizer: Verbalizer, ctx: SearchContext, seen: set[str], rejected: Counter[str]
+) -> Prompt | None:
+    """The prompt of a template not proposed before (by its normalized text) that passes ``checked_prompt``."""
+    key = normalize(template)
+    if key in seen:
+        rejected["duplicate"] += 1
+        return None
+    prompt = checked_prompt(template, verbalizer, ctx, rejected)
+    if prompt is not None:
+        seen.add(key)
+    return prompt
+
+
 def propose(
     ctx: SearchContext,
     evaluate: Evaluate,
@@ -657,15 +671,9 @@ def _search_relations(s: MiningSearcher, ctx: SearchContext, evaluate: Evaluate)
                 continue
             rejected["rewritten"] += 1  # counted, not dropped: the row records the mined original
             pat = rewritten
-        key = normalize(pat.template)
-        if key in seen:
-            rejected["duplicate"] += 1
-            continue
-        prompt = checked_prompt(pat.template, verbalizer, ctx, rejected)
-        if prompt is None:
-            continue
-        seen.add(key)
-        chosen.append((prompt, pat))
+        prompt = admit(pat.template, verbalizer, ctx, seen, rejected)
+        if prompt is not None:
+            chosen.append((prompt, pat))
     ctx.logger.info(
         "mining: %d training pairs, %d sentences read (%d with a pair) from %s; %d patterns, %d with support >= %d; "
         "proposing %d; rejected %s",
@@ -807,15 +815,9 @@ def _search_classification(s: MiningSearcher, ctx: SearchContext, evaluate: Eval
     for pat in patterns:
         if len(chosen) >= s.max_prompts - 1:
             break
-        key = normalize(pat.template)
-        if key in seen:
-            rejected["duplicate"] += 1
-            continue
-        prompt = checked_prompt(pat.template, placeholder, ctx, rejected)
-        if prompt is None:
-            continue
-        seen.add(key)
-        chosen.append((prompt, pat))
+        prompt = admit(pat.template, placeholder, ctx, seen, rejected)
+        if prompt is not None:
+            chosen.append((prompt, pat))
     ctx.logger.info(
         "mining: label words %s; %d sentences read (%d with a label word) from %s; %d cues, %d with support "
         ">= %d; proposing %d and the probe; rejected %s",
