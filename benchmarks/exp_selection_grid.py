@@ -24,35 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "selection"
 
 
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-    except Exception:
-        return "unknown"
-
-
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores)"
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
 
 
 def _entry(ev, res, data, metric, backend, extra_tests):
@@ -129,7 +113,7 @@ def run_config(path: str, backend, seeds: list[int] | None = None, resume: bool 
         "command": f"python benchmarks/exp_selection_grid.py {path}"
         + (f" --seeds {' '.join(map(str, seeds))}" if seeds else "")
         + (" --resume" if resume else ""),
-        "commit": _commit(),
+        "commit": git_commit() or "unknown",
         "machine": _machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load": {"start": load0, "end": os.getloadavg()[0]},
