@@ -26,6 +26,7 @@ __all__ = [
     "load_exported",
     "predict",
     "plot_leaderboard",
+    "bench",
 ]
 
 
@@ -59,6 +60,10 @@ def __getattr__(name: str):
         from miner import export
 
         return getattr(export, name)
+    if name == "bench":
+        from miner.benchmark import bench
+
+        return bench
     if name == "plot_leaderboard":
         from miner.plot import plot_leaderboard
 

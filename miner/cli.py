@@ -25,6 +25,7 @@ EPILOG = """examples (every command reads and writes ./miner.db unless --storage
   miner predict --prompt best.json --text "A gem."  apply it to new text
   miner plot --task rotten_tomatoes -o board.png    best dev score against cost; dev against test
   miner searchers                                   list the registered searchers
+  miner bench configs/bench_quick.yaml              searchers against baselines at one budget: report.html
 
 errors are one line; add --debug to see the traceback of an unexpected one.
 """
@@ -183,6 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
         "searcher's parameters: type, default and meaning.",
     )
     p.add_argument("name", nargs="?", help="a searcher to describe")
+
+    p = sub.add_parser(
+        "bench",
+        help="compare searchers and baselines at one budget: tables, plots and an HTML report",
+        description="Run a bench config (configs/bench_quick.yaml, configs/bench.yaml): every task x searcher x "
+        "seed x k at the same budget in forward-pass equivalents (a backward pass charged at its measured "
+        "cost), on the same splits and test sample, with the baselines (hand-written prompts raw and "
+        "calibrated, zero-shot, demonstrations, a linear probe, PEFT prompt tuning), paired statistics "
+        "against the best hand-written prompt by dev, and a report folder: report.md, report.html, "
+        "jobs.csv and the plots. The whole grid is checked first: bad input runs no job.",
+    )
+    p.add_argument("config", help="bench YAML config (see configs/bench_quick.yaml and docs/bench.md)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a bench whose folder exists: finished jobs are not re-run, a killed job continues "
+        "from its stored rows, test scores already computed are reused",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_int_in(1, 4096, "--jobs"),
+        metavar="N",
+        help="run each searcher's seeds on N joblib workers (parallel.backend in the config: loky or dask)",
+    )
+    p.add_argument("--out", help="the report folder (default: the config's out:, else results/bench/<name>)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -413,7 +440,29 @@ def _cmd_searchers(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from miner.benchmark import bench
+
+    command = " ".join(["miner", "bench", *(sys.argv[2:] if len(sys.argv) > 2 else [args.config])])
+    result = bench(
+        args.config,
+        resume=args.resume,
+        n_jobs=args.jobs,
+        out=args.out,
+        progress=False if args.no_progress else None,
+        command=command,
+    )
+    print(f"bench {result.out.name}: {len(result.jobs)} job record(s) in {result.seconds / 60:.1f} min")
+    for key in ("md", "html", "csv"):
+        if key in result.files:
+            print(f"  {key:4s} {result.files[key]}")
+    if "html" in result.files:
+        print(f"open it: xdg-open {result.files['html']}   (one self-contained file; works offline)")
+    return 0
+
+
 COMMANDS = {
+    "bench": _cmd_bench,
     "run": _cmd_run,
     "validate": _cmd_validate,
     "leaderboard": _cmd_leaderboard,
@@ -483,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose < 2:
         _quiet_third_parties()
-    if args.command in ("run", "validate"):
+    if args.command in ("run", "validate", "bench"):
         _show_status()
     try:
         return COMMANDS[args.command](args)

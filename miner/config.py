@@ -44,11 +44,13 @@ NonNegativeStrictInt = Annotated[int, Strict(), Field(ge=0)]
 DEVICE_FORMS = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A config section: unknown keys refused, floats finite (shared by run and bench configs)."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     name: str = "smollm2"  # default-model alias, local directory or hub id
     kind: Literal["auto", "causal", "masked"] = "auto"
     device: str = Field(
@@ -71,7 +73,7 @@ class ModelSpec(_Strict):
         return v
 
 
-class PromptSpec(_Strict):
+class PromptSpec(StrictModel):
     """A hand-written prompt. Checked here as far as it goes without the task and the model: the
     template parses and has a text field slot, the verbalizer gives each label its own words, and
     there is one non-negative trigger id per ``{trigger}`` slot (the vocabulary is checked when the
@@ -125,7 +127,7 @@ def _non_finite(value: Any, path: str, depth: int = 0) -> str | None:
     return None
 
 
-class SearcherSpec(_Strict):
+class SearcherSpec(StrictModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -138,15 +140,21 @@ class SearcherSpec(_Strict):
         return v
 
 
-class BudgetSpec(_Strict):
+class BudgetSpec(StrictModel):
     """Per job (task x model x searcher x seed x k). Unset means unlimited; set values are finite."""
 
     max_evaluations: PositiveStrictInt | None = None  # distinct prompts scored
     max_forward_passes: PositiveStrictInt | None = None  # model calls, counted by the scorer
     max_seconds: Annotated[float, Field(strict=True, gt=0)] | None = None  # an int is fine too, a bool is not
+    backward_cost: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="forward passes charged to max_forward_passes per backward pass (0: backward passes are "
+        "not charged there); miner bench sets it to the measured cost of a backward pass relative to a "
+        "forward pass on the same batch, so that gradient searchers get no free work",
+    )
 
 
-class ParallelSpec(_Strict):
+class ParallelSpec(StrictModel):
     """Where the jobs run. One process by default; with ``n_jobs`` > 1 they go to joblib workers.
 
     ``backend``: ``loky`` (processes on this machine), ``dask`` (a Dask cluster: ``scheduler`` is its
@@ -161,7 +169,7 @@ class ParallelSpec(_Strict):
     threads_per_job: PositiveStrictInt | None = None  # torch threads per worker; default: cores / n_jobs
 
 
-class SelectionSpec(_Strict):
+class SelectionSpec(StrictModel):
     """How a job's candidates are ranked (docs/selection.md)."""
 
     rule: Literal["auto", "dev", "pooled", "kfold"] = Field(
@@ -180,7 +188,7 @@ class SelectionSpec(_Strict):
     )
 
 
-class EnsembleSpec(_Strict):
+class EnsembleSpec(StrictModel):
     """An ensemble of each job's best discrete candidates, built after the search from cached scores."""
 
     top: NonNegativeStrictInt = Field(
@@ -201,7 +209,7 @@ class EnsembleSpec(_Strict):
         return v
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     name: str | None = None
     task: TaskSpec = Field(default_factory=TaskSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -280,7 +288,8 @@ class RunConfig(_Strict):
         return v
 
 
-def _format_error(exc: pydantic.ValidationError) -> str:
+def format_error(exc: pydantic.ValidationError) -> str:
+    """A validation error as one line naming the key path (``config error at task.name: ...``)."""
     err = exc.errors()[0]
     loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"]).replace(".[", "[")
     if err["type"] == "extra_forbidden":
@@ -305,7 +314,7 @@ def parse_config(data: Any) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ConfigError(_format_error(exc)) from None
+        raise ConfigError(format_error(exc)) from None
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -362,24 +371,28 @@ class _ConfigLoader(yaml.SafeLoader):
 _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config file (see the module docstring for the rules)."""
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's data under the module docstring's rules; each broken one a one-line ConfigError."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
     try:
-        data = read_bytes_bounded(p, f"config file {str(p)!r}", MAX_CONFIG_BYTES)
+        data = read_bytes_bounded(p, f"{what} {str(p)!r}", MAX_CONFIG_BYTES)
     except DataError as exc:
         raise ConfigError(str(exc)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not UTF-8 (byte {exc.start})") from None
+        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 (byte {exc.start})") from None
     try:
-        data = yaml.load(text, Loader=_ConfigLoader)  # _ConfigLoader is a SafeLoader
+        return yaml.load(text, Loader=_ConfigLoader)  # _ConfigLoader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}: {problem}") from None
-    return parse_config(data)
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML{where}: {problem}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file (see the module docstring for the rules)."""
+    return parse_config(read_yaml(path))

@@ -99,9 +99,16 @@ class Budget:
         return time.perf_counter() - self.start
 
     @property
+    def forward_equivalents(self) -> float:
+        """Forward passes spent, backward passes charged at ``backward_cost`` each (resumed work included)."""
+        bc = self.spec.backward_cost
+        fwd = self.counter.total.forward_passes + self.previous_passes
+        return fwd + bc * (self.counter.total.backward_passes + self.previous_backward)
+
+    @property
     def forward_passes_left(self) -> float:
         m = self.spec.max_forward_passes
-        return float("inf") if m is None else m - self.counter.total.forward_passes - self.previous_passes
+        return float("inf") if m is None else m - self.forward_equivalents
 
     @property
     def backward_passes_left(self) -> float:
@@ -120,7 +127,7 @@ class Budget:
 
     def can_afford(self, forward_passes: int = 0, backward_passes: int = 0, evaluations: int = 0) -> bool:
         return (
-            forward_passes <= self.forward_passes_left
+            forward_passes + self.spec.backward_cost * backward_passes <= self.forward_passes_left
             and backward_passes <= self.backward_passes_left
             and evaluations <= self.evaluations_left
             and self.seconds_left > 0
@@ -129,7 +136,7 @@ class Budget:
     def guard(self, forward_passes: int, backward_passes: int) -> None:
         """The counter's check before a model call: refuse what the budget cannot pay for."""
         s = self.spec
-        if forward_passes > self.forward_passes_left:
+        if forward_passes + s.backward_cost * backward_passes > self.forward_passes_left:
             raise BudgetExhausted(f"max_forward_passes={s.max_forward_passes} would be exceeded")
         if backward_passes > self.backward_passes_left:
             raise BudgetExhausted(
@@ -956,6 +963,7 @@ def run(
     progress: bool | None = None,
     resume: bool | None = None,
     n_jobs: int | None = None,
+    score_test: bool = True,
 ) -> RunResult:
     """Run a mining job. Everything is validated (``prepare``) before the first leaderboard row is written.
 
@@ -963,6 +971,8 @@ def run(
     fails inside a job is marked "failed" (its finished jobs' rows stay: each row is written whole, in
     one transaction); one whose process is killed is marked "interrupted" by the next run on the same
     storage. With ``resume`` a job that another live process is running is waited for, not run twice.
+    ``score_test=False`` leaves the held-out test scoring to the caller (``miner bench`` scores each
+    distinct prompt on its shared test sample once per bench, not once per job).
     """
     started_at = time.time()  # searchers tell work launched beside this run from earlier runs by it
     prep = prepare(config, storage=storage, backend=backend, resume=resume, n_jobs=n_jobs)
@@ -980,7 +990,9 @@ def run(
             jobs = [(d, i, s) for d in prep.datasets.values() for i, s in enumerate(prep.searchers)]
             phase.info("run %s: %d job(s) -> %s", run_id[:8], len(jobs), board.display_url)
             if prep.backend is None:
-                results = _run_parallel(cfg, [(d.k, d.seed, i) for d, i, _ in jobs], run_id, show, started_at)
+                results = _run_parallel(
+                    cfg, [(d.k, d.seed, i) for d, i, _ in jobs], run_id, show, started_at, score_test
+                )
             else:
                 for data, i, searcher in tqdm(jobs, desc="jobs", disable=not show or len(jobs) < 2):
                     results.append(
@@ -996,6 +1008,7 @@ def run(
                             show,
                             artifacts,
                             started_at,
+                            score_test,
                         )
                     )
         status = "finished"
@@ -1086,7 +1099,12 @@ def _check_parallel(cfg: RunConfig, backend_given: bool) -> None:
 
 
 def _run_parallel(
-    cfg: RunConfig, specs: list[tuple[Any, int, int]], run_id: str, show: bool, started_at: float
+    cfg: RunConfig,
+    specs: list[tuple[Any, int, int]],
+    run_id: str,
+    show: bool,
+    started_at: float,
+    score_test: bool = True,
 ) -> list[JobResult]:
     """Run the jobs on joblib workers (loky processes or a Dask cluster), results in job order."""
     import os
@@ -1119,7 +1137,8 @@ def _run_parallel(
         if backend is not None:
             stack.enter_context(parallel_config(backend=backend, n_jobs=n))
         calls = (
-            delayed(_job_in_worker)(payload, k, seed, i, run_id, threads, started_at) for k, seed, i in specs
+            delayed(_job_in_worker)(payload, k, seed, i, run_id, threads, started_at, score_test)
+            for k, seed, i in specs
         )
         out = Parallel(n_jobs=n, return_as="generator_unordered")(calls)
         done = {}
@@ -1138,7 +1157,14 @@ _WORKER_LOCK = threading.Lock()  # a Dask worker with several threads runs jobs 
 
 
 def _job_in_worker(
-    payload: dict, k: Any, seed: int, index: int, run_id: str, threads: int, started_at: float
+    payload: dict,
+    k: Any,
+    seed: int,
+    index: int,
+    run_id: str,
+    threads: int,
+    started_at: float,
+    score_test: bool = True,
 ):
     torch.set_num_threads(threads)
     cfg = parse_config(payload)
@@ -1165,6 +1191,7 @@ def _job_in_worker(
         False,
         artifacts,
         started_at,
+        score_test,
     )
     return (k, seed, index), result
 
@@ -1181,6 +1208,7 @@ def _run_job(
     show,
     artifacts,
     started_at: float | None = None,
+    score_test: bool = True,
 ) -> JobResult:
     m = cfg.model
     key = job_key(cfg, index, data.seed, data.k)
@@ -1192,7 +1220,18 @@ def _run_job(
             if claimed:
                 stack.enter_context(_Heartbeat(lambda: board.beat_claim(key, run_id)))
             result = _run_claimed_job(
-                cfg, data, searcher, backend, prompts, board, run_id, show, artifacts, key, started_at
+                cfg,
+                data,
+                searcher,
+                backend,
+                prompts,
+                board,
+                run_id,
+                show,
+                artifacts,
+                key,
+                started_at,
+                score_test,
             )
     finally:
         if claimed:
@@ -1202,7 +1241,7 @@ def _run_job(
 
 
 def _run_claimed_job(
-    cfg, data, searcher, backend, prompts, board, run_id, show, artifacts, key, started_at
+    cfg, data, searcher, backend, prompts, board, run_id, show, artifacts, key, started_at, score_test=True
 ) -> JobResult:
     m = cfg.model
     scorer_kw = dict(
@@ -1237,7 +1276,7 @@ def _run_claimed_job(
     # Held-out test scores (not charged to the searcher's budget), each distinct prompt once: the guarded
     # pick, the unguarded pick and the best hand-written prompt, then the best by the ranking rule up to
     # test_top. A resumed job's prompts that were tested before keep their stored score.
-    if data.test and result.evaluations:
+    if score_test and data.test and result.evaluations:
         d = result.decision
         ranked = (
             d.ranked if d is not None else sorted(result.evaluations, key=lambda e: e.rank_key, reverse=True)

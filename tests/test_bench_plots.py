@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from miner.bench._plots import DPI, _mean_curve, plot_accuracy, plot_curves, plot_gap
+from miner.benchmark._plots import DPI, _mean_curve, plot_accuracy, plot_curves, plot_gap
 from miner.errors import MinerError
 
 TASKS = ("sst-2", "subj")

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from miner.bench._probe import (
+from miner.benchmark._probe import (
     answer_features,
     linear_probe,
     peft_prompt_tuning,
@@ -165,7 +165,7 @@ def test_peft_answer_logits_match_peft_forward_and_its_lm_loss(causal):
 
     from peft import PromptTuningConfig, get_peft_model
 
-    from miner.bench._probe import _answer_logits
+    from miner.benchmark._probe import _answer_logits
 
     pm = get_peft_model(
         copy.deepcopy(causal.model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)

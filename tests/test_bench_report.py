@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from miner.bench._report import CSV_FIRST, cell, write_report
+from miner.benchmark._report import CSV_FIRST, cell, write_report
 from miner.errors import MinerError
 
 RED = (1.0, 0.0, 0.0)  # the test plot's fill, looked for in the screenshot
@@ -205,7 +205,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("miner.bench._report.os.replace", boom)
+    monkeypatch.setattr("miner.benchmark._report.os.replace", boom)
     with pytest.raises(OSError):
         write_report(tmp_path, title="second", meta={}, tables=[], plots=[], jobs=[])
     assert files["md"].read_text() == before

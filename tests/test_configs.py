@@ -15,7 +15,10 @@ from miner.errors import MinerError
 from miner.tasks import load_task
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+ALL_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+# bench configs (``miner bench``: a grid of tasks) and run configs (``miner run``: one task)
+BENCHES = [p for p in ALL_CONFIGS if p.name.startswith("bench")]
+CONFIGS = [p for p in ALL_CONFIGS if p not in BENCHES]
 SHARED_FEWSHOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fewshot"
 
 
@@ -45,8 +48,8 @@ def _fewshot_root() -> Path | None:
 
 
 def test_there_are_configs_and_none_points_outside_the_clone():
-    assert len(CONFIGS) >= 9
-    for path in CONFIGS:
+    assert len(CONFIGS) >= 9 and len(BENCHES) >= 2
+    for path in ALL_CONFIGS:
         text = path.read_text(encoding="utf-8")
         assert "../" not in text and "/shared/" not in text, f"{path.name} names a folder outside the clone"
 
@@ -86,6 +89,31 @@ def test_shipped_configs_load_their_data(path, monkeypatch):
                 assert len(data.train) == len(data.dev) == per_split
             if cfg.task.max_test is not None:
                 assert len(data.test) <= cfg.task.max_test
+
+
+@pytest.mark.parametrize("path", BENCHES, ids=lambda p: p.name)
+def test_shipped_bench_configs_parse_and_load_their_data(path, monkeypatch):
+    """Each bench config is valid, names known searchers, and each of its tasks loads every (k, seed) job's
+    splits with a test split where the few-shot data is present."""
+    from miner.benchmark import load_bench_config
+    from miner.config import parse_config
+    from miner.runner import build_searchers
+
+    bench = load_bench_config(path)
+    specs = bench.searcher_specs()
+    assert specs and build_searchers(parse_config({"searchers": [s.model_dump() for s in specs]}))
+    for t in bench.tasks:
+        assert len(t.prompts) >= 2 and t.task.root is None
+        if t.task.source == "kshot" and _fewshot_root() is None:
+            continue
+        if t.task.source == "kshot":
+            monkeypatch.setenv("MINER_FEWSHOT_ROOT", str(_fewshot_root()))
+        for k in bench.k:
+            for seed in bench.seeds:
+                data = load_task(t.task, k, seed)
+                assert data.test and len(data.train) == k * len(data.label_names)
+                labels = set(data.label_names)
+                assert all(set(p.verbalizer) == labels for p in t.prompts)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,16 @@
 """Templates, verbalizers and prompts."""
 
 from miner.prompts._prompt import Prompt, PromptEnsemble, Verbalizer
-from miner.prompts._template import Answer, Field, Literal, Soft, Template, Trigger, parse_template
+from miner.prompts._template import (
+    Answer,
+    Field,
+    Literal,
+    Soft,
+    Template,
+    Trigger,
+    parse_template,
+    with_demonstrations,
+)
 
 __all__ = [
     "Prompt",
@@ -14,4 +23,5 @@ __all__ = [
     "Literal",
     "Soft",
     "Trigger",
+    "with_demonstrations",
 ]

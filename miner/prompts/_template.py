@@ -17,7 +17,9 @@ model's positions; ``compile_prompt`` then checks the template against the model
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from miner.errors import PromptError
 
@@ -207,3 +209,21 @@ def parse_template(text: str) -> Template:
             f"template {_short(text)!r} has {n_answer} answer slots; exactly one {{answer}} is allowed"
         )
     return Template(text=text, segments=tuple(segments))
+
+
+def with_demonstrations(
+    template: str, examples: Sequence[Any], answers: Sequence[str], separator: str = "\n\n"
+) -> str:
+    """``template`` with ``examples`` put before the query (LM-BFF's in-context demonstrations).
+
+    Each example (``.fields``, ``.label``) is rendered with the template itself, its answer slot
+    filled with ``answers[label]``, and followed by ``separator``. The demonstrations are literal
+    text of the returned template (braces escaped); its own slots are unchanged.
+    """
+    parsed = parse_template(template)
+    text = "".join(
+        parsed.render({f: str(e.fields[f]).strip() for f in parsed.fields}, answer=answers[e.label])
+        + separator
+        for e in examples
+    )
+    return text.replace("{", "{{").replace("}", "}}") + template

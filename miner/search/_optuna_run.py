@@ -16,7 +16,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from miner.errors import BudgetExhausted, ConfigError, PromptError
-from miner.prompts import Prompt
+from miner.prompts import Prompt, with_demonstrations
 from miner.search._base import Evaluate, SearchContext, rank_key
 from miner.search._labelwords import candidate_pool, decoded_vocab, search_verbalizers, word_mask
 from miner.search._optuna_space import TemplateSpace, build_space
@@ -330,14 +330,8 @@ def _demonstrations(job: _Job, template: str, n_per_label: int, draw: int) -> tu
         pool = [e for e in ctx.task.train if e.label == c]
         shown += rng.sample(pool, min(n_per_label, len(pool)))
     rng.shuffle(shown)
-    parsed = Prompt.create(template, {lab: ["x"] for lab in labels}, labels).parsed
     words = [job.user_words[c][0] if job.user_words[c] else labels[c] for c in range(len(labels))]
-    sep = job.s.demo_separator
-    text = "".join(
-        parsed.render({f: str(e.fields[f]).strip() for f in parsed.fields}, answer=words[e.label]) + sep
-        for e in shown
-    )
-    return text.replace("{", "{{").replace("}", "}}") + template, shown
+    return with_demonstrations(template, shown, words, job.s.demo_separator), shown
 
 
 def _trial(job: _Job, study: optuna.Study, trial: optuna.Trial):

@@ -22,7 +22,6 @@ import importlib.util
 import math
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +31,7 @@ import torch
 from miner.errors import MinerError, PromptError
 from miner.models import Backend
 from miner.prompts import Literal, Prompt, PromptEnsemble
-from miner.scoring import CostCounter
-from miner.scoring._encode import CompiledPrompt, compile_prompt, encode
+from miner.scoring import CompiledPrompt, CostCounter, answer_states, compile_prompt, encode
 from miner.tasks import Example
 
 # The C values searched (LogisticRegressionCV's default grid: 10 values from 1e-4 to 1e4).
@@ -130,52 +128,7 @@ def answer_features(
     pads). Masked LM: the single mask token put in the answer slot.
     """
     cp = _compile(backend, prompt, "linear probe")
-    return _features(backend, cp, examples, batch_size, counter)
-
-
-def _features(
-    backend: Backend,
-    cp: CompiledPrompt,
-    examples: Sequence[Example],
-    batch_size: int,
-    counter: CostCounter | None,
-) -> tuple[np.ndarray, int]:
-    seqs: list[tuple[int, ...]] = []
-    at: list[int] = []  # answer position in the unpadded sequence
-    for ex in examples:
-        enc = encode(cp, backend, ex.fields)
-        if backend.kind == "causal":
-            seqs.append(enc.prefix)
-            at.append(len(enc.prefix) - 1)
-        else:
-            assert backend.mask_id is not None  # Backend refuses a masked LM without a mask token
-            seqs.append(enc.prefix + (backend.mask_id,) + enc.suffix)
-            at.append(len(enc.prefix))
-    order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))  # similar lengths share padding
-    hidden = int(backend.input_embeddings().shape[1])
-    out = np.zeros((len(seqs), hidden), dtype=np.float64)
-    passes = 0
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = backend.pad([seqs[i] for i in rows])
-            width = batch.input_ids.shape[1]
-            kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-            if backend.kind == "causal":
-                kwargs.update(position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)
-            charge: AbstractContextManager[Any] = (
-                counter.forward(len(rows), int(batch.attention_mask.sum()), width * len(rows))
-                if counter is not None
-                else nullcontext()
-            )
-            with charge:
-                states = backend.model(**kwargs, output_hidden_states=True).hidden_states[-1]
-            passes += 1
-            # causal rows are left-padded: the answer position is the last column of every row
-            cols = [width - 1 if backend.kind == "causal" else at[i] for i in rows]
-            picked = states[torch.arange(len(rows), device=states.device), torch.as_tensor(cols)]
-            out[rows] = picked.float().cpu().numpy()
-    return out, passes
+    return answer_states(backend, cp, examples, batch_size, counter)
 
 
 def linear_probe(
@@ -222,8 +175,8 @@ def linear_probe(
             "cross-validating C needs at least 2 per label"
         )
     n_folds = min(4, counts[smallest])
-    x_train, p1 = _features(backend, cp, train, batch_size, counter)
-    x_test, p2 = _features(backend, cp, test, batch_size, counter)
+    x_train, p1 = answer_states(backend, cp, train, batch_size, counter)
+    x_test, p2 = answer_states(backend, cp, test, batch_size, counter)
     pipe = Pipeline(
         [("scale", StandardScaler()), ("logreg", LogisticRegression(max_iter=5000, random_state=seed))]
     )

@@ -1,0 +1,243 @@
+"""From a bench's job records to its report: the statistics, the tables, the plots and the files."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import yaml
+
+from miner.benchmark._stats import REFERENCE, summarize
+
+logger = logging.getLogger(__name__)
+
+
+def _pts(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def _cell(row: dict[str, Any]) -> str:
+    s = f"{_pts(row['mean'])} ± {_pts(row['std'])}"
+    if row["diff_mean"] is not None:
+        s += f" ({_pts(row['diff_mean'], True)} [{_pts(row['diff_lo'], True)}, {_pts(row['diff_hi'], True)}])"
+    return s
+
+
+def _num(x: float | None, digits: int = 0) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def label(row: dict[str, Any]) -> str:
+    return row["name"] + (" (oracle)" if row["oracle"] and "oracle" not in row["name"] else "")
+
+
+def main_table(summary: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
+    """Tasks as columns, rows as rows: mean ± std (paired difference to the reference [95% interval])."""
+    names: list[str] = []
+    for r in summary:
+        if r["name"] not in names:
+            names.append(r["name"])
+    by = {(r["task"], r["name"]): r for r in summary}
+    rows = []
+    for n in names:
+        got = [by.get((t, n)) for t in tasks]
+        present = [g for g in got if g is not None]
+        fe = [g["forward_equivalents"] for g in present if g["forward_equivalents"] is not None]
+        sec = [g["seconds"] for g in present if g["seconds"] is not None]
+        rows.append(
+            [
+                label(present[0]),
+                present[0]["family"],
+                *[_cell(g) if g else "–" for g in got],
+                _num(sum(fe) / len(fe)) if fe else "–",
+                _num(sum(sec) / len(sec)) if sec else "–",
+            ]
+        )
+    return {
+        "title": "Test accuracy by task (mean ± std over seeds, in points)",
+        "columns": ["row", "family", *tasks, "forward-pass equivalents / job", "seconds / job"],
+        "rows": rows,
+        "note": f"In brackets: the paired difference to {REFERENCE!r} of the same seed on the same test "
+        "sample, with its paired bootstrap 95% interval over seeds and test examples. Cost: mean per job "
+        "over tasks (search, hand-written prompts' scoring and, in seconds, the job's test scoring).",
+    }
+
+
+def task_table(summary: list[dict[str, Any]], task: str) -> dict[str, Any]:
+    rows = []
+    for r in summary:
+        if r["task"] != task:
+            continue
+        wtl = "–" if r["wins"] is None else f"{r['wins']}/{r['ties']}/{r['losses']}"
+        interval = (
+            "–" if r["diff_lo"] is None else f"[{_pts(r['diff_lo'], True)}, {_pts(r['diff_hi'], True)}]"
+        )
+        rows.append(
+            [
+                label(r),
+                r["family"],
+                r["n_seeds"],
+                f"{_pts(r['mean'])} ± {_pts(r['std'])}",
+                _pts(r["diff_mean"], True),
+                interval,
+                wtl,
+                _pts(r["gap_mean"], True) if r["gap_mean"] is not None else "–",
+                _num(r["forward_passes"]),
+                _num(r["backward_passes"]),
+                _num(r["forward_equivalents"], 1),
+                _num(r["seconds"], 1),
+                _num(r["acc_per_100"], 1),
+            ]
+        )
+    return {
+        "title": f"{task}: every row",
+        "columns": [
+            "row",
+            "family",
+            "seeds",
+            "test (mean ± std)",
+            "Δ vs manual by dev",
+            "95% interval",
+            "wins/ties/losses",
+            "pick-vs-best gap",
+            "forward",
+            "backward",
+            "forward equiv.",
+            "seconds",
+            "points / 100 fwd",
+        ],
+        "rows": rows,
+        "note": "Gap: the best test score among the job's tested candidates (its top ones by the ranking rule "
+        "and its unguarded pick) minus its pick's: what selection on the ranking examples loses. Points per "
+        "100 forward-pass equivalents: mean test accuracy over mean cost.",
+    }
+
+
+def guard_table(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    counts: dict[tuple[str, str], list[int]] = {}
+    for j in jobs:
+        if j["family"] == "baseline":
+            continue
+        c = counts.setdefault((j["task"], j["name"]), [0, 0, 0])
+        c[0] += 1
+        c[1] += bool(j.get("guard_fired"))
+        c[2] += bool(j.get("stopped_by_budget"))
+    if not counts:
+        return None
+    return {
+        "title": "The guard and the budget",
+        "columns": [
+            "task",
+            "searcher",
+            "jobs",
+            "guard kept the hand-written prompt",
+            "stopped by the budget",
+        ],
+        "rows": [[t, n, c[0], c[1], c[2]] for (t, n), c in counts.items()],
+    }
+
+
+def build_report(bench: Any, jobs: list[dict[str, Any]], wall: float) -> tuple[list[dict[str, Any]], dict]:
+    """Summary rows, plots and report files of ``bench`` (a :class:`miner.benchmark._run.Bench`)."""
+    from miner._version import code_version
+    from miner.benchmark._plots import plot_accuracy, plot_curves, plot_gap
+    from miner.benchmark._report import write_report
+    from miner.benchmark._util import machine, now
+    from miner.errors import MinerError
+
+    out = bench.out
+    summary = summarize(jobs)
+    tasks = [t.task.name for t in bench.cfg.tasks if any(j["task"] == t.task.name for j in jobs)]
+    plots: list[dict[str, Any]] = []
+
+    def plot(title: str, caption: str, fn, *args) -> None:
+        try:
+            path = fn(*args)
+        except MinerError as exc:  # nothing to draw (e.g. no searcher row yet)
+            logger.info("plot %r left out: %s", title, exc)
+            return
+        plots.append({"title": title, "path": path, "caption": caption})
+
+    plot(
+        "Test accuracy by row",
+        "Points: seeds; bars: mean ± std; dashed line: the best hand-written prompt by dev.",
+        plot_accuracy,
+        jobs,
+        summary,
+        out / "accuracy.png",
+    )
+    for t in tasks:
+        plot(
+            f"Search curves: {t}",
+            "Best dev score so far against forward-pass equivalents spent (searchers); baselines' test "
+            "accuracy as horizontal lines.",
+            plot_curves,
+            jobs,
+            t,
+            out / f"curves_{t}.png",
+        )
+    plot(
+        "Pick versus best tested candidate",
+        "How much the pick loses to the best of the candidates that were tested.",
+        plot_gap,
+        jobs,
+        out / "gap.png",
+    )
+    tables = [main_table(summary, tasks), *[task_table(summary, t) for t in tasks]]
+    g = guard_table(jobs)
+    if g:
+        tables.append(g)
+    cm = bench.cost_model
+    tables.append(
+        {
+            "title": "Cost model",
+            "columns": [
+                "model",
+                "backward pass in forward passes",
+                "source",
+                "forward s",
+                "forward+backward s",
+            ],
+            "rows": [
+                [
+                    bench.cfg.model.name,
+                    f"{bench.backward_cost:.2f}",
+                    cm.get("source", ""),
+                    _num(cm.get("forward_seconds"), 3),
+                    _num(cm.get("forward_backward_seconds"), 3),
+                ]
+            ],
+        }
+    )
+    job_seconds = sum(j.get("seconds") or 0 for j in jobs)
+    meta = {
+        "command": bench.command,
+        "machine": machine(),
+        "commit": code_version(),
+        "date": now(),
+        "jobs": str(len(jobs)),
+        "duration": f"{job_seconds / 60:.1f} min of job time in all (this invocation: {wall / 60:.1f} min wall)",
+        "budget": f"{bench.cfg.budget.max_forward_passes} forward-pass equivalents per job "
+        f"(a backward pass = {bench.backward_cost:.2f} forward passes)",
+        "config": yaml.safe_dump(bench.cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False),
+    }
+    notes = [
+        "Every job ran on the same splits and the same test sample of its task; every prompt's test score "
+        "was computed once per bench. Searchers saw train and dev only; 'manual (oracle by test)' is chosen "
+        "by test and is an upper bound, not a method.",
+    ]
+    files = write_report(
+        out,
+        title=f"miner bench: {bench.cfg.name}",
+        meta=meta,
+        tables=tables,
+        plots=plots,
+        jobs=jobs,
+        notes=notes,
+    )
+    import json
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary, {**files, "summary": out / "summary.json"}
