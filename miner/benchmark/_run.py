@@ -582,6 +582,19 @@ class Bench:
             return
         data = plan.datasets[(k, seed)]
         best = Prompt.from_dict(ref["pick"]["prompt"], data.label_names)
+        todo = [
+            n
+            for n, on in (
+                (ORACLE, True),
+                ("zero-shot", b.zero_shot),
+                ("demonstrations", bool(b.demonstrations)),
+                ("linear probe", b.linear_probe),
+                ("peft prompt tuning", b.peft),
+            )
+            if on and not self._done(task, n, seed, k)
+        ]
+        if todo:
+            phase.info("%s | seed=%s | k=%s: baselines: %s", task, seed, k, ", ".join(todo))
         if not self._done(task, ORACLE, seed, k):
             t0 = time.perf_counter()
             scored = [(self._test(plan, p)[0], p) for p in plan.prompts]
