@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="the report folder (default: the config's out:, else results/bench/<name>)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the job records already in the folder and run nothing (a partial "
+        "report of a bench that is running elsewhere or was stopped; the model is not loaded)",
+    )
     return parser
 
 
@@ -451,6 +457,7 @@ def _cmd_bench(args) -> int:
         out=args.out,
         progress=False if args.no_progress else None,
         command=command,
+        report_only=args.report_only,
     )
     print(f"bench {result.out.name}: {len(result.jobs)} job record(s) in {result.seconds / 60:.1f} min")
     for key in ("md", "html", "csv"):

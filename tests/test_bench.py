@@ -341,6 +341,20 @@ def test_killed_bench_resumes_without_duplicates(tmp_path, tiny_model_dir, monke
     assert len([n for n in done if "__optuna__" in n or "__soft__" in n]) == 2
     with pytest.raises(ConfigError, match="--resume"):
         bench(cfg, backend=be)  # a second start without --resume refuses to touch the folder
+    # a partial report from the records on disk: no model loaded, no job run, marked partial
+    import miner.models
+
+    def no_model(*a, **kw):
+        raise AssertionError("--report-only loaded the model")
+
+    monkeypatch.setattr(miner.models, "load_backend", no_model)
+    jobs_before = sorted(p.name for p in (out / "jobs").glob("*.json"))
+    partial = bench(cfg, report_only=True)
+    assert sorted(p.name for p in (out / "jobs").glob("*.json")) == jobs_before
+    assert len(partial.jobs) == len(jobs_before)
+    md = (out / "report.md").read_text()
+    assert "PARTIAL" in md and "of the grid's 6 manual and searcher jobs" in md
+    monkeypatch.undo()
     rows_before = len(_rows(out / "bench.db"))
     result = bench(cfg, backend=be, resume=True)
     assert not _duplicates(out / "bench.db")
@@ -356,3 +370,15 @@ def test_killed_bench_resumes_without_duplicates(tmp_path, tiny_model_dir, monke
     bench(cfg, backend=be, resume=True)
     assert len(_rows(out / "bench.db")) == rows
     assert (out / "tests" / "rotten_tomatoes.jsonl").read_text() == tests
+    bench(cfg, report_only=True)
+    md = (out / "report.md").read_text()
+    assert "6 of the grid's 6 manual and searcher jobs" in md and "PARTIAL" not in md
+
+
+def test_report_only_without_a_bench_fails_cleanly(tmp_path, tiny_model_dir, clean_failure):
+    import yaml
+
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(yaml.safe_dump(_bench_cfg(tiny_model_dir, tmp_path / "none")))
+    clean_failure(["bench", str(cfg), "--report-only"], needle="no bench in", watch=tmp_path)
+    assert not (tmp_path / "none").exists()

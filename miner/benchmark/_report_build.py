@@ -139,8 +139,11 @@ def guard_table(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def build_report(bench: Any, jobs: list[dict[str, Any]], wall: float) -> tuple[list[dict[str, Any]], dict]:
-    """Summary rows, plots and report files of ``bench`` (a :class:`miner.benchmark._run.Bench`)."""
+def build_report(
+    bench: Any, jobs: list[dict[str, Any]], wall: float | None
+) -> tuple[list[dict[str, Any]], dict]:
+    """Summary rows, plots and report files of ``bench`` (a :class:`miner.benchmark._run.Bench`);
+    ``wall`` is this invocation's time (None: a report written from the records, running nothing)."""
     from miner._version import code_version
     from miner.benchmark._plots import plot_accuracy, plot_curves, plot_gap
     from miner.benchmark._report import write_report
@@ -212,13 +215,18 @@ def build_report(bench: Any, jobs: list[dict[str, Any]], wall: float) -> tuple[l
         }
     )
     job_seconds = sum(j.get("seconds") or 0 for j in jobs)
+    done, expected = bench.grid_done(jobs)
+    duration = f"{job_seconds / 60:.1f} min of job time in all"
+    if wall is not None:
+        duration += f" (this invocation: {wall / 60:.1f} min wall)"
     meta = {
         "command": bench.command,
         "machine": machine(),
         "commit": code_version(),
         "date": now(),
-        "jobs": str(len(jobs)),
-        "duration": f"{job_seconds / 60:.1f} min of job time in all (this invocation: {wall / 60:.1f} min wall)",
+        "jobs": f"{len(jobs)} records; {done} of the grid's {expected} manual and searcher jobs"
+        + ("" if done >= expected else " (PARTIAL: the bench has not finished; --resume continues it)"),
+        "duration": duration,
         "budget": f"{bench.cfg.budget.max_forward_passes} forward-pass equivalents per job "
         f"(a backward pass = {bench.backward_cost:.2f} forward passes)",
         "config": yaml.safe_dump(bench.cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False),

@@ -356,6 +356,42 @@ class Bench:
         summary, files = build_report(self, jobs, time.perf_counter() - t0)
         return BenchResult(self.out, jobs, summary, files, time.perf_counter() - t0)
 
+    def report(self) -> BenchResult:
+        """Write the report from the job records already on disk, running nothing (no model is loaded):
+        a look at a bench that is still running, or was stopped, in another process."""
+        t0 = time.perf_counter()
+        path = self.out / "bench.json"
+        if not path.exists():
+            raise ConfigError(f"no bench in {str(self.out)!r} (no bench.json): run the bench first")
+        self.resume = True
+        self._check_folder()  # the same bench: the same tasks, model, budget and rules
+        cm = self.out / "cost_model.json"
+        if cm.exists():
+            try:
+                self.cost_model = json.loads(cm.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(
+                    f"bench folder {str(self.out)!r}: cost_model.json is unreadable ({exc})"
+                ) from None
+            self.backward_cost = float(self.cost_model.get("backward_cost", 0.0))
+        elif self.cfg.budget.backward_cost != "measure":
+            self.backward_cost = float(self.cfg.budget.backward_cost)
+        jobs = self.records()
+        if not jobs:
+            raise ConfigError(f"bench folder {str(self.out)!r} holds no job record of this config yet")
+        from miner.benchmark._report_build import build_report
+
+        summary, files = build_report(self, jobs, None)
+        return BenchResult(self.out, jobs, summary, files, time.perf_counter() - t0)
+
+    def grid_done(self, jobs: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        """How many of the grid's manual and searcher jobs ``jobs`` holds, and how many a finished bench
+        has (the baselines come with the manual jobs)."""
+        cfg = self.cfg
+        expected = len(cfg.tasks) * len(cfg.seeds) * len(cfg.k) * (1 + len(cfg.searcher_specs()))
+        done = sum(1 for j in jobs if j.get("family") != "baseline" or j.get("name") == REFERENCE)
+        return done, expected
+
     def records(self) -> list[dict[str, Any]]:
         """Every job record of this bench's grid (tasks, rows and seeds of the config), in grid order."""
         names = {t.task.name for t in self.cfg.tasks}
@@ -777,12 +813,15 @@ def bench(
     backend=None,
     progress: bool | None = None,
     command: str | None = None,
+    report_only: bool = False,
 ) -> BenchResult:
     """Run a bench (``miner bench CONFIG``): every job, the baselines, the statistics and the report.
 
     ``resume`` continues a bench whose folder exists (finished jobs are not re-run, a killed job
     continues from its stored rows); ``n_jobs`` runs each searcher's seeds on that many joblib
-    workers (``parallel:`` in the config says which joblib backend: loky or Dask).
+    workers (``parallel:`` in the config says which joblib backend: loky or Dask). ``report_only``
+    writes the report from the job records already in the folder and runs nothing (a partial report
+    while the bench runs elsewhere, or after it was stopped).
     """
     cfg = load_bench_config(config) if isinstance(config, (str, Path)) else parse_bench_config(config)
     update: dict[str, Any] = {}
@@ -794,4 +833,5 @@ def bench(
         update["parallel"] = cfg.parallel.model_copy(update={"n_jobs": n_jobs})
     if update:
         cfg = cfg.model_copy(update=update)
-    return Bench(cfg, backend=backend, resume=resume, progress=progress, command=command).run()
+    b = Bench(cfg, backend=backend, resume=resume, progress=progress, command=command)
+    return b.report() if report_only else b.run()
