@@ -38,7 +38,7 @@ def _hand_written_accuracy(backend, examples, prefix_fmt, words):
 
 @pytest.mark.skipif(not FEWSHOT.exists(), reason="needs ../shared/data/fewshot")
 def test_sst2_manual_matches_hand_written_loop_and_calibration_helps(tmp_path, backend):
-    task = {"source": "kshot", "root": str(FEWSHOT), "name": "sst-2", "max_test": 300}
+    task = {"source": "kshot", "root": str(FEWSHOT), "name": "sst-2", "max_test": 150}
     cfg = {
         "task": task,
         "model": "smollm2",

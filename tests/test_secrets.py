@@ -7,8 +7,6 @@ password found nowhere else, so that every record can be grepped for it.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import sqlalchemy as sa
@@ -17,14 +15,21 @@ PG_URL = os.environ.get("MINER_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="MINER_TEST_POSTGRES_URL not set")
 
 
-def _miner(*args, cwd):
-    code = "import sys; from miner.cli import main; sys.exit(main(sys.argv[1:]))"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout + done.stderr
+@pytest.fixture
+def _miner(capfd, monkeypatch):
+    """The CLI in this process (a subprocess per command cost a torch import each): everything it
+    writes to the standard streams, at the file-descriptor level (log handlers included)."""
+    from miner.cli import main
+
+    def run(*args, cwd):
+        monkeypatch.chdir(cwd)
+        capfd.readouterr()
+        rc = main([str(a) for a in args])
+        out, err = capfd.readouterr()
+        assert rc == 0, err[-2000:]
+        return out + err
+
+    return run
 
 
 def _database_text(url: str) -> str:
@@ -38,8 +43,7 @@ def _database_text(url: str) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.process
-def test_no_password_in_any_record(tmp_path, make_config):
+def test_no_password_in_any_record(tmp_path, make_config, _miner):
     password = sa.make_url(PG_URL).password
     assert password and len(password) >= 8 and password not in "miner miner_test localhost postgresql psycopg"
     soft = {"name": "soft", "params": {"n_tokens": 2, "steps": 2, "eval_every": 1, "batch_size": 4}}
