@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from miner.prompts import Prompt, PromptEnsemble
-from miner.scoring import Cost, Scorer, ScoreResult, compute_metrics
+from miner.scoring import Scorer, ScoreResult, compute_metrics
 
 # One-sided z for the ranking bound (a 90% lower bound, the same level as the guard's default).
 RANK_Z = 1.2816
@@ -181,25 +181,9 @@ def stratified_folds(labels: Sequence[int], k: int, seed: int) -> list[np.ndarra
 def score(
     scorer: Scorer, prompt: Prompt | PromptEnsemble, examples: Sequence, *, desc: str | None = None
 ) -> ScoreResult:
-    """``scorer.score``, with a weighted ensemble's members mixed by its ``weights``.
-
-    ``Scorer.score`` averages an ensemble's members uniformly; a weighted one is scored here from its
-    members' results (the same requests, so the same forward passes and cache).
-    """
-    if not isinstance(prompt, PromptEnsemble) or prompt.weights is None or not examples:
-        return scorer.score(prompt, examples, desc=desc)
-    before = scorer.counter.snapshot()
-    parts = scorer.score_many(list(prompt.members), examples, desc=desc)
-    logp = mix([r.scores for r in parts], prompt.weights)
-    preds = logp.argmax(-1)
-    labels = [getattr(e, "label", None) for e in examples]
-    gold, metrics, loglik = None, {}, None
-    if all(label is not None for label in labels):
-        gold = np.asarray(labels, dtype=int)
-        metrics = compute_metrics(gold, preds, logp.shape[1])
-        loglik = float(logp[np.arange(len(gold)), gold].mean())
-    cost: Cost = scorer.counter.snapshot() - before
-    return ScoreResult(logp, logp, preds, gold, metrics, loglik, cost)
+    """``scorer.score`` (a weighted ensemble's members mixed by its ``weights``, a uniform one averaged):
+    kept as the runner's one entry point for scoring a pick."""
+    return scorer.score(prompt, examples, desc=desc)
 
 
 # ``selection: auto``: the ranking rule for searchers that fit their prompts on train (their train scores are

@@ -206,6 +206,11 @@ def test_weighted_ensemble_round_trips_and_scores_by_its_weights(causal, data):
     assert scorer.counter.snapshot().forward_passes == before  # members cached: no new pass
     want = np.log(0.75 * np.exp(ra.scores) + 0.25 * np.exp(rb.scores))
     np.testing.assert_allclose(got.scores, want, atol=1e-5)
+    # the scorer itself applies the weights (export, predict and the bench call it directly)
+    direct = scorer.score(ens, data.dev)
+    np.testing.assert_allclose(direct.scores, want, atol=1e-5)
+    assert direct.metrics == got.metrics
+    assert not np.allclose(direct.scores, scorer.score(PromptEnsemble((a, b)), data.dev).scores, atol=1e-4)
     uniform = scorer.score(PromptEnsemble((a, b)), data.dev)
     np.testing.assert_allclose(
         selection.score(scorer, PromptEnsemble((a, b), weights=(0.5, 0.5)), data.dev).scores,

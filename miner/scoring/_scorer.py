@@ -270,8 +270,14 @@ class Scorer:
         if not examples:
             return _empty_result(len(ens.verbalizer.labels))
         parts = self.score_many(ens.members, examples, desc=desc)
-        probs = np.mean([np.exp(r.scores) for r in parts], axis=0)
-        scores = torch.log(torch.as_tensor(probs, dtype=torch.float32).clamp_min(1e-30))
+        if ens.weights is None:
+            probs = np.mean([np.exp(r.scores) for r in parts], axis=0)
+            scores = torch.log(torch.as_tensor(probs, dtype=torch.float32).clamp_min(1e-30))
+        else:  # the weighted mean of the members' distributions (the learned ensemble)
+            w = np.asarray(ens.weights, dtype=np.float64)
+            member_probs = np.stack([np.exp(np.asarray(r.scores, dtype=np.float64)) for r in parts])
+            probs = np.tensordot(w / w.sum(), member_probs, axes=1)
+            scores = torch.from_numpy(np.log(np.clip(probs, 1e-30, None)).astype(np.float32))
         return self._result(
             scores, scores, examples, len(ens.verbalizer.labels), self.counter.snapshot() - before
         )
