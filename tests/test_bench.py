@@ -178,6 +178,9 @@ def _bench_cfg(model_dir, out, **over):
         ({"seeds": []}, "seeds"),
         ("no-test", "has no test split"),
         ("bad-prompt", "unknown field {text}"),
+        ({"searchers": ["optuna", {"name": "optuna", "params": {"n_trials": 3}}]}, "listed twice"),
+        ("fact-task", "test sample changes with the seed"),
+        ("same-file-name", "would share one record file name"),
     ],
 )
 def test_bad_bench_config_fails_before_any_job(tmp_path, tiny_model_dir, clean_failure, change, needle):
@@ -191,12 +194,38 @@ def test_bad_bench_config_fails_before_any_job(tmp_path, tiny_model_dir, clean_f
         cfg["tasks"] = [{"task": {"source": "files", "name": "mine", "train": str(train)}}]
     elif change == "bad-prompt":
         cfg["tasks"][0]["prompts"][0]["template"] = "{text} It was {answer}"
+    elif change == "fact-task":  # pairs split per seed: seed 2's training pairs are in seed 1's test
+        cfg["tasks"] = [{"task": {"source": "facts", "name": "country_capital", "max_test": 40}}]
+    elif change == "same-file-name":
+        csv = tmp_path / "d.csv"
+        csv.write_text("sentence,label\n" + "".join(f"t {i},{'a' if i % 2 else 'b'}\n" for i in range(40)))
+        cfg["tasks"] = [
+            {"task": {"source": "files", "name": n, "train": str(csv), "test": str(csv)}}
+            for n in ("a/b", "a b")
+        ]
     else:
         cfg.update(change)
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
     clean_failure(["bench", path], needle=needle, watch=tmp_path, allow=("bench.yaml",))
     assert not out.exists()
+
+
+def test_summary_keeps_each_k_apart():
+    ref = "manual (best by dev)"
+    jobs = [
+        _job("t", name, seed, correct, k=k, family="baseline" if name == ref else "discrete")
+        for k in (4, 16)
+        for seed in (1, 2)
+        for name, correct in ((ref, [1, 0, 0, 0]), ("s", [1, 1, 0, 0] if k == 4 else [1, 1, 1, 1]))
+    ]
+    rows = {r["name"]: r for r in summarize(jobs, n_boot=200)}
+    assert set(rows) == {f"{ref} · k=4", f"{ref} · k=16", "s · k=4", "s · k=16"}
+    assert rows["s · k=4"]["n_seeds"] == 2 and rows["s · k=4"]["std"] == 0.0
+    assert rows["s · k=4"]["diff_mean"] == pytest.approx(0.25)
+    assert rows["s · k=16"]["diff_mean"] == pytest.approx(0.75)
+    one = summarize([_job("t", "s", 1, [1, 0])], n_boot=10)[0]
+    assert one["std"] is None  # one seed: no spread, shown as "–"
 
 
 def test_bench_config_defaults():
@@ -341,6 +370,21 @@ def test_killed_bench_resumes_without_duplicates(tmp_path, tiny_model_dir, monke
     assert len([n for n in done if "__optuna__" in n or "__soft__" in n]) == 2
     with pytest.raises(ConfigError, match="--resume"):
         bench(cfg, backend=be)  # a second start without --resume refuses to touch the folder
+    # resuming with a finished row's settings changed would mix two setups in one row: refused
+    import copy
+
+    other_params = copy.deepcopy(cfg)
+    other_params["searchers"] = ["optuna", {"name": "soft", "params": {"steps": 3}}]
+    other_task = copy.deepcopy(cfg)
+    other_task["tasks"][0]["task"]["max_test"] = 20
+    other_top = {**cfg, "test_top": 1}
+    for changed, needle in (
+        (other_params, "searcher 'soft' with other settings"),
+        (other_task, "task 'rotten_tomatoes' with other settings"),
+        (other_top, "another test_top"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            bench(changed, backend=be, resume=True)
     # a partial report from the records on disk: no model loaded, no job run, marked partial
     import miner.models
 
@@ -373,6 +417,10 @@ def test_killed_bench_resumes_without_duplicates(tmp_path, tiny_model_dir, monke
     bench(cfg, report_only=True)
     md = (out / "report.md").read_text()
     assert "6 of the grid's 6 manual and searcher jobs" in md and "PARTIAL" not in md
+    # a searcher dropped from the config is not this bench's row any more
+    fewer = bench({**cfg, "searchers": ["optuna"]}, report_only=True)
+    assert "soft" not in {j["name"] for j in fewer.jobs}
+    assert "4 of the grid's 4 manual and searcher jobs" in (out / "report.md").read_text()
 
 
 def test_report_only_without_a_bench_fails_cleanly(tmp_path, tiny_model_dir, clean_failure):

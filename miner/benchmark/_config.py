@@ -164,11 +164,18 @@ class BenchConfig(StrictModel):
         if isinstance(v, list):
             if not v:
                 raise ValueError("give at least one searcher (or all)")
+            seen: set[str] = set()
             for s in v:
                 try:
                     searchers.get(s.name)
                 except ConfigError as exc:
                     raise ValueError(str(exc)) from None
+                if s.name in seen:
+                    raise ValueError(
+                        f"searcher {s.name!r} is listed twice: a bench has one row per searcher "
+                        "(run a second bench, or set out:, for other parameters)"
+                    )
+                seen.add(s.name)
         return v
 
     @model_validator(mode="after")

@@ -144,7 +144,7 @@ def linear_probe(
     """Logistic regression on the frozen model's answer-position features (:func:`answer_features`).
 
     Fitted on ``train`` (the bench passes train and dev together): a scikit-learn pipeline of
-    ``StandardScaler`` and ``LogisticRegression``, its C chosen from :data:`C_GRID` by accuracy over
+    ``StandardScaler`` and ``LogisticRegression``, its C chosen from :data:`C_GRID` by log loss over
     stratified folds (``min(4, smallest class count)`` folds, shuffled with ``seed``), then refitted
     on all of ``train``; ``test`` is predicted. Raises :class:`MinerError` when some label has fewer
     than two training examples (no stratified cross-validation is possible) or only one label is

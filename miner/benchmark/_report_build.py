@@ -147,11 +147,14 @@ def build_report(
     from miner._version import code_version
     from miner.benchmark._plots import plot_accuracy, plot_curves, plot_gap
     from miner.benchmark._report import write_report
-    from miner.benchmark._util import machine, now
+    from miner.benchmark._util import machine, now, safe_name
     from miner.errors import MinerError
 
     out = bench.out
     summary = summarize(jobs)
+    jobs_all = jobs
+    if len({str(j["k"]) for j in jobs}) > 1:  # the rows of each k apart, named as the summary names them
+        jobs = [{**j, "name": f"{j['name']} · k={j['k']}"} for j in jobs]
     tasks = [t.task.name for t in bench.cfg.tasks if any(j["task"] == t.task.name for j in jobs)]
     plots: list[dict[str, Any]] = []
 
@@ -179,7 +182,7 @@ def build_report(
             plot_curves,
             jobs,
             t,
-            out / f"curves_{t}.png",
+            out / f"curves_{safe_name(t)}.png",
         )
     plot(
         "Pick versus best tested candidate",
@@ -215,7 +218,7 @@ def build_report(
         }
     )
     job_seconds = sum(j.get("seconds") or 0 for j in jobs)
-    done, expected = bench.grid_done(jobs)
+    done, expected = bench.grid_done(jobs_all)
     duration = f"{job_seconds / 60:.1f} min of job time in all"
     if wall is not None:
         duration += f" (this invocation: {wall / 60:.1f} min wall)"
@@ -235,6 +238,8 @@ def build_report(
         "Every job ran on the same splits and the same test sample of its task; every prompt's test score "
         "was computed once per bench. Searchers saw train and dev only; 'manual (oracle by test)' is chosen "
         "by test and is an upper bound, not a method.",
+        "The paired difference, its interval and wins/ties/losses count test examples right (accuracy), "
+        "whatever the task's metric; the mean ± std columns are the task's metric.",
     ]
     files = write_report(
         out,
@@ -242,7 +247,7 @@ def build_report(
         meta=meta,
         tables=tables,
         plots=plots,
-        jobs=jobs,
+        jobs=jobs_all,
         notes=notes,
     )
     import json

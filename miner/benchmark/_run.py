@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from miner.benchmark._config import BenchConfig, BenchTask, load_bench_config, parse_bench_config
-from miner.benchmark._util import machine, now, write_json
+from miner.benchmark._util import machine, now, safe_name, write_json
 from miner.errors import ConfigError, DataError, MinerError
 from miner.scoring import measure_backward_cost
 
@@ -46,11 +46,14 @@ RECORD_VERSION = 1
 # ----------------------------------------------------------------------------- small files
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 # ----------------------------------------------------------------------------- test cache
+
+
+def _fingerprint(test: Sequence[Any]) -> str:
+    """A test sample's identity: its examples' fields and labels, in order."""
+    return hashlib.sha1(
+        json.dumps([[e.fields, e.label] for e in test], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
 
 
 class TestCache:
@@ -60,9 +63,7 @@ class TestCache:
         self.path = path
         self.test = test
         self.metric = metric
-        self.fingerprint = hashlib.sha1(
-            json.dumps([[e.fields, e.label] for e in test], sort_keys=True, default=str).encode()
-        ).hexdigest()[:16]
+        self.fingerprint = _fingerprint(test)
         self.entries: dict[str, dict[str, Any]] = {}
         if path.exists():
             for line in path.read_text().splitlines():
@@ -199,6 +200,14 @@ class Bench:
         if cfg.parallel.n_jobs > 1 and cfg.storage_url.startswith("sqlite:///:memory:"):
             raise ConfigError("parallel.n_jobs > 1 needs a shared storage, not an in-memory database")
         self._check_folder()
+        safe_names: dict[str, str] = {}
+        for t in cfg.tasks:
+            other = safe_names.setdefault(safe_name(t.task.name), t.task.name)
+            if other != t.task.name:
+                raise ConfigError(
+                    f"tasks {other!r} and {t.task.name!r} would share one record file name "
+                    f"({safe_name(t.task.name)!r}): give one of them another name"
+                )
         raw: list[tuple[BenchTask, dict]] = []
         for t in cfg.tasks:
             if t.task.source == "files" and not t.task.test:
@@ -214,6 +223,13 @@ class Bench:
             if empty is not None:
                 raise ConfigError(
                     f"task {t.task.name!r} has no test split: a bench compares held-out test scores"
+                )
+            samples = {_fingerprint(d.test) for d in datasets.values()}
+            if len(samples) > 1:
+                raise ConfigError(
+                    f"task {t.task.name!r}: its test sample changes with the seed or k (e.g. a fact task "
+                    "splits its pairs per seed), so a seed's training examples would be another seed's test: "
+                    "a bench needs one fixed test split per task (give the task a test file)"
                 )
             raw.append((t, datasets))
         if self.backend is None:
@@ -290,18 +306,36 @@ class Bench:
             "pick",
             "ensemble",
             "content_free",
+            "test_top",
+            "baselines",
         )
         changed = [
             key
             for key in ident
             if json.dumps(mine.get(key), sort_keys=True) != json.dumps(theirs.get(key), sort_keys=True)
         ]
-        # adding seeds or searchers extends a bench; changing what a finished job was is refused
-        if any(key not in ("seeds", "searchers", "tasks") for key in changed):
-            raise ConfigError(
-                f"bench folder {str(self.out)!r} was run with another {changed[0]}: "
-                "--resume continues the same bench only (remove the folder, or set out:, to start again)"
+        again = "--resume continues the same bench only (remove the folder, or set out:, to start again)"
+        # adding seeds, searchers or tasks extends a bench; changing what a finished job was is refused
+        refused = [key for key in changed if key not in ("seeds", "searchers", "tasks")]
+        if refused:
+            raise ConfigError(f"bench folder {str(self.out)!r} was run with another {refused[0]}: {again}")
+
+        def by_name(items: Any, name_of) -> dict[str, str]:
+            return (
+                {name_of(x): json.dumps(x, sort_keys=True) for x in items} if isinstance(items, list) else {}
             )
+
+        for key, name_of in (
+            ("tasks", lambda x: x["task"]["name"]),
+            ("searchers", lambda x: x["name"]),
+        ):
+            old, new = by_name(theirs.get(key), name_of), by_name(mine.get(key), name_of)
+            for name in old.keys() & new.keys():
+                if old[name] != new[name]:
+                    what = "task" if key == "tasks" else "searcher"
+                    raise ConfigError(
+                        f"bench folder {str(self.out)!r} ran {what} {name!r} with other settings: {again}"
+                    )
 
     def _cost_model(self) -> None:
         b = self.cfg.budget
@@ -365,6 +399,12 @@ class Bench:
             raise ConfigError(f"no bench in {str(self.out)!r} (no bench.json): run the bench first")
         self.resume = True
         self._check_folder()  # the same bench: the same tasks, model, budget and rules
+        try:
+            started = json.loads(path.read_text()).get("command")
+        except (OSError, json.JSONDecodeError):
+            started = None
+        if started and started != self.command:
+            self.command = f"{started} (this report: {self.command})"
         cm = self.out / "cost_model.json"
         if cm.exists():
             try:
@@ -397,11 +437,6 @@ class Bench:
         names = {t.task.name for t in self.cfg.tasks}
         keep = {str(s) for s in self.cfg.seeds}
         ks = {str(k) for k in self.cfg.k}
-        out = []
-        for path in sorted((self.out / "jobs").glob("*.json")):
-            rec = json.loads(path.read_text())
-            if rec["task"] in names and str(rec["seed"]) in keep and str(rec["k"]) in ks:
-                out.append(rec)
         rows = [
             REFERENCE,
             *[s.name for s in self.cfg.searcher_specs()],
@@ -411,13 +446,23 @@ class Bench:
             "linear probe",
             "peft prompt tuning",
         ]
+        out = []
+        for path in sorted((self.out / "jobs").glob("*.json")):
+            rec = json.loads(path.read_text())
+            if (
+                rec["task"] in names
+                and str(rec["seed"]) in keep
+                and str(rec["k"]) in ks
+                and rec["name"] in rows  # a searcher dropped from the config is not this bench's row
+            ):
+                out.append(rec)
         order = {n: i for i, n in enumerate(rows)}
         tasks = {t.task.name: i for i, t in enumerate(self.cfg.tasks)}
         out.sort(key=lambda r: (tasks[r["task"]], order.get(r["name"], len(order)), str(r["k"]), r["seed"]))
         return out
 
     def _record_path(self, task: str, name: str, seed: int, k: Any) -> Path:
-        return self.out / "jobs" / f"{_safe(task)}__{_safe(name)}__{seed}__k{k}.json"
+        return self.out / "jobs" / f"{safe_name(task)}__{safe_name(name)}__{seed}__k{k}.json"
 
     def _done(self, task: str, name: str, seed: int, k: Any) -> bool:
         return self._record_path(task, name, seed, k).exists()
@@ -451,7 +496,7 @@ class Bench:
         cfg = self.cfg
         name = plan.spec.task.name
         first = next(iter(plan.datasets.values()))
-        plan.cache = TestCache(self.out / "tests" / f"{_safe(name)}.jsonl", first.test, first.metric)
+        plan.cache = TestCache(self.out / "tests" / f"{safe_name(name)}.jsonl", first.test, first.metric)
         for k in cfg.k:
             for spec in [self._manual_spec(), *cfg.searcher_specs()]:
                 row = REFERENCE if spec.name == "manual" else spec.name
@@ -786,7 +831,7 @@ class Bench:
                 "prompt": best.to_dict(),
                 "reason": f"PEFT PromptTuningConfig, {self.cfg.baselines.peft_tokens} virtual tokens, {r.steps} steps at the bench's budget",
             },
-            forward_passes=None,
+            forward_passes=r.forward_passes,
             backward_passes=r.steps,
             forward_equivalents=r.forward_equivalents,
             seconds=seconds,

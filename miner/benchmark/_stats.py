@@ -82,23 +82,26 @@ def _mean(values: list[float | None]) -> float | None:
 def summarize(
     jobs: Sequence[dict[str, Any]], *, reference: str = REFERENCE, n_boot: int = 2000, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """One summary row per (task, row name), in the order rows first appear in ``jobs``."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    """One summary row per (task, row name, k), in the order rows first appear in ``jobs``; with
+    several k in ``jobs`` a row's name says its k (``optuna · k=16``), so seeds are never mixed with k."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for j in jobs:
-        groups[(j["task"], j["name"])].append(j)
+        groups[(j["task"], j["name"], str(j["k"]))].append(j)
+    several_k = len({str(j["k"]) for j in jobs}) > 1
     refs = {(j["task"], j["seed"], j["k"]): j for j in jobs if j["name"] == reference}
     out = []
-    for (task, name), group in groups.items():
-        group = sorted(group, key=lambda j: (str(j["k"]), j["seed"]))
+    for (task, name, k), group in groups.items():
+        group = sorted(group, key=lambda j: j["seed"])
         tests = np.array([j["test"] for j in group], dtype=np.float64)
         row: dict[str, Any] = {
             "task": task,
-            "name": name,
+            "name": f"{name} · k={k}" if several_k else name,
+            "k": group[0]["k"],
             "family": group[0]["family"],
             "oracle": bool(group[0].get("oracle")),
             "n_seeds": len(group),
             "mean": float(tests.mean()),
-            "std": float(tests.std(ddof=1)) if len(group) > 1 else 0.0,
+            "std": float(tests.std(ddof=1)) if len(group) > 1 else None,  # one seed: no spread to show
             "diff_mean": None,
             "diff_lo": None,
             "diff_hi": None,

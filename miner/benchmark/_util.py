@@ -45,3 +45,8 @@ def machine() -> str:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def safe_name(name: str) -> str:
+    """A task or row name as a file name: letters, digits and ``-_.`` kept, anything else ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -71,7 +71,9 @@ def answer_states(
 
 def measure_backward_cost(backend, texts: Sequence[str], repeats: int = 3) -> dict[str, Any]:
     """Seconds of a forward pass and of a forward plus backward pass (gradient on the input
-    embeddings, as the gradient searchers take it) on the same batch; the median of ``repeats``.
+    embeddings, as the gradient searchers take it) on the same batch: ``repeats`` rounds of one of
+    each, interleaved so both see the same machine, and the fastest of each (the least disturbed by
+    other work, as ``timeit`` reports; on a shared machine a median still moves with the load).
 
     ``backward_cost`` = (forward + backward) / forward - 1: what one backward pass costs in forward
     passes, so that a gradient step is charged 1 + backward_cost forward-pass equivalents.
@@ -95,8 +97,9 @@ def measure_backward_cost(backend, texts: Sequence[str], repeats: int = 3) -> di
 
     fwd()  # warm-up
     fwd_bwd()
-    f = float(np.median([fwd() for _ in range(repeats)]))
-    fb = float(np.median([fwd_bwd() for _ in range(repeats)]))
+    rounds = [(fwd(), fwd_bwd()) for _ in range(repeats)]
+    f = min(r[0] for r in rounds)
+    fb = min(r[1] for r in rounds)
     return {
         "backward_cost": round(max(fb / f - 1.0, 0.0), 3),
         "forward_seconds": f,
