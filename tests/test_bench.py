@@ -228,6 +228,21 @@ def test_summary_keeps_each_k_apart():
     assert one["std"] is None  # one seed: no spread, shown as "–"
 
 
+def test_guard_table_shows_the_unguarded_pick_beside_the_guarded_one():
+    from miner.benchmark._report_build import guard_table
+
+    jobs = [
+        {**_job("t", "s", 1, [1, 1, 0, 0]), "guard_fired": True, "unguarded_test": 0.25},
+        {**_job("t", "s", 2, [1, 1, 1, 0]), "guard_fired": False, "unguarded_test": 0.75},
+        _job("t", "manual (best by dev)", 1, [1, 0, 0, 0], family="baseline"),
+    ]
+    table = guard_table(jobs)
+    assert table is not None
+    (row,) = table["rows"]
+    assert row[:5] == ["t", "s", 2, 1, 0]
+    assert row[5:] == ["62.5", "50.0"]  # guarded (0.5 + 0.75) / 2, unguarded (0.25 + 0.75) / 2
+
+
 def test_bench_config_defaults():
     cfg = parse_bench_config(
         {"name": "b", "tasks": [{"source": "kshot", "name": "sst-2"}], "budget": {"max_forward_passes": 5}}

@@ -116,16 +116,26 @@ def task_table(summary: list[dict[str, Any]], task: str) -> dict[str, Any]:
 
 
 def guard_table(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    counts: dict[tuple[str, str], list[int]] = {}
+    """Per task and searcher: how often the guard kept the hand-written prompt and the budget ended the
+    search, and the mean test score of the guarded pick beside the searcher's own (unguarded) pick:
+    what ``pick: unguarded`` would have given on the same jobs."""
+    counts: dict[tuple[str, str], dict[str, Any]] = {}
     for j in jobs:
         if j["family"] == "baseline":
             continue
-        c = counts.setdefault((j["task"], j["name"]), [0, 0, 0])
-        c[0] += 1
-        c[1] += bool(j.get("guard_fired"))
-        c[2] += bool(j.get("stopped_by_budget"))
+        c = counts.setdefault((j["task"], j["name"]), {"n": 0, "fired": 0, "budget": 0, "g": [], "u": []})
+        c["n"] += 1
+        c["fired"] += bool(j.get("guard_fired"))
+        c["budget"] += bool(j.get("stopped_by_budget"))
+        if j.get("unguarded_test") is not None:
+            c["g"].append(j["test"])
+            c["u"].append(j["unguarded_test"])
     if not counts:
         return None
+
+    def mean(xs: list[float]) -> str:
+        return _pts(sum(xs) / len(xs)) if xs else "–"
+
     return {
         "title": "The guard and the budget",
         "columns": [
@@ -134,8 +144,13 @@ def guard_table(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
             "jobs",
             "guard kept the hand-written prompt",
             "stopped by the budget",
+            "guarded pick: test",
+            "unguarded pick: test",
         ],
-        "rows": [[t, n, c[0], c[1], c[2]] for (t, n), c in counts.items()],
+        "rows": [
+            [t, n, c["n"], c["fired"], c["budget"], mean(c["g"]), mean(c["u"])]
+            for (t, n), c in counts.items()
+        ],
     }
 
 
