@@ -229,18 +229,34 @@ def test_summary_keeps_each_k_apart():
 
 
 def test_guard_table_shows_the_unguarded_pick_beside_the_guarded_one():
-    from miner.benchmark._report_build import guard_table
+    from miner.benchmark._report_build import guard_table, manual_only_rows
 
     jobs = [
-        {**_job("t", "s", 1, [1, 1, 0, 0]), "guard_fired": True, "unguarded_test": 0.25},
-        {**_job("t", "s", 2, [1, 1, 1, 0]), "guard_fired": False, "unguarded_test": 0.75},
+        {
+            **_job("t", "s", 1, [1, 1, 0, 0]),
+            "guard_fired": True,
+            "unguarded_test": 0.25,
+            "pick_is_manual": True,
+        },
+        {
+            **_job("t", "s", 2, [1, 1, 1, 0]),
+            "guard_fired": False,
+            "unguarded_test": 0.75,
+            "pick_is_manual": False,
+        },
         _job("t", "manual (best by dev)", 1, [1, 0, 0, 0], family="baseline"),
+        _job("t", "manual (best by dev)", 2, [1, 0, 0, 0], family="baseline"),
     ]
     table = guard_table(jobs)
     assert table is not None
     (row,) = table["rows"]
-    assert row[:5] == ["t", "s", 2, 1, 0]
-    assert row[5:] == ["62.5", "50.0"]  # guarded (0.5 + 0.75) / 2, unguarded (0.25 + 0.75) / 2
+    assert row[:6] == ["t", "s", 2, 1, 1, 0]
+    assert row[6:] == ["62.5", "50.0"]  # guarded (0.5 + 0.75) / 2, unguarded (0.25 + 0.75) / 2
+    assert manual_only_rows(jobs, summarize(jobs, n_boot=50)) == []  # seed 2 took the searcher's pick
+    # every pick hand-written yet above the reference: the ranking rule did it, and the report says so
+    old = {"pick": {"reason": "manual prompt kept (guard: ...)"}}  # a record from before pick_is_manual
+    only = [{**jobs[0]}, {**{k: v for k, v in jobs[1].items() if k != "pick_is_manual"}, **old}, *jobs[2:]]
+    assert manual_only_rows(only, summarize(only, n_boot=50)) == ["s (t)"]
 
 
 def test_bench_config_defaults():

@@ -645,6 +645,7 @@ class Bench:
             best_candidate_test=max([entry["test"], *tests]) if tests else None,
             candidates_tested=len(tests),
             guard_fired=bool(d.fired) if d else False,
+            pick_is_manual=bool(getattr(d.guarded if d else pick, "baseline", False)),
             unguarded_test=(self._test(plan, d.unguarded.prompt)[0]["test"] if d and d.unguarded else None),
             seconds=res.seconds + seconds,
             test_seconds=seconds,
