@@ -155,14 +155,6 @@ def learn_weights(
     return w / w.sum()
 
 
-def mix(member_logprobs: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
-    """The ensemble's label log-probabilities: log of the (weighted) mean of the members' probabilities."""
-    P = np.stack([np.exp(np.asarray(lp, dtype=np.float64)) for lp in member_logprobs])
-    w = np.full(len(P), 1.0 / len(P)) if weights is None else np.asarray(weights, dtype=np.float64)
-    probs = np.tensordot(w / w.sum(), P, axes=1)
-    return np.log(np.clip(probs, 1e-30, None)).astype(np.float32)
-
-
 def stratified_folds(labels: Sequence[int], k: int, seed: int) -> list[np.ndarray]:
     """``k`` folds of example indices, each label dealt round-robin after a seeded shuffle."""
     rng = np.random.default_rng(seed)

@@ -43,9 +43,6 @@ ORACLE = "manual (oracle by test)"
 RECORD_VERSION = 1
 
 
-# ----------------------------------------------------------------------------- small files
-
-
 # ----------------------------------------------------------------------------- test cache
 
 
@@ -276,14 +273,15 @@ class Bench:
     def _manifest(self) -> dict[str, Any]:
         return {"name": self.cfg.name, "config": self.cfg.model_dump(mode="json")}
 
-    def _check_folder(self) -> None:
+    def _check_folder(self) -> dict[str, Any] | None:
+        """Refuse a folder this bench cannot continue; return the stored ``bench.json`` (None: a new bench)."""
         path = self.out / "bench.json"
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"bench folder {str(self.out)!r} is not a folder")
         if not path.exists():
             if self.out.exists() and any((self.out / "jobs").glob("*.json")):
                 raise ConfigError(f"bench folder {str(self.out)!r} holds job records but no bench.json")
-            return
+            return None
         try:
             stored = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -336,6 +334,7 @@ class Bench:
                     raise ConfigError(
                         f"bench folder {str(self.out)!r} ran {what} {name!r} with other settings: {again}"
                     )
+        return stored
 
     def _cost_model(self) -> None:
         b = self.cfg.budget
@@ -394,15 +393,11 @@ class Bench:
         """Write the report from the job records already on disk, running nothing (no model is loaded):
         a look at a bench that is still running, or was stopped, in another process."""
         t0 = time.perf_counter()
-        path = self.out / "bench.json"
-        if not path.exists():
+        if not (self.out / "bench.json").exists():
             raise ConfigError(f"no bench in {str(self.out)!r} (no bench.json): run the bench first")
         self.resume = True
-        self._check_folder()  # the same bench: the same tasks, model, budget and rules
-        try:
-            started = json.loads(path.read_text()).get("command")
-        except (OSError, json.JSONDecodeError):
-            started = None
+        stored = self._check_folder() or {}  # the same bench: the same tasks, model, budget and rules
+        started = stored.get("command")
         if started and started != self.command:
             self.command = f"{started} (this report: {self.command})"
         cm = self.out / "cost_model.json"

@@ -71,6 +71,15 @@ def _members(prompt: Prompt | PromptEnsemble) -> tuple[Prompt, ...]:
     return prompt.members if isinstance(prompt, PromptEnsemble) else (prompt,)
 
 
+def _mix(member_logprobs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Label log-probabilities of a weighted ensemble: log of the weighted mean (float64) of the
+    members' probabilities."""
+    P = np.stack([np.exp(np.asarray(lp, dtype=np.float64)) for lp in member_logprobs])
+    w = np.asarray(weights, dtype=np.float64)
+    probs = np.tensordot(w / w.sum(), P, axes=1)
+    return np.log(np.clip(probs, 1e-30, None)).astype(np.float32)
+
+
 def _empty_result(n_labels: int) -> ScoreResult:
     empty = np.zeros((0, n_labels))
     return ScoreResult(empty, empty, np.zeros(0, dtype=int), None, {}, None)
@@ -273,11 +282,8 @@ class Scorer:
         if ens.weights is None:
             probs = np.mean([np.exp(r.scores) for r in parts], axis=0)
             scores = torch.log(torch.as_tensor(probs, dtype=torch.float32).clamp_min(1e-30))
-        else:  # the weighted mean of the members' distributions (the learned ensemble)
-            w = np.asarray(ens.weights, dtype=np.float64)
-            member_probs = np.stack([np.exp(np.asarray(r.scores, dtype=np.float64)) for r in parts])
-            probs = np.tensordot(w / w.sum(), member_probs, axes=1)
-            scores = torch.from_numpy(np.log(np.clip(probs, 1e-30, None)).astype(np.float32))
+        else:  # the learned ensemble
+            scores = torch.from_numpy(_mix([r.scores for r in parts], ens.weights))
         return self._result(
             scores, scores, examples, len(ens.verbalizer.labels), self.counter.snapshot() - before
         )
