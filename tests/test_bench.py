@@ -247,11 +247,14 @@ def test_guard_table_shows_the_unguarded_pick_beside_the_guarded_one():
         _job("t", "manual (best by dev)", 1, [1, 0, 0, 0], family="baseline"),
         _job("t", "manual (best by dev)", 2, [1, 0, 0, 0], family="baseline"),
     ]
-    table = guard_table(jobs)
+    table = guard_table(jobs, {"s": "dev"})
     assert table is not None
     (row,) = table["rows"]
-    assert row[:6] == ["t", "s", 2, 1, 1, 0]
-    assert row[6:] == ["62.5", "50.0"]  # guarded (0.5 + 0.75) / 2, unguarded (0.25 + 0.75) / 2
+    assert row[:7] == ["t", "s", 2, "dev", 1, 1, 0]
+    assert row[7:] == ["62.5", "50.0"]  # guarded (0.5 + 0.75) / 2, unguarded (0.25 + 0.75) / 2
+    # one k's row is named "<searcher> · k=<k>": it shows its searcher's rule
+    (row_k,) = guard_table([{**j, "name": j["name"] + " · k=4"} for j in jobs], {"s": "pooled"})["rows"]
+    assert row_k[3] == "pooled"
     assert manual_only_rows(jobs, summarize(jobs, n_boot=50)) == []  # seed 2 took the searcher's pick
     # every pick hand-written yet above the reference: the ranking rule did it, and the report says so
     old = {"pick": {"reason": "manual prompt kept (guard: ...)"}}  # a record from before pick_is_manual
@@ -461,3 +464,35 @@ def test_report_only_without_a_bench_fails_cleanly(tmp_path, tiny_model_dir, cle
     cfg.write_text(yaml.safe_dump(_bench_cfg(tiny_model_dir, tmp_path / "none")))
     clean_failure(["bench", str(cfg), "--report-only"], needle="no bench in", watch=tmp_path)
     assert not (tmp_path / "none").exists()
+
+
+def test_damaged_cost_model_fails_cleanly(tiny_bench, tmp_path, tiny_model_dir, clean_failure):
+    """A bench folder whose cost_model.json is damaged: --report-only names the file in one line and
+    changes nothing (--resume reads it through the same reader)."""
+    import shutil
+
+    import yaml
+
+    src, _ = tiny_bench
+    out = tmp_path / "b"
+    shutil.copytree(src, out)
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(yaml.safe_dump(_bench_cfg(tiny_model_dir, out)))
+    for damaged in ('{"backward_cost": ', '{"model": "x"}'):
+        (out / "cost_model.json").write_text(damaged)
+        clean_failure(
+            ["bench", str(cfg), "--report-only"], needle="cost_model.json is unreadable", watch=tmp_path
+        )
+
+
+def test_ranking_rules_resolve_auto_as_the_runner_does():
+    from miner.benchmark._report_build import ranking_rules
+
+    assert ranking_rules("auto", ["optuna", "soft", "mining", "paraphrase", "gone"]) == {
+        "optuna": "dev",  # fits its label words on train
+        "soft": "dev",
+        "mining": "pooled",
+        "paraphrase": "pooled",
+        "gone": "–",  # a record of a searcher that is not installed any more
+    }
+    assert ranking_rules("kfold", ["mining"]) == {"mining": "kfold"}

@@ -139,10 +139,28 @@ def manual_only_rows(jobs: list[dict[str, Any]], summary: list[dict[str, Any]]) 
     return out
 
 
-def guard_table(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def ranking_rules(selection_rule: str, names: list[str]) -> dict[str, str]:
+    """The ranking rule each searcher's jobs ran under (``selection.rule``, ``auto`` resolved as the
+    runner resolves it; a bench scores train, so ``auto`` is the searcher's own default)."""
+    from miner.errors import MinerError
+    from miner.runner import effective_rule
+    from miner.search import searchers
+
+    out = {}
+    for n in names:
+        try:
+            out[n] = effective_rule(selection_rule, searchers.get(n), True)
+        except MinerError:  # a record of a searcher that is no longer installed
+            out[n] = "–"
+    return out
+
+
+def guard_table(jobs: list[dict[str, Any]], rules: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Per task and searcher: how often the guard kept the hand-written prompt and the budget ended the
     search, and the mean test score of the guarded pick beside the searcher's own (unguarded) pick:
-    what ``pick: unguarded`` would have given on the same jobs."""
+    what ``pick: unguarded`` would have given on the same jobs. ``rules``: each searcher's ranking rule,
+    shown in its own column (under ``dev`` the unguarded pick is the pick of ``pick: unguarded,
+    selection: dev``)."""
     counts: dict[tuple[str, str], dict[str, Any]] = {}
     for j in jobs:
         if j["family"] == "baseline":
@@ -163,12 +181,16 @@ def guard_table(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
     def mean(xs: list[float]) -> str:
         return _pts(sum(xs) / len(xs)) if xs else "–"
 
+    def rule(name: str) -> str:  # a row of one k is named "<searcher> · k=<k>"
+        return (rules or {}).get(name.split(" · k=")[0], "–")
+
     return {
         "title": "The guard and the budget",
         "columns": [
             "task",
             "searcher",
             "jobs",
+            "ranking rule",
             "guard kept the hand-written prompt",
             "pick is a hand-written prompt",
             "stopped by the budget",
@@ -176,7 +198,7 @@ def guard_table(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
             "unguarded pick: test",
         ],
         "rows": [
-            [t, n, c["n"], c["fired"], c["manual"], c["budget"], mean(c["g"]), mean(c["u"])]
+            [t, n, c["n"], rule(n), c["fired"], c["manual"], c["budget"], mean(c["g"]), mean(c["u"])]
             for (t, n), c in counts.items()
         ],
     }
@@ -235,7 +257,10 @@ def build_report(
         out / "gap.png",
     )
     tables = [main_table(summary, tasks), *[task_table(summary, t) for t in tasks]]
-    g = guard_table(jobs)
+    rules = ranking_rules(
+        bench.cfg.selection.rule, sorted({j["name"] for j in jobs_all if j["family"] != "baseline"})
+    )
+    g = guard_table(jobs, rules)
     if g:
         tables.append(g)
     cm = bench.cost_model
@@ -284,6 +309,13 @@ def build_report(
         "The paired difference, its interval and wins/ties/losses count test examples right (accuracy), "
         "whatever the task's metric; the mean ± std columns are the task's metric.",
     ]
+    if g:
+        notes.append(
+            "The guard table's 'unguarded pick' is the searcher's own pick on the same jobs, what `pick: "
+            "unguarded` gives; for searchers ranked by dev it is also the pick of `pick: unguarded` with "
+            "`selection: dev`. Ranking rules: dev = the dev examples alone; pooled = train and dev together, "
+            "by a confidence bound; kfold = each candidate on the fold it was not fitted on (docs/selection.md)."
+        )
     same = manual_only_rows(jobs, summary)
     if same:
         notes.append(

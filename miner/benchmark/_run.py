@@ -338,17 +338,15 @@ class Bench:
 
     def _cost_model(self) -> None:
         b = self.cfg.budget
-        path = self.out / "cost_model.json"
         if b.backward_cost != "measure":
             self.backward_cost = float(b.backward_cost)
             self.cost_model = {"backward_cost": self.backward_cost, "source": "config"}
             return
-        if path.exists():
-            stored = json.loads(path.read_text())
-            if stored.get("model") == self.cfg.model.name:
-                self.cost_model = stored
-                self.backward_cost = float(stored["backward_cost"])
-                return
+        stored = self._stored_cost_model()
+        if stored is not None and stored.get("model") == self.cfg.model.name:
+            self.cost_model = stored
+            self.backward_cost = float(stored["backward_cost"])
+            return
         plan = self.plans[0]
         data = next(iter(plan.datasets.values()))
         p = plan.prompts[0]
@@ -361,6 +359,21 @@ class Bench:
         m.update(model=self.cfg.model.name, machine=machine(), date=now(), source="measured")
         self.cost_model = m
         self.backward_cost = float(m["backward_cost"])
+
+    def _stored_cost_model(self) -> dict[str, Any] | None:
+        """The bench folder's cost_model.json (None when there is none); a one-line error when it is
+        unreadable or has no backward cost, so a damaged folder is named instead of raising a traceback."""
+        path = self.out / "cost_model.json"
+        if not path.exists():
+            return None
+        try:
+            stored = json.loads(path.read_text())
+            float(stored["backward_cost"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"bench folder {str(self.out)!r}: cost_model.json is unreadable ({type(exc).__name__}: {exc})"
+            ) from None
+        return dict(stored)
 
     # ------------------------------------------------------------------ run
     def run(self) -> BenchResult:
@@ -400,15 +413,10 @@ class Bench:
         started = stored.get("command")
         if started and started != self.command:
             self.command = f"{started} (this report: {self.command})"
-        cm = self.out / "cost_model.json"
-        if cm.exists():
-            try:
-                self.cost_model = json.loads(cm.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(
-                    f"bench folder {str(self.out)!r}: cost_model.json is unreadable ({exc})"
-                ) from None
-            self.backward_cost = float(self.cost_model.get("backward_cost", 0.0))
+        stored_cm = self._stored_cost_model()
+        if stored_cm is not None:
+            self.cost_model = stored_cm
+            self.backward_cost = float(stored_cm.get("backward_cost", 0.0))
         elif self.cfg.budget.backward_cost != "measure":
             self.backward_cost = float(self.cfg.budget.backward_cost)
         jobs = self.records()
