@@ -14,13 +14,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 
-def pytest_configure(config):
-    # Slow tests use the real default model (conversion ~25-40 s); deselect with -m "not slow".
-    config.addinivalue_line(
-        "markers", "slow: needs the real default model or is otherwise slow (deselect with -m 'not slow')"
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny causal LM saved to disk, so that it loads by local path like any model."""

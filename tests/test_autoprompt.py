@@ -177,6 +177,21 @@ def test_vocabulary_filter_and_candidates(causal, data):
     assert all(round_trips(causal, c) for c in cands)
 
 
+def test_batched_vocabulary_round_trip_equals_one_token_at_a_time(causal):
+    """The vocabulary filter tokenizes all decoded tokens in one batch: the same as one call per token."""
+    from miner.search._hotflip import _token_info
+
+    texts, ok = _token_info(causal)
+    assert len(texts) == causal.vocab_size and 0 < int(ok.sum()) < len(ok)
+    ids = np.random.default_rng(0).choice(causal.vocab_size, 3000, replace=False).tolist()
+    ids += [int(i) for i in causal.tokenizer.all_special_ids]
+    for i in ids:
+        assert texts[i] == causal.decode([i])
+        assert bool(ok[i]) == (bool(texts[i]) and round_trips(causal, [i])), (i, texts[i])
+    sample = [texts[i] for i in ids] + ["", " movie", "Hello world"]
+    assert causal.tokenize_many(sample) == [causal.tokenize(t) for t in sample]
+
+
 def test_search_finds_round_tripping_triggers_and_records_them(causal, data):
     res = run_searcher(
         AutoPromptSearcher(steps=4, batch_size=4, n_candidates=6, top_k=8, eval_every=1, patience=0),
@@ -207,6 +222,7 @@ def test_initial_trigger_options(causal, data):
         AutoPromptSearcher(template="{sentence} {answer}").initial_prompt(ctx)
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 @pytest.mark.parametrize("kind", ["causal", "masked"])
 def test_cli_run_export_rescore(tmp_path, kind):
     """`miner run` with searcher autoprompt writes its candidates; the exported best re-scores identically

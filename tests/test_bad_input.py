@@ -10,6 +10,7 @@ A new bad input is one more line in a table.
 from __future__ import annotations
 
 import pytest
+from conftest import write_config
 
 from miner.cli import main
 
@@ -142,10 +143,19 @@ def test_a_bad_flag_fails_before_any_work(tmp_path, make_config, clean_failure):
         (["leaderboard", "--run", "ab"], "no run with id"),
     ],
 )
-def test_leaderboard_flags_are_range_checked(tmp_path, make_config, clean_failure, argv, needle):
-    path, cfg = make_config(seeds=[1], prompts=make_config()[1]["prompts"][:1], test_top=1)
+def test_leaderboard_flags_are_range_checked(one_run, clean_failure, argv, needle):
+    folder, storage = one_run
+    clean_failure(argv + ["--storage", storage], needle=needle, watch=folder, db=folder / "lb.db")
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory, tiny_model_dir):
+    """A leaderboard with one finished run, shared by the read-only cases (each checks it is unchanged)."""
+    folder = tmp_path_factory.mktemp("one-run")
+    _, full = write_config(folder, tiny_model_dir)
+    path, cfg = write_config(folder, tiny_model_dir, seeds=[1], test_top=1, prompts=full["prompts"][:1])
     assert main(["run", str(path)]) == 0
-    clean_failure(argv + ["--storage", cfg["storage"]], needle=needle, watch=tmp_path, db=tmp_path / "lb.db")
+    return folder, cfg["storage"]
 
 
 @pytest.mark.parametrize(

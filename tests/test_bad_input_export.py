@@ -591,6 +591,15 @@ MODEL_CASES = {
         "tokenizer_config.json",
     ),
     "tokenizer-json-empty-object": (lambda d: (d / "tokenizer.json").write_text("{}"), "tokenizer"),
+    # tokenizer.json is parsed only when the tokenizer fails to load (it is megabytes)
+    "tokenizer-json-not-json": (
+        lambda d: (d / "tokenizer.json").write_text("{not json"),
+        "tokenizer.json is not valid JSON",
+    ),
+    "tokenizer-json-a-list": (
+        lambda d: (d / "tokenizer.json").write_text("[1, 2]"),
+        "tokenizer.json should hold a JSON object",
+    ),
 }
 
 

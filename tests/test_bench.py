@@ -314,6 +314,7 @@ def tiny_bench(tmp_path_factory, tiny_model_dir):
     return out, result
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 def test_bench_writes_every_file(tiny_bench):
     out, result = tiny_bench
     for name in (
@@ -352,6 +353,7 @@ def test_bench_writes_every_file(tiny_bench):
     } == {24}
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 def test_bench_budget_is_equal_for_all(tiny_bench):
     _, result = tiny_bench
     cost = json.loads((tiny_bench[0] / "cost_model.json").read_text())
@@ -367,6 +369,7 @@ def test_bench_budget_is_equal_for_all(tiny_bench):
     assert all(j["backward_passes"] > 0 for j in auto)  # gradient work is charged, not free
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 def test_bench_test_scores_once(tiny_bench):
     out, _ = tiny_bench
     keys = [
@@ -375,6 +378,7 @@ def test_bench_test_scores_once(tiny_bench):
     assert len(keys) == len(set(keys))  # each distinct prompt scored on the test sample once per bench
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 def test_killed_bench_resumes_without_duplicates(tmp_path, tiny_model_dir, monkeypatch):
     from miner.benchmark import _run, bench
     from miner.testing.tiny import tiny_causal
@@ -466,6 +470,7 @@ def test_report_only_without_a_bench_fails_cleanly(tmp_path, tiny_model_dir, cle
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 def test_damaged_cost_model_fails_cleanly(tiny_bench, tmp_path, tiny_model_dir, clean_failure):
     """A bench folder whose cost_model.json is damaged: --report-only names the file in one line and
     changes nothing (--resume reads it through the same reader)."""

@@ -23,6 +23,7 @@ def _config(tmp_path, tiny_dir, **over):
     return write_config(tmp_path, tiny_dir, **over)
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 def test_run_leaderboard_export_predict(tmp_path, tiny_dir, capsys):
     path, cfg = _config(tmp_path, tiny_dir)
     assert main(["run", str(path)]) == 0
@@ -221,6 +222,7 @@ def test_unparsable_yaml(tmp_path, capsys):
     assert "not valid YAML at line" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 def test_soft_prompt_run_export_predict(tmp_path, tiny_dir, capsys):
     path, cfg = _config(
         tmp_path,

@@ -171,13 +171,15 @@ def test_many_candidates_equal_one_pass_per_candidate(causal):
     fast = Scorer(causal, batch_size=16, progress=False)
     planned = fast.plan(p, exs)
     got = fast.score(p, exs)
-    one_each = Scorer(causal, batch_size=1, progress=False, prefix_cache_mb=0).score(p, exs)
-    np.testing.assert_allclose(got.raw, one_each.raw, atol=1e-5)
-    np.testing.assert_allclose(got.scores, one_each.scores, atol=1e-5)
+    # every (subject, candidate) sequence run whole, in wide batches (batched equals one at a time:
+    # test_scoring.test_batched_equals_one_at_a_time); one pass per candidate is what it would plan
+    whole = Scorer(causal, batch_size=64, progress=False, prefix_cache_mb=0).score(p, exs)
+    np.testing.assert_allclose(got.raw, whole.raw, atol=1e-5)
+    np.testing.assert_allclose(got.scores, whole.scores, atol=1e-5)
     assert got.cost.forward_passes == planned
-    assert got.cost.forward_passes * 10 < one_each.cost.forward_passes
-    batched = Scorer(causal, batch_size=16, progress=False, prefix_cache_mb=0).score(p, exs)
-    assert got.cost.tokens < batched.cost.tokens / 2  # each subject's prompt ran once, not per candidate
+    one_each = Scorer(causal, batch_size=1, progress=False, prefix_cache_mb=0).plan(p, exs)
+    assert got.cost.forward_passes * 10 < one_each
+    assert got.cost.tokens < whole.cost.tokens / 2  # each subject's prompt ran once, not per candidate
 
 
 def test_many_candidates_in_small_chunks(causal):

@@ -23,7 +23,7 @@ from miner.errors import MinerError
 from miner.export import ExportedPrompt, load_exported
 from miner.prompts import Prompt, PromptEnsemble
 
-EXAMPLES = int(os.environ.get("MINER_FUZZ_EXAMPLES", "500"))
+EXAMPLES = int(os.environ.get("MINER_FUZZ_EXAMPLES", "200"))
 PEAK_BYTES = 200 * 2**20
 LABELS = ["negative", "positive"]
 

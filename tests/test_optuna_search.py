@@ -531,6 +531,7 @@ def test_the_runner_gives_searchers_the_time_its_run_started(tmp_path, tiny_dir,
     assert len(seen) == 1 and before <= seen[0] <= loads[0]
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 def test_ensemble_of_the_top_trials_is_the_jobs_pick(tmp_path, tiny_dir):
     """ensemble_top: the study's best trials, averaged, are proposed last, tested, exported and resumed as the pick."""
     from miner.export import export_best, load_exported
@@ -590,6 +591,7 @@ def test_ensemble_top_must_not_be_negative(causal, data):
         run_searcher(OptunaSearcher(ensemble_top=-1), causal, data)
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 def test_turning_on_the_ensemble_for_a_finished_job_adds_only_the_ensemble(tmp_path, tiny_dir):
     """ensemble_top is not part of the job key: --resume finds the finished study and proposes just the ensemble."""
     path, cfg = _config(tmp_path, tiny_dir, 4)

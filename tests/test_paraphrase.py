@@ -331,6 +331,7 @@ def test_leaderboard_rows_seed_the_search(tmp_path, causal, data):
     assert [e.prompt.template for e in res.evaluations][-1] == mine.template
 
 
+@pytest.mark.slow  # an end-to-end run of several seconds: outside the fast tier
 def test_edit_loop_keeps_the_best_and_is_deterministic(data):
     be = tiny_masked()
     s = ParaphraseSearcher(operator="edit", iterations=2, num_candidates=2, patience=2)

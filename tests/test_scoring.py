@@ -193,6 +193,45 @@ def test_lm_head_gets_a_contiguous_input_with_logits_to_keep(causal):
     torch.testing.assert_close(last[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
 
 
+def test_masked_head_computes_only_the_positions_asked_for(masked):
+    """A masked LM's head runs on the asked positions only (a [B, K] gather, not [B, T]), with the same
+    logits as the full pass read at those positions; a scorer on masks gives the same scores as before."""
+    shapes = []
+    head = masked.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape[:2])))
+    ids = [[5, 6, 7, masked.mask_id, 8], [9, masked.mask_id, masked.mask_id]]
+    positions = [[3], [1, 2]]
+    try:
+        batch = masked.pad(ids)
+        with torch.inference_mode():
+            at = masked.forward(batch, positions=positions)
+            full = masked.forward(batch)
+    finally:
+        handle.remove()
+    assert shapes == [(2, 2), (2, 5)]  # the head's own output: 2 x 2 positions, then the full 2 x 5
+    assert at.shape == (2, 2, masked.vocab_size)
+    torch.testing.assert_close(at[0, 0], full[0, 3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(at[1], full[1, 1:3], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="masked"):
+        tiny_causal().forward(batch, positions=positions)
+
+
+def test_masked_scores_equal_full_logits_read_at_the_masks(masked, monkeypatch):
+    """Scores on the gathered path equal those of a head that computes every position (the hook's
+    fallback, also taken for a head it cannot see into)."""
+    from miner.models import _backend
+
+    p = Prompt.create(
+        "{sentence} It was {answer}.", {"negative": ["terrible", "not good"], "positive": ["great"]}, LABELS
+    )
+    fast = Scorer(masked, progress=False).score(p, EXAMPLES)
+    monkeypatch.setattr(
+        _backend, "_HEAD_ROWS", type("Never", (), {"want": None, "__setattr__": lambda *a: None})()
+    )
+    slow = Scorer(masked, progress=False).score(p, EXAMPLES)
+    np.testing.assert_allclose(fast.raw, slow.raw, atol=1e-5)
+
+
 def test_ensemble_averages_member_probabilities(causal, masked):
     from miner.prompts import PromptEnsemble
 

@@ -37,6 +37,7 @@ _JSON_FILES = (
     "special_tokens_map.json",
     "generation_config.json",
 )
+_LAZY_JSON = "tokenizer.json"
 
 try:  # transformers 5 validates configs with huggingface_hub's strict dataclasses
     from huggingface_hub.errors import StrictDataclassError
@@ -58,20 +59,28 @@ def _first_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def _check_json_file(folder: Path, fname: str, name: str) -> None:
+    f = folder / fname
+    if not f.is_file():
+        return
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
+        raise ModelLoadError(f"model {name!r}: {fname} is not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(
+            f"model {name!r}: {fname} should hold a JSON object, not a {type(data).__name__}"
+        )
+
+
 def _check_local_folder(folder: Path, name: str) -> None:
-    """Refuse what transformers would fail on with a traceback, or load unsafely: pickled weights, broken JSON."""
+    """Refuse what transformers would fail on with a traceback, or load unsafely: pickled weights, broken JSON.
+
+    ``tokenizer.json`` (megabytes: parsing it costs more than loading a small model) is checked only when
+    the tokenizer fails to load, to say why."""
     for fname in _JSON_FILES:
-        f = folder / fname
-        if not f.is_file():
-            continue
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
-            raise ModelLoadError(f"model {name!r}: {fname} is not valid JSON ({_first_line(exc)})") from None
-        if not isinstance(data, dict):
-            raise ModelLoadError(
-                f"model {name!r}: {fname} should hold a JSON object, not a {type(data).__name__}"
-            )
+        if fname != _LAZY_JSON:
+            _check_json_file(folder, fname, name)
     files = [f.name for f in folder.iterdir() if f.is_file()]
     pickles = sorted(f for f in files if f.endswith(_PICKLE_SUFFIXES))
     if pickles and not any(f.endswith(".safetensors") for f in files):
@@ -149,7 +158,11 @@ def load_backend(
         raise ModelLoadError(f"cannot load model {name!r} from the {where}: {_first_line(exc)}") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except _TOKENIZER_ERRORS as exc:
+    except Exception as exc:
+        if is_local and Path(path).is_dir():
+            _check_json_file(Path(path), _LAZY_JSON, name)  # the Rust reader's errors are plain Exceptions
+        if not isinstance(exc, _TOKENIZER_ERRORS):
+            raise
         raise ModelLoadError(
             f"cannot load the tokenizer of model {name!r} from the {where}: "
             f"{type(exc).__name__}: {_first_line(exc)}"

@@ -600,12 +600,20 @@ class Scorer:
                 assert logits is not None  # _stem leaves every tail at least ``keep`` tokens, so the rows ran
             else:
                 assert padded is not None  # padded whenever not stemmed, above
+                if kind == "mask":  # the head computes only the masks' logits
+                    logits = be.forward(
+                        padded, inputs_embeds=inputs_embeds, positions=[r.mask_pos for r in batch]
+                    )
+                    return self._answers(batch, logits, kind, grad, at_masks=True)
                 logits = be.forward(padded, inputs_embeds=inputs_embeds, logits_to_keep=keep)
             return self._answers(batch, logits, kind, grad)
 
     @staticmethod
-    def _answers(batch: list[Request], logits: torch.Tensor, kind: str, grad: bool) -> list[Any]:
-        """Each request's answer (see :class:`Request`) from its batch's kept logits."""
+    def _answers(
+        batch: list[Request], logits: torch.Tensor, kind: str, grad: bool, at_masks: bool = False
+    ) -> list[Any]:
+        """Each request's answer (see :class:`Request`) from its batch's kept logits (``at_masks``: a
+        masked batch's logits are already those of each row's masks, in order)."""
         logits = logits.float()
         if kind == "next":
             lp = torch.log_softmax(logits[:, -1, :], dim=-1)
@@ -622,7 +630,8 @@ class Scorer:
         else:
             out = []
             for i, r in enumerate(batch):
-                rows = torch.log_softmax(logits[i, list(r.mask_pos)], dim=-1)
+                at = logits[i, : len(r.mask_pos)] if at_masks else logits[i, list(r.mask_pos)]
+                rows = torch.log_softmax(at, dim=-1)
                 out.append(rows if grad else rows.cpu().clone())
         return out
 

@@ -27,6 +27,7 @@ import torch
 
 from miner.prompts import Prompt
 from miner.scoring import TriggerScorer
+from miner.search._labelwords import decoded_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,10 @@ def _token_info(backend) -> tuple[list[str], np.ndarray]:
     tok = backend.tokenizer
     info = _TOKEN_INFO.get(tok)
     if info is None or len(info[0]) != backend.vocab_size:
-        texts = [backend.decode([i]) for i in range(backend.vocab_size)]
-        ok = np.array([bool(t) and backend.tokenize(t) == (i,) for i, t in enumerate(texts)])
+        texts = decoded_vocab(backend)
+        ok = np.array(
+            [bool(t) and ids == (i,) for i, (t, ids) in enumerate(zip(texts, backend.tokenize_many(texts)))]
+        )
         info = (texts, ok)
         _TOKEN_INFO[tok] = info
     return info

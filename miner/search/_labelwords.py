@@ -35,11 +35,12 @@ def decoded_vocab(backend) -> list[str]:
         return _DECODED[tok]
     except (KeyError, TypeError):
         pass
-    out = tok.batch_decode(
-        [[i] for i in range(backend.vocab_size)],
-        skip_special_tokens=False,
-        clean_up_tokenization_spaces=False,
-    )
+    ids = [[i] for i in range(backend.vocab_size)]
+    fast = getattr(tok, "backend_tokenizer", None)  # a fast tokenizer's Rust side decodes a batch at once
+    if fast is not None:
+        out = fast.decode_batch(ids, skip_special_tokens=False)
+    else:
+        out = tok.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     try:
         _DECODED[tok] = out
     except TypeError:  # not weak-referenceable: just don't memoise
@@ -59,16 +60,16 @@ def word_mask(backend, pattern: str, space: bool, vocabulary: frozenset[str] | N
     rx = re.compile(pattern)
     vocab = decoded_vocab(backend)
     special = set(getattr(backend.tokenizer, "all_special_ids", []) or [])
-    keep = torch.zeros(len(vocab), dtype=torch.bool)
+    need_space = space and backend.kind == "causal"
+    hits = []
     for i, s in enumerate(vocab):
-        if i in special:
+        if need_space and (not s.startswith(" ") or s.startswith("  ")):
             continue
-        if space and backend.kind == "causal":
-            if not s.startswith(" ") or s.startswith("  "):
-                continue
         word = s.strip()
-        if word and rx.match(word) and (vocabulary is None or word in vocabulary):
-            keep[i] = True
+        if word and rx.match(word) and (vocabulary is None or word in vocabulary) and i not in special:
+            hits.append(i)
+    keep = torch.zeros(len(vocab), dtype=torch.bool)
+    keep[torch.tensor(hits, dtype=torch.long)] = True  # one indexed write, not one per token
     return keep
 
 

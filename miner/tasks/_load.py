@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from miner.tasks._kshot import read_kshot
 from miner.tasks._rows import RawSplit, infer_label_names, to_examples
 from miner.tasks._sampling import fill_missing_splits, sample_k_per_class, subsample
 from miner.tasks._spec import TaskSpec
-from miner.tasks._types import TaskData
+from miner.tasks._types import Example, TaskData
 
 logger = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # k-shot tasks already warned about (one warning per task, not per job)
@@ -94,28 +95,38 @@ def load_task(
             f"task '{name}' has a single label {list(label_names)}; classification needs two or more"
         )
 
-    splits = {
-        split_name: None
-        if split is None
-        else to_examples(split, text_fields, spec.label_column, label_names, label_base)
-        for split_name, split in raw.items()
-    }
     where = raw["train"].where if raw["train"] is not None else name
     if spec.source == "kshot":
+        splits = _convert(raw, text_fields, spec.label_column, label_names, label_base)
         # The folder already is the seeded k-shot sample; nothing to draw.
         train, dev, test = splits["train"] or (), splits["dev"] or (), splits["test"]
         assert test is not None  # read_kshot always reads test.tsv
     else:
-        assert splits["train"] is not None  # only a k-shot source can lack a train split
-        train, dev, test = fill_missing_splits(
-            splits["train"],
-            splits["dev"],
-            splits["test"],
-            dev_fraction=spec.dev_fraction,
-            test_fraction=spec.test_fraction,
-            split_seed=spec.split_seed,
-            where=where,
-        )
+        if spec.source == "builtin":
+            # The corpus and its seeded dev/test carving are the same for every job of a task: done once.
+            train, dev, test = _builtin_splits(
+                spec.name,
+                where,  # the corpus file: part of the cache key
+                text_fields,
+                spec.label_column,
+                tuple(label_names),
+                label_base,
+                spec.dev_fraction,
+                spec.test_fraction,
+                spec.split_seed,
+            )
+        else:
+            splits = _convert(raw, text_fields, spec.label_column, label_names, label_base)
+            assert splits["train"] is not None  # only a k-shot source can lack a train split
+            train, dev, test = fill_missing_splits(
+                splits["train"],
+                splits["dev"],
+                splits["test"],
+                dev_fraction=spec.dev_fraction,
+                test_fraction=spec.test_fraction,
+                split_seed=spec.split_seed,
+                where=where,
+            )
         if k == 0:
             train, dev = (), ()
         elif k is not None:
@@ -145,4 +156,47 @@ def load_task(
         test=tuple(test),
         k=k,
         seed=seed,
+    )
+
+
+def _convert(
+    raw: dict[str, RawSplit | None],
+    text_fields: Sequence[str],
+    label_column: str,
+    label_names: Sequence[str],
+    label_base: int,
+) -> dict[str, tuple[Example, ...] | None]:
+    return {
+        name: None
+        if split is None
+        else to_examples(split, text_fields, label_column, label_names, label_base)
+        for name, split in raw.items()
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _builtin_splits(
+    name: str,
+    corpus: str,
+    text_fields: tuple[str, ...],
+    label_column: str,
+    label_names: tuple[str, ...],
+    label_base: int,
+    dev_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+) -> tuple[tuple[Example, ...], tuple[Example, ...], tuple[Example, ...]]:
+    """A builtin corpus as examples, carved into train/dev/test with ``split_seed`` (cached: every job of
+    a task, and every run in one process, shares it; the examples are never mutated)."""
+    pool = read_builtin(name, label_column)
+    assert pool.where == corpus
+    train = to_examples(pool, text_fields, label_column, label_names, label_base)
+    return fill_missing_splits(
+        train,
+        None,
+        None,
+        dev_fraction=dev_fraction,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        where=pool.where,
     )

@@ -116,6 +116,8 @@ def to_examples(
     _require_label_column(split, label_column)
     columns = _text_columns(split, text_fields, label_column)
     index_of = {name: i for i, name in enumerate(label_names)}
+    # Names that are all integers take no index reading (see _label_index); decided once per split.
+    by_index = not all(_as_int(name) is not None for name in index_of)
     examples = []
     for i, row in enumerate(split.rows):
         fields = {}
@@ -131,22 +133,25 @@ def to_examples(
                 # A blank text scores as the prompt alone: it is a broken row, not an example.
                 raise DataError(f"{split.where} has a blank text in column '{column}' at {split.row_ref(i)}")
             fields[field] = str(text)
-        label = _label_index(row.get(label_column), index_of, label_base, split, i)
+        label = _label_index(row.get(label_column), index_of, by_index, label_base, split, i)
         examples.append(Example(fields=fields, label=label))
     return tuple(examples)
 
 
-def _label_index(value: Any, index_of: dict[str, int], label_base: int, split: RawSplit, i: int) -> int:
+def _label_index(
+    value: Any, index_of: dict[str, int], by_index: bool, label_base: int, split: RawSplit, i: int
+) -> int:
     # A matching name wins over an integer reading, so label names that are
     # themselves numbers ("1".."5" star ratings, or names inferred from 1-based
     # integer labels) keep their meaning whether the file stores "3" or 3. Such
     # names take no index reading at all: "1" cannot be both a name and index 1.
+    if isinstance(value, str) and value in index_of:  # the common case, decided without parsing
+        return index_of[value]
     as_int = _as_int(value)
     key = value.strip() if isinstance(value, str) else (str(as_int) if as_int is not None else None)
     if key in index_of:
         return index_of[key]
     names = list(index_of)
-    by_index = not all(_as_int(name) is not None for name in names)
     if by_index and as_int is not None and 0 <= as_int - label_base < len(index_of):
         return as_int - label_base
     shown = value.strip() if isinstance(value, str) else value
