@@ -11,8 +11,9 @@
 - :func:`hotflip_topk` and :func:`sample_candidates`: first-order scores ``-(E . g)`` and
   GCG-style sampling of single swaps spread over all positions.
 
-This module imports only numpy, torch and ``miner.prompts`` / ``miner.scoring``, so the GPU
-benchmark can load it on a machine without the searcher contract's dependencies.
+This module imports only numpy, torch, ``miner.prompts`` / ``miner.scoring`` and the decoded-vocabulary
+memo of ``miner.search._labelwords`` (itself torch and the standard library), so the GPU benchmark can
+load it on a machine without the searcher contract's dependencies.
 """
 
 from __future__ import annotations

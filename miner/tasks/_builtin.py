@@ -65,7 +65,12 @@ def read_builtin(name: str, label_column: str) -> RawSplit:
     """The whole corpus as one pool (the loader creates dev/test from it)."""
     if name not in BUILTIN_TASKS:
         raise ConfigError(f"unknown builtin task '{name}'; builtin tasks: {list(BUILTIN_TASKS)}")
-    path = str(_corpus_path())
-    pairs = _rotten_tomatoes(path)
-    rows = tuple({TEXT_COLUMN: review, label_column: label} for review, label in pairs)
+    return _pool(str(_corpus_path()), label_column)
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(path: str, label_column: str) -> RawSplit:
+    """The corpus as rows (built once per file and column: every job of a task reads it; rows are never
+    mutated)."""
+    rows = tuple({TEXT_COLUMN: review, label_column: label} for review, label in _rotten_tomatoes(path))
     return RawSplit(path, (TEXT_COLUMN, label_column), rows)
