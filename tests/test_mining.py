@@ -37,7 +37,7 @@ from miner.testing.tiny import tiny_causal, tiny_masked
 class TestMiningConformance(SearcherConformance):
     @pytest.fixture
     def searcher(self):
-        return MiningSearcher(max_prompts=4, auto_words=2, min_support=1)
+        return MiningSearcher(corpora=["task"], max_prompts=4, auto_words=2, min_support=1)
 
 
 # ------------------------------------------------------------------------------------- fixtures
@@ -175,9 +175,76 @@ def test_classification_contexts_and_their_support():
     plain, _ = mine_contexts(words, [labelled], fields=["sentence"], cue_lengths=[3], agreement=False)
     assert [(p.template, p.support) for p in plain] == [("{sentence} The film is {answer}", 3.0)]
     two, _ = mine_contexts(
-        words, [_corpus(["so the film is great"])], fields=["premise", "hypothesis"], cue_lengths=[2]
+        words,
+        [_corpus(["so the film is great"])],
+        fields=["premise", "hypothesis"],
+        cue_lengths=[2],
+        balanced=False,
     )
     assert two[0].template == "{premise} {hypothesis} Film is {answer}"
+
+
+def test_a_capitalised_label_word_inside_a_sentence_is_a_name():
+    words = {"great": 1, "bad": 0}
+    lines = [
+        "Alexander the Great ruled.",
+        "Great food, he said.",
+        "He said: Great food.",
+        "the plan was great",
+    ]
+    patterns, stats = mine_contexts(
+        words, [_corpus(lines)], fields=["sentence"], cue_lengths=[2], balanced=False
+    )
+    # "the Great" (a name) gives nothing; a sentence-initial "Great" and one after punctuation are the word
+    assert {p.template for p in patterns} == {"{sentence} Said: {answer}", "{sentence} Plan was {answer}"}
+    assert stats.matched == 2  # a sentence-initial word has no cue before it
+    loose, _ = mine_contexts(
+        words, [_corpus(lines)], fields=["sentence"], cue_lengths=[2], match_case=False, balanced=False
+    )
+    assert "{sentence} Alexander the {answer}" in {p.template for p in loose}
+
+
+def test_balanced_support_clips_each_label_at_the_runner_up():
+    words = {"good": 1, "great": 1, "bad": 0, "against": 0}
+    lines = ["it was a good day"] * 5 + ["it was a bad day"] * 2 + ["abortions are against the law"] * 6
+    got = {
+        p.template: p.support
+        for p in mine_contexts(words, [_corpus(lines)], fields=["sentence"], cue_lengths=[2], min_support=1)[
+            0
+        ]
+    }
+    assert got == {"{sentence} Was a {answer}": 4.0}  # min(5, 2) + min(2, 2); "Abortions are": 0
+    plain = mine_contexts(words, [_corpus(lines)], fields=["sentence"], cue_lengths=[2], balanced=False)[0]
+    assert {p.template: p.support for p in plain} == {
+        "{sentence} Abortions are {answer}": 6.0,
+        "{sentence} Was a {answer}": 7.0,
+    }
+
+
+def test_default_corpora_are_the_general_ones_where_installed(causal, monkeypatch, caplog):
+    import miner.search.mining as mining_mod
+    from miner.corpora import CorpusError as CE
+
+    ctx = _context(causal, fact_task())
+    s = MiningSearcher()
+    names = {mode: [c.name for c in s._corpora(ctx, mode)] for mode in ("relations", "classification")}
+    try:
+        resolve("wikipedia"), resolve("lee")
+    except CorpusError:
+        pytest.skip("the gensim wheel's corpora are not installed here")
+    assert names == {"relations": ["wikipedia", "lee"], "classification": ["task", "wikipedia", "lee"]}
+
+    def no_gensim(spec, task=None):
+        if spec == "task":
+            return resolve(spec, task)
+        raise CE(f"corpus {spec!r} needs the gensim wheel's test data: pip install --no-deps gensim")
+
+    monkeypatch.setattr(mining_mod, "resolve", no_gensim)
+    with caplog.at_level("INFO", logger="miner"):
+        assert [c.name for c in s._corpora(ctx, "classification")] == ["task"]
+    assert "default corpus left out: corpus 'wikipedia' needs the gensim" in caplog.text
+    with pytest.raises(CorpusError, match="pip install --no-deps gensim"):
+        s._corpora(ctx, "relations")
 
 
 # ------------------------------------------------------------------------------ the searcher
@@ -252,7 +319,7 @@ def test_classification_with_no_hand_written_words(causal):
     from miner.tasks import TaskSpec, load_task
 
     data = load_task(TaskSpec(source="builtin", name="rotten_tomatoes", max_test=8), 4, 13)
-    s = MiningSearcher(max_prompts=2, auto_words=3, min_support=1)
+    s = MiningSearcher(corpora=["task"], max_prompts=2, auto_words=3, min_support=1)
     res = run_searcher(s, causal, data, budget=BudgetSpec(max_evaluations=2))
     assert res.evaluations, "the probe template with its mined words is always proposed"
     first = res.evaluations[0].prompt

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 METRICS = ("accuracy", "macro_f1", "p_at_1", "mrr")
 
@@ -31,6 +30,10 @@ def compute_metrics(
     n_labels: int,
     scores: np.ndarray | None = None,
 ) -> dict[str, float]:
+    # Imported at first use: sklearn.metrics brings scipy.stats and pandas, 2.4 s on 2 cores, which
+    # every `miner` command and test worker would otherwise pay at start-up, scoring or not.
+    from sklearn.metrics import accuracy_score, f1_score
+
     gold_a, pred_a = np.asarray(gold), np.asarray(pred)
     if len(gold_a) == 0:
         return {}

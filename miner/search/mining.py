@@ -15,11 +15,16 @@ causal LMs; masked LMs take them.
 verbalizers) plus, per label, the ``auto_words`` words whose answer-slot probability on a probe template
 best separates that label's training examples from the others' (``candidate_pool``, the ``optuna``
 searcher's automatic words, from one ``Scorer.distributions`` pass over train). Then each occurrence of
-a label word in the task's training texts (and any other corpus) gives its ``cue_lengths`` preceding
-words as a cue: "... the film is great." becomes ``{sentence} The film is {answer}``. A cue's support is
+a label word in the task's training texts and the corpora (by default the gensim wheel's Wikipedia extract
+and Lee news corpus where installed: 16-shot texts alone almost never repeat a cue) gives its
+``cue_lengths`` preceding words as a cue; a capitalised label word inside a sentence is a name and does
+not count (``match_case``): "... the film is great." becomes ``{sentence} The film is {answer}``. A cue's support is
 the number of distinct sentences it precedes a label word in; with ``agreement`` a training sentence
-counts +1 when the word's label is the sentence's label and -1 otherwise. Each mined template gets its
-own verbalizer fitted on train from the same pool (``search_verbalizers``: tensor operations on the
+counts +1 when the word's label is the sentence's label and -1 otherwise, and with ``balanced`` a corpus
+sentence counts only as often as the cue is also seen before a second label's words (a cue before one
+label's words only is about a topic: "Abortions are" before "against"). Each mined template gets its
+own verbalizer fitted on train from the config's words (from the pool with ``mined_auto_words``
+automatic ones where a label has none) (``search_verbalizers``: tensor operations on the
 template's cached distributions, which the runner's train scoring then reuses at no cost).
 
 Everything is proposed through ``evaluate`` (the runner scores train and dev and owns the budget), one
@@ -52,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 _SLOT1, _SLOT2 = "\x00A", "\x00B"  # placeholders for the slots while tokens are re-joined
 _SENTENCE_PUNCT = frozenset(".!?")
+DEFAULT_GENERAL_CORPORA = ("wikipedia", "lee")  # mined by default, for both task kinds, where installed
 
 
 # ------------------------------------------------------------------------------------------ patterns
@@ -268,17 +274,26 @@ def mine_contexts(
     cue_lengths: Sequence[int] = (2, 3, 4),
     agreement: bool = True,
     min_support: float = 1,
+    match_case: bool = True,
+    balanced: bool = True,
     progress: bool = False,
     max_sentences: int | None = None,
 ) -> tuple[list[Pattern], MiningStats]:
     """Cue templates from the words before each label word (``words``: lower-cased word -> label).
 
     A cue's support is the number of distinct sentences it precedes a label word in; with ``agreement``,
-    a labelled sentence (the task's own) counts +1 if the word's label is its label and -1 if not.
+    a labelled sentence (the task's own) counts +1 if the word's label is its label and -1 if not. With
+    ``match_case`` a label word counts only where it is written in lower case or starts its sentence: a
+    capitalised word inside a sentence is a name ("Alexander the Great", "the World Cup"), not the word.
+    With ``balanced``, an unlabelled sentence counts toward its cue only as often as the cue is seen before
+    the words of a second label: each label's count is clipped at the runner-up label's, so a cue seen
+    only before one label's words ("Abortions are" before "against") is about a topic, not a frame for
+    the answer, and scores 0, while "was a" before "good" (10) and "bad" (4) scores 8.
     """
     tally = _Tally()
     score: Counter[tuple] = Counter()
     labels: dict[tuple, Counter[int]] = {}
+    unlabelled: dict[tuple, Counter[int]] = {}  # key -> label -> sentences of unlabelled corpora
     stats = MiningStats()
     lengths = sorted(set(cue_lengths))
     for corpus in corpora:
@@ -289,7 +304,7 @@ def mine_contexts(
             seen: dict[tuple, int] = {}  # key -> the label of its first word in this sentence
             for i, t in enumerate(low):
                 c = words.get(t)
-                if c is None:
+                if c is None or (match_case and toks[i] != t and i > 0 and toks[i - 1][0].isalnum()):
                     continue
                 for n in lengths:
                     if i - n < 0:
@@ -305,8 +320,14 @@ def mine_contexts(
                     tally.add(key, (corpus.name, stats.sentences), corpus.name, (tuple(cue),))
                     labels.setdefault(key, Counter())[c] += 1
             for key, c in seen.items():
-                score[key] += 1 if (gold is None or not agreement) else (1 if c == gold else -1)
+                if gold is None and balanced:
+                    unlabelled.setdefault(key, Counter())[c] += 1
+                else:
+                    score[key] += 1 if (gold is None or not agreement) else (1 if c == gold else -1)
             stats.matched += bool(seen)
+    for key, by_label in unlabelled.items():
+        counts = sorted(by_label.values(), reverse=True) + [0]
+        score[key] += sum(min(n, counts[1]) for n in counts[:-1])  # clipped at the runner-up label's count
     stats.patterns = len(tally.support)
     text = " ".join("{" + f + "}" for f in fields)
     out = []
@@ -353,8 +374,8 @@ class MiningSearcher(Searcher):
         list[str | dict[str, Any]] | None,
         Field(
             description="corpora to mine: 'task' (training texts), 'lee', 'wikipedia', 'text8', 'wordnet', a file "
-            "or folder path, or {hf: PATH, split, column, data_files}; default: wikipedia + lee for fact tasks, "
-            "task for classification"
+            "or folder path, or {hf: PATH, split, column, data_files}; default: wikipedia + lee (where the gensim "
+            "wheel is installed), and task for classification"
         ),
     ] = None
     mode: Annotated[
@@ -395,6 +416,20 @@ class MiningSearcher(Searcher):
             description="classification: a training sentence counts -1 where the word's label is not its label"
         ),
     ] = True
+    balanced: Annotated[
+        bool,
+        Field(
+            description="classification: in unlabelled corpora a cue counts only as often as it precedes a "
+            "second label's words (each label's count clipped at the runner-up's)"
+        ),
+    ] = True
+    match_case: Annotated[
+        bool,
+        Field(
+            description="classification: a label word counts only in lower case or at a sentence's start "
+            "('Great' in 'Alexander the Great' is a name)"
+        ),
+    ] = True
     label_words: Annotated[
         dict[str, list[str]], Field(description="classification: label -> words, always label words")
     ] = field(default_factory=dict)
@@ -415,6 +450,15 @@ class MiningSearcher(Searcher):
         bool,
         Field(description="classification: fit each mined template's verbalizer on train (else the probe's)"),
     ] = True
+    mined_auto_words: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            description="classification: automatic words per label in a mined template's fitted verbalizer "
+            "(default: 0 where every label has a word of the config's, else auto_words; a few-shot train set "
+            "overfits a large pool)",
+        ),
+    ] = None
     likely_top: Annotated[
         int,
         Field(ge=1, description="classification: automatic words come from the label's this many likeliest"),
@@ -441,18 +485,28 @@ class MiningSearcher(Searcher):
         return "relations" if tuple(ctx.text_fields) == ("subject",) else "classification"
 
     def _corpora(self, ctx: SearchContext, mode: str) -> list[Corpus]:
-        specs = (
-            self.corpora
-            if self.corpora is not None
-            else (["wikipedia", "lee"] if mode == "relations" else ["task"])
-        )
-        if not specs:
-            raise ConfigError("mining.corpora is empty: name at least one corpus")
-        out = []
-        for spec in specs:
-            corpus = resolve(spec, ctx.task)
-            corpus.check()
-            out.append(corpus)
+        if self.corpora is not None:
+            if not self.corpora:
+                raise ConfigError("mining.corpora is empty: name at least one corpus")
+            out = []
+            for spec in self.corpora:
+                corpus = resolve(spec, ctx.task)
+                corpus.check()
+                out.append(corpus)
+            return out
+        # The defaults: the built-in general corpora where their wheel is installed (a 16-shot task's own 32
+        # texts almost never hold a label word after the same cue twice), and the task's own texts.
+        out = [] if mode == "relations" else [resolve("task", ctx.task)]
+        missing: list[CorpusError] = []
+        for spec in DEFAULT_GENERAL_CORPORA:
+            try:
+                out.append(resolve(spec, ctx.task))
+            except CorpusError as exc:
+                missing.append(exc)
+        if not out:  # a fact task with no corpus at all
+            raise missing[0]
+        for error in missing:
+            ctx.logger.info("mining: default corpus left out: %s", error)
         return out
 
     def _pairs(self, ctx: SearchContext) -> list[tuple[str, str]]:
@@ -805,6 +859,8 @@ def _search_classification(s: MiningSearcher, ctx: SearchContext, evaluate: Eval
         cue_lengths=s.cue_lengths,
         agreement=s.agreement,
         min_support=s.min_support,
+        match_case=s.match_case,
+        balanced=s.balanced,
         progress=ctx.progress,
         max_sentences=s.max_sentences,
     )
@@ -838,11 +894,16 @@ def _search_classification(s: MiningSearcher, ctx: SearchContext, evaluate: Eval
     if not evs:
         return
     fixed = probe_prompt.verbalizer.to_dict()
+    mined_auto = s.mined_auto_words
+    if (
+        mined_auto is None
+    ):  # 32 training examples overfit a large pool: the user's words where every label has some
+        mined_auto = 0 if all(fitter.user) else s.auto_words
 
     def prepare(prompt: Prompt) -> tuple[Prompt, dict[str, Any]]:
         if not s.fit_words:
             return Prompt.create(prompt.template, fixed, labels), {}
-        got = fitter.fit(prompt.template, s.auto_words)
+        got = fitter.fit(prompt.template, mined_auto)
         if got is None:  # pragma: no cover - the probe's pool had words for every label
             return Prompt.create(prompt.template, fixed, labels), {}
         return got
