@@ -23,9 +23,9 @@ the number of distinct sentences it precedes a label word in; with ``agreement``
 counts +1 when the word's label is the sentence's label and -1 otherwise, and with ``balanced`` a corpus
 sentence counts only as often as the cue is also seen before a second label's words (a cue before one
 label's words only is about a topic: "Abortions are" before "against"). Each mined template gets its
-own verbalizer fitted on train from the config's words (from the pool with ``mined_auto_words``
-automatic ones where a label has none) (``search_verbalizers``: tensor operations on the
-template's cached distributions, which the runner's train scoring then reuses at no cost).
+own verbalizer fitted on train from the config's words, or from the pool with ``mined_auto_words``
+automatic ones where a label has none (``search_verbalizers``: tensor operations on the template's
+cached distributions, which the runner's train scoring then reuses at no cost).
 
 Everything is proposed through ``evaluate`` (the runner scores train and dev and owns the budget), one
 prompt per call so that each row's ``extra.mining`` records its pattern's kind, support, sources and a
@@ -894,10 +894,9 @@ def _search_classification(s: MiningSearcher, ctx: SearchContext, evaluate: Eval
     if not evs:
         return
     fixed = probe_prompt.verbalizer.to_dict()
+    # 32 training examples overfit a large pool: by default the config's words where every label has some
     mined_auto = s.mined_auto_words
-    if (
-        mined_auto is None
-    ):  # 32 training examples overfit a large pool: the user's words where every label has some
+    if mined_auto is None:
         mined_auto = 0 if all(fitter.user) else s.auto_words
 
     def prepare(prompt: Prompt) -> tuple[Prompt, dict[str, Any]]:
