@@ -61,6 +61,7 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
         for i in range(args.repeats):
             before = min(reference(args.python) for _ in range(3))
+            load_before = [round(x, 2) for x in os.getloadavg()]
             t = time.perf_counter()
             res = subprocess.run([args.python, *TIER], cwd=tree, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - t
@@ -75,7 +76,7 @@ def main() -> None:
                     "summary": tail,
                     "reference_s_before": round(before, 3),
                     "reference_s_after": round(after, 3),
-                    "load_before": [round(x, 2) for x in os.getloadavg()],
+                    "load_before": load_before,
                 }
             )
             print(f"run {i + 1}: {wall:.1f} s, {tail}; reference {before:.2f} s before, {after:.2f} s after")
