@@ -565,13 +565,23 @@ class Scorer:
         be = self.backend
         kind = batch[0].kind
         keep = 0
+        has_soft = any(r.soft for r in batch)
+        answers = batch  # what the answers are read for; ``batch`` becomes what runs
         if kind == "next":
             keep = 1
         elif kind == "cont":
-            keep = max(r.n for r in batch) + 1
-        has_soft = any(r.soft for r in batch)
+            keep = max(r.n for r in batch)
+            if not has_soft:
+                # The last token's logits score nothing (the n scored tokens are read at the n positions
+                # before each), so it is not run: one token fewer per request (a third of a fact task's
+                # candidate tails). With soft slots the rows run whole (their positions index the ids).
+                batch = [dataclasses.replace(r, ids=r.ids[:-1]) for r in batch]
+            else:
+                keep += 1
+        trimmed = kind == "cont" and not has_soft
         if held is not None and batch[0].prefix:  # tails on top of their prefixes (_prefix.py)
-            return self._answers(batch, run_tails(be, self.counter, batch, held, keep), kind, grad)
+            tails = run_tails(be, self.counter, batch, held, keep)
+            return self._answers(answers, tails, kind, grad, trimmed=trimmed)
         stemmed = (
             self.stems is not None
             and not grad
@@ -606,25 +616,31 @@ class Scorer:
                     )
                     return self._answers(batch, logits, kind, grad, at_masks=True)
                 logits = be.forward(padded, inputs_embeds=inputs_embeds, logits_to_keep=keep)
-            return self._answers(batch, logits, kind, grad)
+            return self._answers(answers, logits, kind, grad, trimmed=trimmed)
 
     @staticmethod
     def _answers(
-        batch: list[Request], logits: torch.Tensor, kind: str, grad: bool, at_masks: bool = False
+        batch: list[Request],
+        logits: torch.Tensor,
+        kind: str,
+        grad: bool,
+        at_masks: bool = False,
+        trimmed: bool = False,
     ) -> list[Any]:
         """Each request's answer (see :class:`Request`) from its batch's kept logits (``at_masks``: a
-        masked batch's logits are already those of each row's masks, in order)."""
+        masked batch's logits are already those of each row's masks, in order; ``trimmed``: a ``cont``
+        batch ran without each row's last token, so its kept logits end at the last scored position)."""
         logits = logits.float()
         if kind == "next":
             lp = torch.log_softmax(logits[:, -1, :], dim=-1)
             out = [lp[i] if grad else lp[i].cpu().clone() for i in range(len(batch))]
         elif kind == "cont":
             lp = torch.log_softmax(logits, dim=-1)
-            k = lp.shape[1]
+            end = lp.shape[1] - (0 if trimmed else 1)
             out = []
             for i, r in enumerate(batch):
                 targets = torch.as_tensor(r.ids[-r.n :], device=lp.device)
-                rows = lp[i, k - r.n - 1 : k - 1]
+                rows = lp[i, end - r.n : end]
                 val = rows.gather(-1, targets[:, None]).sum()
                 out.append(val if grad else val.cpu())
         else:
