@@ -189,8 +189,8 @@ def render(record: dict) -> str:
             f"Command: `{record['command']}`  ",
             f"Commit: {record['commit']}; date {record['date']}; machine: {m['cpu']}, {m['cores']} cores, torch "
             f"{m['torch']} with {cfg['threads']} thread(s), transformers {m['transformers']}.  ",
-            "The machine was shared with other engineers' work: 1-minute load averages before each timed call "
-            "are in the JSON (`load`); compare the ratios, measured in one process, interleaved.",
+            "1-minute load averages before each timed call are in the JSON (`load`); compare the ratios, "
+            "measured in one process, interleaved.",
             "",
             f"Relation {cfg['relation']} (countryinfo), {f['candidates']} candidate objects "
             f"({f['single_token_candidates']} single-token, {f['multi_token_candidates']} multi-token, up to "
