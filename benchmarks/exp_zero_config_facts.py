@@ -5,7 +5,7 @@ SmolLM2 token (``single_token: true``), so that every one of them runs in about 
 cores. Each is run with a config that names only the task, the model and the searchers (no ``prompts:``,
 no corpus, no word list): the runner gives every job the task's default prompts as its hand-written ones
 (docs/defaults.md), the ``manual`` job picks among them, ``mining`` mines patterns from its default corpora
-(the gensim wheel's Wikipedia extract and Lee corpus, WordNet glosses where installed) and ``paraphrase``
+(the gensim wheel's Wikipedia extract and Lee corpus) and ``paraphrase``
 edits the best rows by words (its ``edit`` operator). Every job has the same budget (60 forward passes) and
 sees 8 training + 8 dev pairs; the rest of the relation's pairs are its test. Per relation and seed the
 script reports each job's guarded pick's test P@1 (the runner's pick, made on train + dev) and the paired
@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from _record import command_line, write_result
-from exp_lpaqa_capital import job_label, summarize_job
+from exp_lpaqa_capital import summarize_job
 
+from miner.config import parse_config
 from miner.errors import MinerError
 from miner.leaderboard import Leaderboard, LeaderboardRow
 from miner.models import load_backend
-from miner.runner import run
+from miner.runner import job_key, run
 from miner.tasks import fact_relations
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "facts"
@@ -76,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         storage = f"sqlite:///{tmp}/lb.db"
         for rel in args.relations:
             t = time.perf_counter()
+            config = payload(rel, args.seeds, args.k, args.budget, storage)
             try:
-                run(payload(rel, args.seeds, args.k, args.budget, storage), backend=backend, progress=False)
+                run(config, backend=backend, progress=False)
             except MinerError as exc:
                 skipped[rel] = str(exc)
                 print(f"{rel}: skipped: {exc}")
@@ -85,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - t
             with Leaderboard(storage, create=False) as lb:
                 rows = lb.rows(task=rel, order="dev")
-            by_job: dict[tuple[int, str], list[LeaderboardRow]] = {}
+            # a job is told by its key (a job that proposed nothing has only the baseline rows)
+            cfg = parse_config(config)
+            label = {job_key(cfg, i, s, args.k): (job, s) for i, job in enumerate(JOBS) for s in args.seeds}
+            by_job: dict[str, list[LeaderboardRow]] = {}
             for r in rows:
-                by_job.setdefault((r.seed, str((r.extra or {}).get("job_key"))), []).append(r)
+                by_job.setdefault(str((r.extra or {}).get("job_key")), []).append(r)
             seeds: dict[str, dict[str, Any]] = {}
-            for (seed, _), job_rows in by_job.items():
-                seeds.setdefault(str(seed), {})[job_label(job_rows)] = summarize_job(job_rows)
+            for key, job_rows in by_job.items():
+                job, seed = label[key]
+                seeds.setdefault(str(seed), {})[job] = summarize_job(job_rows)
             per_relation[rel] = {"seconds": round(seconds, 1), "seeds": seeds}
             print(f"{rel}: {seconds:.0f} s")
 
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             row[job] = statistics.mean(p1)
             row[job + ":delta"] = statistics.mean(a - b for a, b in zip(p1, manual, strict=True))
             row[job + ":templates"] = [g["template"] for g in got]
+            row[job + ":candidates"] = [d["seeds"][s][job]["candidates"] for s in sorted(d["seeds"])]
         row["manual:templates"] = [d["seeds"][s]["manual"]["pick"]["template"] for s in sorted(d["seeds"])]
         table.append(row)
 
@@ -132,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         "Test P@1 of each job's guarded pick (made on train + dev), mean over seeds, in points; Δ: mean paired",
         "difference to the manual job's pick (the best default prompt) on the same test pairs.",
         "",
-        "| relation | manual (best default) | mining | Δ | paraphrase (edit) | Δ | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| relation | manual (best default) | mining | Δ | paraphrase (edit) | Δ | proposals per seed: mining; edit "
+        "| seconds |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
 
     def pts(x: float | None, signed: bool = False) -> str:
@@ -142,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in table:
         lines.append(
             f"| {r['relation']} | {pts(r['manual'])} | {pts(r.get('mining'))} | {pts(r.get('mining:delta'), True)} "
-            f"| {pts(r.get('paraphrase:edit'))} | {pts(r.get('paraphrase:edit:delta'), True)} | {r['seconds']:.0f} |"
+            f"| {pts(r.get('paraphrase:edit'))} | {pts(r.get('paraphrase:edit:delta'), True)} "
+            f"| {'/'.join(map(str, r.get('mining:candidates', [])))}; "
+            f"{'/'.join(map(str, r.get('paraphrase:edit:candidates', [])))} | {r['seconds']:.0f} |"
         )
     if table:
         for job, label in (("mining", "mining"), ("paraphrase:edit", "paraphrase")):
