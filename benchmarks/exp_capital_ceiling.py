@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _record import command_line, write_result
+from _record import command_line, write_report, write_result
 
 from miner.leaderboard import Leaderboard
 from miner.models import load_backend
@@ -167,14 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * d['oracle_best']:.0f} | {100 * d['union']:.0f} |"
         )
     lines.append(f"| mean | | {mean['manual']:.1f} | {mean['oracle_best']:.1f} | {mean['union']:.1f} |")
-    lines += [
-        "",
-        f"Machine: {record['machine']['cpu']} ({record['machine']['cores']} cores); written {record['date']} at "
-        f"commit {record['commit']}.",
-        "",
-    ]
-    args.out.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    write_report(args.out.with_suffix(".md"), lines, record)
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _record import command_line, write_result
+from _record import command_line, write_report, write_result
 
 from miner.leaderboard import Leaderboard, LeaderboardRow
 
@@ -181,14 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         config={"storage": "the run's leaderboard (local)", "config": "configs/lpaqa_capital_1tok.yaml"},
         figures={"table": table, "per_seed": {str(s): v for s, v in per_seed.items()}},
     )
-    lines += [
-        "",
-        f"Machine: {record['machine']['cpu']} ({record['machine']['cores']} cores); written {record['date']} at "
-        f"commit {record['commit']}.",
-        "",
-    ]
-    args.out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out.with_suffix(".md"), lines, record)
     return 0
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _record import command_line, write_result
+from _record import command_line, write_report, write_result
 from exp_lpaqa_capital import summarize_job
 
 from miner.config import parse_config
@@ -177,14 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         lines += ["", "Skipped (their config's one-line error):", ""]
         lines += [f"- {rel}: {msg}" for rel, msg in skipped.items()]
-    lines += [
-        "",
-        f"Machine: {record['machine']['cpu']} ({record['machine']['cores']} cores); written {record['date']} at "
-        f"commit {record['commit']}.",
-        "",
-    ]
-    args.out.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    write_report(args.out.with_suffix(".md"), lines, record)
     return 0
 
 
