@@ -566,19 +566,17 @@ class Scorer:
         kind = batch[0].kind
         keep = 0
         has_soft = any(r.soft for r in batch)
+        # A continuation's last token scores nothing (its n scored tokens are read at the n positions
+        # before each), so it is not run: one token fewer per request (a third of a fact task's
+        # candidate tails). With soft slots the rows run whole (their positions index the ids).
+        trimmed = kind == "cont" and not has_soft
         answers = batch  # what the answers are read for; ``batch`` becomes what runs
         if kind == "next":
             keep = 1
         elif kind == "cont":
-            keep = max(r.n for r in batch)
-            if not has_soft:
-                # The last token's logits score nothing (the n scored tokens are read at the n positions
-                # before each), so it is not run: one token fewer per request (a third of a fact task's
-                # candidate tails). With soft slots the rows run whole (their positions index the ids).
-                batch = [dataclasses.replace(r, ids=r.ids[:-1]) for r in batch]
-            else:
-                keep += 1
-        trimmed = kind == "cont" and not has_soft
+            keep = max(r.n for r in batch) + (0 if trimmed else 1)
+        if trimmed:
+            batch = [dataclasses.replace(r, ids=r.ids[:-1]) for r in batch]
         if held is not None and batch[0].prefix:  # tails on top of their prefixes (_prefix.py)
             tails = run_tails(be, self.counter, batch, held, keep)
             return self._answers(answers, tails, kind, grad, trimmed=trimmed)
