@@ -87,18 +87,13 @@ def write_result(
     return record
 
 
-def report_footer(record: dict[str, Any]) -> list[str]:
-    """The closing lines of a script's Markdown report: the machine, date and commit of its record."""
-    m = record["machine"]
-    return [
-        "",
-        f"Machine: {m['cpu']} ({m['cores']} cores); written {record['date']} at commit {record['commit']}.",
-        "",
-    ]
-
-
 def write_report(path: str | Path, lines: list[str], record: dict[str, Any]) -> None:
-    """Write a script's Markdown report (its lines, then :func:`report_footer`) and print it."""
-    text = "\n".join([*lines, *report_footer(record)])
+    """Write a script's Markdown report, its lines then the machine, date and commit of its record, and
+    print it."""
+    m = record["machine"]
+    footer = (
+        f"Machine: {m['cpu']} ({m['cores']} cores); written {record['date']} at commit {record['commit']}."
+    )
+    text = "\n".join([*lines, "", footer, ""])
     Path(path).write_text(text, encoding="utf-8")
     print(text)

@@ -38,7 +38,12 @@ from miner.runner import job_key, run
 from miner.tasks import fact_relations
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "facts"
-JOBS = ("manual", "mining", "paraphrase:edit")
+SEARCHERS = (  # (the job's label in the report, its searcher entry in the config), in config order
+    ("manual", {"name": "manual"}),
+    ("mining", {"name": "mining", "params": {"min_support": 1, "max_prompts": 4}}),
+    ("paraphrase:edit", {"name": "paraphrase", "params": {"operator": "edit"}}),
+)
+JOBS = tuple(label for label, _ in SEARCHERS)
 
 
 def payload(relation: str, seeds: list[int], k: int, budget: int, storage: str) -> dict[str, Any]:
@@ -46,11 +51,7 @@ def payload(relation: str, seeds: list[int], k: int, budget: int, storage: str) 
         "name": f"zero_config_{relation}",
         "task": {"source": "facts", "name": relation, "single_token": True},
         "model": "smollm2",
-        "searchers": [
-            {"name": "manual"},
-            {"name": "mining", "params": {"min_support": 1, "max_prompts": 4}},
-            {"name": "paraphrase", "params": {"operator": "edit"}},
-        ],
+        "searchers": [entry for _, entry in SEARCHERS],
         "seeds": seeds,
         "k": k,
         "budget": {"max_forward_passes": budget},
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": args.seeds,
             "k": args.k,
             "budget": args.budget,
-            "searchers": payload("R", [], 0, 0, "")["searchers"],
+            "searchers": [entry for _, entry in SEARCHERS],
         },
         figures={"table": table, "per_relation": per_relation, "skipped": skipped},
     )
